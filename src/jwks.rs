@@ -1,0 +1,490 @@
+//! The zone keyset: fetched from `{issuer}/.well-known/jwks.json?zone_id={zone}`,
+//! cached, refreshed in the background, and refetched once for an unknown `kid`.
+//!
+//! Fetches are single-flight (a burst on a cold cache makes one request) and
+//! rate-limited by a cooldown (a flood of random kids makes at most one request per
+//! cooldown). When refreshes keep failing, the last good keys serve until the
+//! maximum staleness, then verification answers 503 `sts_unavailable`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use crate::clock::SharedClock;
+use crate::error::{AuthError, ConfigError, InvalidReason};
+use crate::jwk::{Algorithm, VerifyKey, parse_jwks};
+
+/// A boxed, sendable future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a JWKS fetch failed. Its message never contains response bodies or secrets.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("jwks fetch failed: {0}")]
+pub struct FetchError(String);
+
+impl FetchError {
+    /// A fetch error with a short, lowercase description.
+    pub fn new(msg: impl Into<String>) -> Self {
+        Self(msg.into())
+    }
+}
+
+/// Fetches a JWKS document. Implement it to bring your own transport; the
+/// verifier still applies the overall deadline and the size cap.
+pub trait JwksFetcher: Send + Sync + fmt::Debug + 'static {
+    /// GET `url` and return the body of a 200 response, at most `max_bytes` long.
+    /// Anything else (another status, a redirect, a larger body) is an error.
+    fn fetch<'a>(
+        &'a self,
+        url: &'a str,
+        max_bytes: usize,
+    ) -> BoxFuture<'a, Result<Vec<u8>, FetchError>>;
+}
+
+/// The default fetcher: reqwest over rustls, no redirects, no ambient proxy.
+#[derive(Debug, Clone)]
+pub struct HttpFetcher {
+    client: reqwest::Client,
+}
+
+/// Settings for an [`HttpFetcher`]: private CAs, client certificates (mTLS) and proxies.
+#[derive(Debug, Default)]
+#[must_use]
+pub struct HttpFetcherBuilder {
+    roots: Vec<Vec<u8>>,
+    only_custom_roots: bool,
+    identity: Option<Vec<u8>>,
+    proxy: Option<String>,
+    timeout: Option<Duration>,
+}
+
+impl HttpFetcherBuilder {
+    /// Trust this PEM CA certificate (bundle) in addition to the system roots.
+    pub fn add_root_certificate_pem(mut self, pem: &[u8]) -> Self {
+        self.roots.push(pem.to_vec());
+        self
+    }
+
+    /// Trust only the added CA certificates, not the system roots.
+    pub fn only_added_roots(mut self) -> Self {
+        self.only_custom_roots = true;
+        self
+    }
+
+    /// Present this client certificate and private key (PEM) for mutual TLS.
+    pub fn identity_pem(mut self, pem: &[u8]) -> Self {
+        self.identity = Some(pem.to_vec());
+        self
+    }
+
+    /// Send requests through this proxy URL. Default: none (environment proxy
+    /// variables are ignored, so the keyset cannot be redirected by the environment).
+    pub fn proxy(mut self, url: impl Into<String>) -> Self {
+        self.proxy = Some(url.into());
+        self
+    }
+
+    /// The client's own timeout. Default 5 s; the verifier's fetch deadline applies too.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Build the fetcher.
+    pub fn build(self) -> Result<HttpFetcher, ConfigError> {
+        let timeout = self.timeout.unwrap_or(DEFAULT_FETCH_TIMEOUT);
+        let mut b = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .user_agent(concat!("caracal-verifier/", env!("CARGO_PKG_VERSION")))
+            .no_proxy();
+        let mut certs = Vec::new();
+        for pem in &self.roots {
+            certs.extend(
+                reqwest::Certificate::from_pem_bundle(pem)
+                    .map_err(|e| ConfigError::invalid("root_certificate", e.to_string()))?,
+            );
+        }
+        if self.only_custom_roots {
+            b = b.tls_certs_only(certs);
+        } else {
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        if let Some(pem) = &self.identity {
+            let id = reqwest::Identity::from_pem(pem)
+                .map_err(|e| ConfigError::invalid("identity", e.to_string()))?;
+            b = b.identity(id);
+        }
+        if let Some(p) = &self.proxy {
+            let proxy =
+                reqwest::Proxy::all(p).map_err(|e| ConfigError::invalid("proxy", e.to_string()))?;
+            b = b.proxy(proxy);
+        }
+        let client = b
+            .build()
+            .map_err(|e| ConfigError::invalid("http_client", e.to_string()))?;
+        Ok(HttpFetcher { client })
+    }
+}
+
+impl HttpFetcher {
+    /// Settings for a fetcher.
+    pub fn builder() -> HttpFetcherBuilder {
+        HttpFetcherBuilder::default()
+    }
+}
+
+impl JwksFetcher for HttpFetcher {
+    fn fetch<'a>(
+        &'a self,
+        url: &'a str,
+        max_bytes: usize,
+    ) -> BoxFuture<'a, Result<Vec<u8>, FetchError>> {
+        Box::pin(async move {
+            let mut resp = self
+                .client
+                .get(url)
+                .header(http::header::ACCEPT, "application/json")
+                .send()
+                .await
+                .map_err(|e| FetchError::new(describe_reqwest(&e)))?;
+            if resp.status() != http::StatusCode::OK {
+                return Err(FetchError::new(format!(
+                    "status {}",
+                    resp.status().as_u16()
+                )));
+            }
+            if resp.content_length().is_some_and(|n| n > max_bytes as u64) {
+                return Err(FetchError::new("body exceeds size cap"));
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = resp
+                .chunk()
+                .await
+                .map_err(|e| FetchError::new(describe_reqwest(&e)))?
+            {
+                if body.len() + chunk.len() > max_bytes {
+                    return Err(FetchError::new("body exceeds size cap"));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(body)
+        })
+    }
+}
+
+fn describe_reqwest(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connect failed"
+    } else if e.is_redirect() {
+        "redirect refused"
+    } else if e.is_body() || e.is_decode() {
+        "body read failed"
+    } else {
+        "request failed"
+    }
+}
+
+/// The default total deadline of one fetch.
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default cap on a JWKS document.
+pub const DEFAULT_MAX_JWKS_BYTES: usize = 256 * 1024;
+
+/// Cache settings, set through [`VerifierBuilder`](crate::VerifierBuilder).
+#[derive(Debug, Clone)]
+pub(crate) struct KeyCacheConfig {
+    pub(crate) ttl: Duration,
+    pub(crate) max_staleness: Duration,
+    pub(crate) cooldown: Duration,
+    pub(crate) fetch_timeout: Duration,
+    pub(crate) max_bytes: usize,
+    pub(crate) algorithms: Vec<Algorithm>,
+}
+
+struct KeySet {
+    keys: HashMap<Box<str>, Arc<VerifyKey>>,
+    fetched_at_ms: u64,
+    /// Sequence number of the attempt that produced it.
+    seq: u64,
+}
+
+#[derive(Default)]
+struct Attempts {
+    /// Attempts finished so far.
+    done: u64,
+    /// When the last attempt started (ms since epoch, by the verifier clock).
+    last_start_ms: Option<u64>,
+    /// The outcome of the last attempt.
+    last_error: Option<&'static str>,
+}
+
+/// Per issuer-and-zone keyset cache.
+pub(crate) struct KeyCache {
+    url: String,
+    fetcher: Arc<dyn JwksFetcher>,
+    cfg: KeyCacheConfig,
+    clock: SharedClock,
+    current: RwLock<Option<Arc<KeySet>>>,
+    attempts: Mutex<Attempts>,
+    /// Serialises fetches: the single flight.
+    flight: tokio::sync::Mutex<()>,
+    refreshing: AtomicBool,
+    fetch_count: AtomicU64,
+}
+
+impl fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyCache")
+            .field("url", &self.url)
+            .field("ready", &self.is_ready())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a refresh produced no keyset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RefreshError {
+    Cooldown,
+    Failed(&'static str),
+}
+
+impl KeyCache {
+    pub(crate) fn new(
+        url: String,
+        fetcher: Arc<dyn JwksFetcher>,
+        cfg: KeyCacheConfig,
+        clock: SharedClock,
+    ) -> Self {
+        Self {
+            url,
+            fetcher,
+            cfg,
+            clock,
+            current: RwLock::new(None),
+            attempts: Mutex::new(Attempts::default()),
+            flight: tokio::sync::Mutex::new(()),
+            refreshing: AtomicBool::new(false),
+            fetch_count: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.clock.now().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn snapshot(&self) -> Option<Arc<KeySet>> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn attempts(&self) -> std::sync::MutexGuard<'_, Attempts> {
+        self.attempts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Keys have been fetched at least once and are within the maximum staleness.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.snapshot().is_some_and(|s| {
+            self.now_ms().saturating_sub(s.fetched_at_ms) <= duration_ms(self.cfg.max_staleness)
+        })
+    }
+
+    /// How many fetches were started.
+    pub(crate) fn fetch_count(&self) -> u64 {
+        self.fetch_count.load(Ordering::Relaxed)
+    }
+
+    /// The age of the keyset, if any.
+    pub(crate) fn age(&self) -> Option<Duration> {
+        self.snapshot()
+            .map(|s| Duration::from_millis(self.now_ms().saturating_sub(s.fetched_at_ms)))
+    }
+
+    /// Fetch now, ignoring the cooldown (startup warm-up).
+    pub(crate) async fn warm_up(&self) -> Result<(), AuthError> {
+        self.refresh(true).await.map(|_| ()).map_err(unavailable)
+    }
+
+    /// The key for `kid`, fetching or refreshing as the cache state requires.
+    pub(crate) async fn key_for(self: &Arc<Self>, kid: &str) -> Result<Arc<VerifyKey>, AuthError> {
+        let now = self.now_ms();
+        let set = match self.snapshot() {
+            None => self.refresh(false).await.map_err(unavailable)?,
+            Some(set) => {
+                let age = now.saturating_sub(set.fetched_at_ms);
+                if age > duration_ms(self.cfg.max_staleness) {
+                    // Refreshes kept failing: the keys are too old to trust.
+                    self.refresh(false).await.map_err(|e| match e {
+                        RefreshError::Cooldown | RefreshError::Failed(_) => {
+                            AuthError::StsUnavailable {
+                                reason: "keys too stale",
+                            }
+                        }
+                    })?
+                } else {
+                    if age > duration_ms(self.cfg.ttl) {
+                        self.spawn_refresh();
+                    }
+                    set
+                }
+            }
+        };
+        if let Some(key) = set.keys.get(kid) {
+            return Ok(key.clone());
+        }
+        // Unknown kid: perhaps the issuer rotated. One refetch, unless in cooldown.
+        match self.refresh(false).await {
+            Ok(set) => set
+                .keys
+                .get(kid)
+                .cloned()
+                .ok_or(AuthError::invalid(InvalidReason::UnknownKey)),
+            Err(_) => Err(AuthError::invalid(InvalidReason::UnknownKey)),
+        }
+    }
+
+    fn spawn_refresh(self: &Arc<Self>) {
+        if self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    let _ = this.refresh(false).await;
+                    this.refreshing.store(false, Ordering::Release);
+                });
+            }
+            Err(_) => self.refreshing.store(false, Ordering::Release),
+        }
+    }
+
+    /// One single-flight refresh. Callers that queued behind an attempt that started
+    /// after they arrived take its outcome instead of fetching again.
+    async fn refresh(&self, ignore_cooldown: bool) -> Result<Arc<KeySet>, RefreshError> {
+        let seen = self.attempts().done;
+        let _flight = self.flight.lock().await;
+        {
+            let a = self.attempts();
+            if a.done != seen {
+                return match (a.last_error, self.snapshot()) {
+                    (None, Some(set)) => Ok(set),
+                    (Some(e), _) => Err(RefreshError::Failed(e)),
+                    (None, None) => Err(RefreshError::Failed("no keys")),
+                };
+            }
+        }
+        let start = self.now_ms();
+        {
+            let mut a = self.attempts();
+            if !ignore_cooldown
+                && a.last_start_ms
+                    .is_some_and(|t| start.saturating_sub(t) < duration_ms(self.cfg.cooldown))
+            {
+                return Err(RefreshError::Cooldown);
+            }
+            a.last_start_ms = Some(start);
+        }
+        self.fetch_count.fetch_add(1, Ordering::Relaxed);
+        let outcome = self.fetch_and_parse().await;
+        let mut a = self.attempts();
+        a.done += 1;
+        let seq = a.done;
+        match outcome {
+            Ok(keys) => {
+                a.last_error = None;
+                drop(a);
+                let set = self.install(keys, start, seq);
+                Ok(set)
+            }
+            Err(e) => {
+                a.last_error = Some(e);
+                drop(a);
+                tracing::warn!(url = %self.url, error = e, "jwks refresh failed; keeping last good keys");
+                Err(RefreshError::Failed(e))
+            }
+        }
+    }
+
+    async fn fetch_and_parse(&self) -> Result<HashMap<Box<str>, Arc<VerifyKey>>, &'static str> {
+        let body = tokio::time::timeout(
+            self.cfg.fetch_timeout,
+            self.fetcher.fetch(&self.url, self.cfg.max_bytes),
+        )
+        .await
+        .map_err(|_| "fetch deadline exceeded")?
+        .map_err(|e| {
+            tracing::debug!(error = %e, "jwks fetch error");
+            "fetch failed"
+        })?;
+        if body.len() > self.cfg.max_bytes {
+            return Err("body exceeds size cap");
+        }
+        let (keys, skipped) = parse_jwks(&body, &self.cfg.algorithms).map_err(|e| e.as_str())?;
+        if !skipped.is_empty() {
+            tracing::warn!(url = %self.url, skipped = ?skipped, "jwks keys skipped as unusable");
+        }
+        Ok(keys)
+    }
+
+    /// Install a fetched keyset unless a newer one is already in place. Keys that
+    /// left the set (or changed material under the same kid) are retired, which also
+    /// kills cached mandates verified under them.
+    fn install(
+        &self,
+        mut keys: HashMap<Box<str>, Arc<VerifyKey>>,
+        started_ms: u64,
+        seq: u64,
+    ) -> Arc<KeySet> {
+        let mut cur = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(old) = cur.as_ref() {
+            if old.seq > seq {
+                return old.clone();
+            }
+            for (kid, old_key) in &old.keys {
+                match keys.get(kid) {
+                    Some(new_key) if new_key.same_material(old_key) => {
+                        // Keep the same handle so mandates cached under it stay valid.
+                        keys.insert(kid.clone(), old_key.clone());
+                    }
+                    _ => old_key.retire(),
+                }
+            }
+        }
+        let set = Arc::new(KeySet {
+            keys,
+            fetched_at_ms: started_ms,
+            seq,
+        });
+        *cur = Some(set.clone());
+        set
+    }
+}
+
+fn unavailable(e: RefreshError) -> AuthError {
+    AuthError::StsUnavailable {
+        reason: match e {
+            RefreshError::Cooldown => "no keys yet; retrying after cooldown",
+            RefreshError::Failed(_) => "keyset fetch failed",
+        },
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

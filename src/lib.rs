@@ -1,0 +1,38 @@
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+//! caracal-verifier: in-process verification of Caracal agent mandates.
+
+mod cache;
+mod claims;
+mod clock;
+mod error;
+mod json;
+mod jwk;
+mod jwks;
+mod mandate;
+pub mod replay;
+mod requirements;
+pub mod revocation;
+mod token;
+mod verifier;
+
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod testing;
+
+pub use cache::{DEFAULT_CACHE_BYTES, DEFAULT_CACHE_ENTRIES};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{AnchorKind, AuthError, ChainFault, ConfigError, ErrorCode, InvalidReason};
+pub use jwk::Algorithm;
+pub use jwks::{
+    BoxFuture, DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, FetchError, HttpFetcher,
+    HttpFetcherBuilder, JwksFetcher,
+};
+pub use mandate::{ChainHop, Mandate, SubjectType};
+pub use requirements::{DEFAULT_MAX_HOPS, Requirements};
+pub use verifier::{
+    DEFAULT_JWKS_COOLDOWN, DEFAULT_JWKS_MAX_STALENESS, DEFAULT_JWKS_TTL, DEFAULT_LEEWAY,
+    DEFAULT_MAX_TOKEN_BYTES, Readiness, Verifier, VerifierBuilder,
+};

@@ -1,0 +1,212 @@
+//! What a route requires of a mandate, beyond a valid signature and claims.
+//!
+//! ```
+//! use caracal_verifier::Requirements;
+//!
+//! let payouts = Requirements::new()
+//!     .scopes(["billing:payout"])
+//!     .targets(["resource://billing"])
+//!     .delegation();
+//! let orchestrate = Requirements::new()
+//!     .scopes(["agents:run"])
+//!     .chain_contains(["app-orchestrator"])
+//!     .max_hops(2);
+//! # let _ = (payouts, orchestrate);
+//! ```
+
+use crate::error::{AuthError, ChainFault, InvalidReason};
+use crate::mandate::Mandate;
+
+/// The delegation depth limit when a route sets none: Caracal's Coordinator `MAX_DEPTH`.
+pub const DEFAULT_MAX_HOPS: u32 = 10;
+
+/// A route's requirements. The default requires nothing beyond a valid mandate and
+/// the default hop limit of 10.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub struct Requirements {
+    scopes: Vec<String>,
+    targets: Vec<String>,
+    agent: bool,
+    delegation: bool,
+    chain_contains: Vec<String>,
+    max_hops: u32,
+    single_use: bool,
+}
+
+impl Default for Requirements {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Requirements {
+    /// No route-specific requirements.
+    pub fn new() -> Self {
+        Self {
+            scopes: Vec::new(),
+            targets: Vec::new(),
+            agent: false,
+            delegation: false,
+            chain_contains: Vec::new(),
+            max_hops: DEFAULT_MAX_HOPS,
+            single_use: false,
+        }
+    }
+
+    /// Every listed scope must be in the mandate's `scope` (exact, case-sensitive
+    /// token match). Denial: 403 `scope_insufficient`, naming the missing scope.
+    pub fn scopes<I, S>(mut self, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.scopes.extend(scopes.into_iter().map(Into::into));
+        self
+    }
+
+    /// Every listed resource must be in the mandate's `target`. Denial: 401
+    /// `invalid_token` with reason `target`, as Caracal's verifiers answer.
+    pub fn targets<I, S>(mut self, targets: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.targets.extend(targets.into_iter().map(Into::into));
+        self
+    }
+
+    /// Require an agent identity: a non-empty `agent_session_id`.
+    /// Denial: 403 `agent_identity_required`.
+    pub fn agent(mut self) -> Self {
+        self.agent = true;
+        self
+    }
+
+    /// Require delegated authority: a non-empty `delegation_edge_id`.
+    /// Denial: 403 `delegation_required`.
+    pub fn delegation(mut self) -> Self {
+        self.delegation = true;
+        self
+    }
+
+    /// Each listed application must appear in the delegation chain (or be the
+    /// mandate's `client_id`). Denial: 403 `chain_mismatch`.
+    pub fn chain_contains<I, S>(mut self, apps: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.chain_contains.extend(apps.into_iter().map(Into::into));
+        self
+    }
+
+    /// The most delegation hops allowed: max(`hop_count`, edges in the chain).
+    /// Default 10. Denial: 403 `hop_count_exceeded`.
+    pub fn max_hops(mut self, hops: u32) -> Self {
+        self.max_hops = hops;
+        self
+    }
+
+    /// Accept each mandate (`iss` + `jti`) once until it expires. A second
+    /// presentation is 401 `invalid_token` with reason `replayed`. Needs a replay
+    /// guard on the verifier; without one, verification fails closed.
+    pub fn single_use(mut self) -> Self {
+        self.single_use = true;
+        self
+    }
+
+    /// The required scopes.
+    pub fn required_scopes(&self) -> &[String] {
+        &self.scopes
+    }
+
+    /// Whether the route is single-use.
+    pub fn is_single_use(&self) -> bool {
+        self.single_use
+    }
+
+    /// Merge another set of requirements into this one (both must hold).
+    pub fn and(mut self, other: &Requirements) -> Self {
+        self.scopes.extend(other.scopes.iter().cloned());
+        self.targets.extend(other.targets.iter().cloned());
+        self.agent |= other.agent;
+        self.delegation |= other.delegation;
+        self.chain_contains
+            .extend(other.chain_contains.iter().cloned());
+        self.max_hops = self.max_hops.min(other.max_hops);
+        self.single_use |= other.single_use;
+        self
+    }
+
+    /// Check a verified mandate. Targets are checked first (a 401, like the other
+    /// token-binding failures), then scopes, agent, delegation, chain consistency,
+    /// required chain members and the hop limit.
+    pub fn check(&self, m: &Mandate) -> Result<(), AuthError> {
+        if !self
+            .targets
+            .iter()
+            .all(|t| m.targets().iter().any(|x| x == t))
+        {
+            return Err(AuthError::invalid(InvalidReason::Target));
+        }
+        if let Some(missing) = self.scopes.iter().find(|s| !m.has_scope(s)) {
+            return Err(AuthError::ScopeInsufficient {
+                missing: missing.clone(),
+                required: self.scopes.clone(),
+            });
+        }
+        if self.agent && m.agent_session_id().is_none() {
+            return Err(AuthError::AgentIdentityRequired);
+        }
+        if self.delegation && m.delegation_edge_id().is_none() {
+            return Err(AuthError::DelegationRequired);
+        }
+        check_chain_consistency(m)?;
+        for app in &self.chain_contains {
+            let present = m.client_id() == app
+                || m.delegation_chain()
+                    .iter()
+                    .any(|h| h.application_id() == app);
+            if !present {
+                return Err(AuthError::ChainMismatch {
+                    fault: ChainFault::MissingApplication(app.clone()),
+                });
+            }
+        }
+        let hops = m.hops();
+        if hops > u64::from(self.max_hops) {
+            return Err(AuthError::HopCountExceeded {
+                hops,
+                limit: u64::from(self.max_hops),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A chain, when present, must end at the presenting client and its agent session,
+/// and must contain the mandate's delegation edge.
+pub(crate) fn check_chain_consistency(m: &Mandate) -> Result<(), AuthError> {
+    let chain = m.delegation_chain();
+    let Some(last) = chain.last() else {
+        return Ok(());
+    };
+    let fault = if last.application_id() != m.client_id() {
+        Some(ChainFault::LastHopClient)
+    } else if matches!((last.agent_session_id(), m.agent_session_id()), (Some(a), Some(b)) if a != b)
+    {
+        Some(ChainFault::LastHopSession)
+    } else if m
+        .delegation_edge_id()
+        .is_some_and(|e| !chain.iter().any(|h| h.delegation_edge_id() == Some(e)))
+    {
+        Some(ChainFault::EdgeNotInChain)
+    } else {
+        None
+    };
+    match fault {
+        Some(fault) => Err(AuthError::ChainMismatch { fault }),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,139 @@
+//! Health of the revocation feed that keeps a [`RevocationSet`](super::RevocationSet) current.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::clock::SharedClock;
+use crate::error::AuthError;
+
+/// The default maximum feed staleness (30 s).
+pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(30);
+
+/// Shared health of a revocation feed. The feed task updates it; the verifier reads it
+/// on every request and fails closed (503 `revocation_unavailable`) while it is stale.
+pub(crate) struct FeedHealth {
+    clock: SharedClock,
+    max_staleness: Duration,
+    fail_open: bool,
+    connected: AtomicBool,
+    caught_up: AtomicBool,
+    last_ok_ms: AtomicU64,
+    last_event_ms: AtomicU64,
+    applied: AtomicU64,
+    dropped: AtomicU64,
+    /// Milliseconds between an event's stream id time and when it was applied.
+    lag_ms: AtomicU64,
+}
+
+impl fmt::Debug for FeedHealth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.status(), f)
+    }
+}
+
+/// A snapshot of the revocation feed's health, for readiness probes and metrics.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedStatus {
+    /// Connected, caught up, and read successfully within the maximum staleness.
+    pub fresh: bool,
+    /// Whether the consumer holds a live connection.
+    pub connected: bool,
+    /// Whether the retained history was replayed.
+    pub caught_up: bool,
+    /// Time since the last successful read.
+    pub since_last_read: Option<Duration>,
+    /// Time since the last applied event.
+    pub since_last_event: Option<Duration>,
+    /// Lag of the last applied event behind its publication (stream id time).
+    pub lag: Duration,
+    /// Events applied.
+    pub applied: u64,
+    /// Messages dropped (unsigned, forged, malformed).
+    pub dropped: u64,
+}
+
+impl FeedHealth {
+    pub(crate) fn new(clock: SharedClock, max_staleness: Duration, fail_open: bool) -> Arc<Self> {
+        Arc::new(Self {
+            clock,
+            max_staleness,
+            fail_open,
+            connected: AtomicBool::new(false),
+            caught_up: AtomicBool::new(false),
+            last_ok_ms: AtomicU64::new(0),
+            last_event_ms: AtomicU64::new(0),
+            applied: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            lag_ms: AtomicU64::new(0),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.clock.now().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub(crate) fn mark_read_ok(&self) {
+        self.connected.store(true, Ordering::Release);
+        self.last_ok_ms.store(self.now_ms(), Ordering::Release);
+    }
+
+    pub(crate) fn mark_disconnected(&self) {
+        self.connected.store(false, Ordering::Release);
+    }
+
+    pub(crate) fn mark_caught_up(&self) {
+        self.caught_up.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn record_applied(&self, published_ms: Option<u64>) {
+        let now = self.now_ms();
+        self.applied.fetch_add(1, Ordering::Relaxed);
+        self.last_event_ms.store(now, Ordering::Release);
+        if let Some(p) = published_ms {
+            self.lag_ms.store(now.saturating_sub(p), Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn record_dropped(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_fresh(&self) -> bool {
+        let last = self.last_ok_ms.load(Ordering::Acquire);
+        self.connected.load(Ordering::Acquire)
+            && self.caught_up.load(Ordering::Acquire)
+            && last != 0
+            && self.now_ms().saturating_sub(last)
+                <= u64::try_from(self.max_staleness.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The per-request gate.
+    pub(crate) fn check(&self) -> Result<(), AuthError> {
+        if self.is_fresh() {
+            return Ok(());
+        }
+        if self.fail_open {
+            tracing::warn!("revocation feed is stale; failing open as configured");
+            return Ok(());
+        }
+        Err(AuthError::RevocationUnavailable)
+    }
+
+    pub(crate) fn status(&self) -> FeedStatus {
+        let now = self.now_ms();
+        let since = |ms: u64| (ms != 0).then(|| Duration::from_millis(now.saturating_sub(ms)));
+        FeedStatus {
+            fresh: self.is_fresh(),
+            connected: self.connected.load(Ordering::Acquire),
+            caught_up: self.caught_up.load(Ordering::Acquire),
+            since_last_read: since(self.last_ok_ms.load(Ordering::Acquire)),
+            since_last_event: since(self.last_event_ms.load(Ordering::Acquire)),
+            lag: Duration::from_millis(self.lag_ms.load(Ordering::Relaxed)),
+            applied: self.applied.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+        }
+    }
+}

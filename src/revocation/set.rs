@@ -1,0 +1,452 @@
+//! The in-process revocation mirror: revoked anchors with a TTL, and per-zone epochs.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use crate::clock::{Clock, SharedClock, SystemClock};
+use crate::error::{AnchorKind, AuthError};
+use crate::revocation::event::RevocationEvent;
+use crate::revocation::feed::{FeedHealth, FeedStatus};
+
+/// Anchor ids are stored as 64-bit keyed fingerprints. The key is random per process,
+/// so ids cannot be chosen to collide; a collision could only over-revoke.
+fn anchor_key() -> &'static RandomState {
+    static KEY: OnceLock<RandomState> = OnceLock::new();
+    KEY.get_or_init(RandomState::new)
+}
+
+pub(crate) fn fingerprint(id: &str) -> u64 {
+    anchor_key().hash_one(id)
+}
+
+/// One anchor of a mandate, fingerprinted once when the token is first verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Anchor {
+    pub(crate) fp: u64,
+    pub(crate) kind: AnchorKind,
+}
+
+/// Fingerprints are already uniformly distributed: hash them as themselves.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type FpMap = HashMap<u64, u32, BuildHasherDefault<PassThrough>>;
+
+struct State {
+    /// Fingerprint → expiry (seconds since the Unix epoch).
+    anchors: FpMap,
+    epochs: HashMap<Box<str>, u64>,
+    /// Sweep expired entries when the map reaches this size (amortised O(1) per insert).
+    sweep_at: usize,
+    /// The set hit `max_anchors` with nothing expired: checks fail closed.
+    overflowed: bool,
+}
+
+struct Inner {
+    state: RwLock<State>,
+    clock: SharedClock,
+    ttl: Duration,
+    max_anchors: usize,
+    /// The feed that keeps this set current, once one is attached.
+    feed: OnceLock<Arc<FeedHealth>>,
+}
+
+/// The revocation set: a cheap, cloneable handle shared by the verifier, the
+/// Redis consumer and anyone else who learns of revocations (webhooks, tests).
+///
+/// ```
+/// use caracal_verifier::revocation::RevocationSet;
+///
+/// let set = RevocationSet::new();
+/// set.revoke("authority-record-1");
+/// assert!(set.is_revoked("authority-record-1"));
+/// assert!(set.raise_epoch("zone-1", 7));
+/// assert!(!set.raise_epoch("zone-1", 6), "epochs never go down");
+/// assert_eq!(set.epoch("zone-1"), Some(7));
+/// ```
+#[derive(Clone)]
+pub struct RevocationSet {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for RevocationSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.read();
+        f.debug_struct("RevocationSet")
+            .field("anchors", &s.anchors.len())
+            .field("zones", &s.epochs.len())
+            .field("ttl", &self.inner.ttl)
+            .field("overflowed", &s.overflowed)
+            .finish()
+    }
+}
+
+impl Default for RevocationSet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Settings for a [`RevocationSet`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RevocationSetBuilder {
+    ttl: Duration,
+    max_anchors: usize,
+    clock: SharedClock,
+}
+
+impl RevocationSetBuilder {
+    /// How long a revocation is remembered. Default 24 h, Caracal's revocation TTL:
+    /// mandates live minutes, so a day covers every token an anchor could appear in.
+    /// Shorter values forget revocations sooner.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The most anchors held at once. Default 4,000,000 (about 150 MB). When the set
+    /// is full and nothing has expired, checks fail closed with
+    /// `revocation_unavailable` rather than forget a revocation.
+    pub fn max_anchors(mut self, max: usize) -> Self {
+        self.max_anchors = max.max(1);
+        self
+    }
+
+    /// The clock for expiry. Default: the system clock.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    pub(crate) fn shared_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Build the set.
+    pub fn build(self) -> RevocationSet {
+        RevocationSet {
+            inner: Arc::new(Inner {
+                state: RwLock::new(State {
+                    anchors: FpMap::default(),
+                    epochs: HashMap::new(),
+                    sweep_at: 1024,
+                    overflowed: false,
+                }),
+                clock: self.clock,
+                ttl: self.ttl,
+                max_anchors: self.max_anchors,
+                feed: OnceLock::new(),
+            }),
+        }
+    }
+}
+
+/// The default revocation TTL (24 h).
+pub const DEFAULT_REVOCATION_TTL: Duration = Duration::from_secs(24 * 3600);
+
+impl RevocationSet {
+    /// An empty set with the defaults: 24 h TTL, 4,000,000 anchors, system clock.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// Settings for a set.
+    pub fn builder() -> RevocationSetBuilder {
+        RevocationSetBuilder {
+            ttl: DEFAULT_REVOCATION_TTL,
+            max_anchors: 4_000_000,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.inner
+            .state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.inner
+            .state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn now_secs(&self) -> u64 {
+        self.inner.clock.now().as_secs()
+    }
+
+    /// Revoke an anchor id (`sid`, `root_sid`, `agent_session_id` or
+    /// `delegation_edge_id`) for the set's TTL.
+    pub fn revoke(&self, anchor_id: &str) {
+        self.revoke_for(anchor_id, self.inner.ttl);
+    }
+
+    /// Revoke an anchor id for `ttl`.
+    pub fn revoke_for(&self, anchor_id: &str, ttl: Duration) {
+        self.revoke_fingerprints(&[fingerprint(anchor_id)], ttl);
+    }
+
+    fn revoke_fingerprints(&self, fps: &[u64], ttl: Duration) {
+        let now = self.now_secs();
+        let until =
+            u32::try_from(now.saturating_add(ttl.as_secs()).max(now + 1)).unwrap_or(u32::MAX);
+        let mut s = self.write();
+        for &fp in fps {
+            if !s.anchors.contains_key(&fp)
+                && s.anchors.len() >= s.sweep_at.min(self.inner.max_anchors)
+            {
+                Self::sweep_locked(&mut s, now, self.inner.max_anchors);
+                if s.anchors.len() >= self.inner.max_anchors {
+                    tracing::error!(
+                        max_anchors = self.inner.max_anchors,
+                        "revocation set is full; failing closed until entries expire"
+                    );
+                    s.overflowed = true;
+                    continue;
+                }
+            }
+            let e = s.anchors.entry(fp).or_insert(0);
+            *e = (*e).max(until);
+        }
+    }
+
+    fn sweep_locked(s: &mut State, now: u64, max: usize) -> usize {
+        let before = s.anchors.len();
+        s.anchors.retain(|_, until| u64::from(*until) > now);
+        s.sweep_at = (s.anchors.len() * 2).max(1024);
+        if s.anchors.len() < max {
+            s.overflowed = false;
+        }
+        before - s.anchors.len()
+    }
+
+    /// Drop expired entries now; returns how many. Lookups ignore expired entries
+    /// anyway, so this only reclaims memory. It also runs on its own as the set grows.
+    pub fn sweep(&self) -> usize {
+        let now = self.now_secs();
+        let mut s = self.write();
+        Self::sweep_locked(&mut s, now, self.inner.max_anchors)
+    }
+
+    /// Whether an anchor id is currently revoked.
+    pub fn is_revoked(&self, anchor_id: &str) -> bool {
+        let now = self.now_secs();
+        self.read()
+            .anchors
+            .get(&fingerprint(anchor_id))
+            .is_some_and(|&until| u64::from(until) > now)
+    }
+
+    /// Raise a zone's delegation epoch. Returns whether it rose; it never goes down.
+    pub fn raise_epoch(&self, zone_id: &str, epoch: u64) -> bool {
+        let mut s = self.write();
+        match s.epochs.get_mut(zone_id) {
+            Some(cur) if *cur >= epoch => false,
+            Some(cur) => {
+                *cur = epoch;
+                true
+            }
+            None => {
+                s.epochs.insert(zone_id.into(), epoch);
+                true
+            }
+        }
+    }
+
+    /// A zone's recorded delegation epoch.
+    pub fn epoch(&self, zone_id: &str) -> Option<u64> {
+        self.read().epochs.get(zone_id).copied()
+    }
+
+    /// The number of anchors held (expired ones included until swept).
+    pub fn len(&self) -> usize {
+        self.read().anchors.len()
+    }
+
+    /// Whether no anchor is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Apply an authenticated event.
+    pub fn apply(&self, event: &RevocationEvent) {
+        match event {
+            RevocationEvent::Revoke { anchors, .. } => {
+                let fps: Vec<u64> = anchors.iter().map(|a| fingerprint(a)).collect();
+                self.revoke_fingerprints(&fps, self.inner.ttl);
+            }
+            RevocationEvent::Epoch { zone_id, epoch, .. } => {
+                self.raise_epoch(zone_id, *epoch);
+            }
+        }
+    }
+
+    /// Attach the health of the feed that keeps this set current. Once attached,
+    /// checks fail closed while the feed is stale. Only one feed can be attached.
+    pub(crate) fn attach_feed(&self, feed: Arc<FeedHealth>) -> Result<(), Arc<FeedHealth>> {
+        self.inner.feed.set(feed)
+    }
+
+    /// The attached feed's health, if a feed is attached.
+    pub fn feed_status(&self) -> Option<FeedStatus> {
+        self.inner.feed.get().map(|f| f.status())
+    }
+
+    /// Whether the set can be trusted: no feed is attached, or the feed is fresh.
+    pub fn is_current(&self) -> bool {
+        self.inner.feed.get().is_none_or(|f| f.is_fresh()) && !self.read().overflowed
+    }
+
+    /// Check a mandate's anchors and epoch. One read lock, one probe per anchor.
+    pub(crate) fn check(
+        &self,
+        anchors: &[Anchor],
+        zone_id: &str,
+        epoch: Option<u64>,
+        now_secs: u64,
+    ) -> Result<(), AuthError> {
+        if let Some(feed) = self.inner.feed.get() {
+            feed.check()?;
+        }
+        let s = self.read();
+        if s.overflowed {
+            return Err(AuthError::RevocationUnavailable);
+        }
+        if !s.anchors.is_empty() {
+            for a in anchors {
+                if let Some(&until) = s.anchors.get(&a.fp) {
+                    if u64::from(until) > now_secs {
+                        return Err(AuthError::SessionRevoked { anchor: a.kind });
+                    }
+                }
+            }
+        }
+        if let Some(token) = epoch {
+            if let Some(&current) = s.epochs.get(zone_id) {
+                if token < current {
+                    return Err(AuthError::DelegationStale { token, current });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn anchors(ids: &[(&str, AnchorKind)]) -> Vec<Anchor> {
+        ids.iter()
+            .map(|(id, kind)| Anchor {
+                fp: fingerprint(id),
+                kind: *kind,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn revoked_anchor_is_reported_with_its_kind() {
+        let set = RevocationSet::new();
+        let a = anchors(&[("s1", AnchorKind::Sid), ("e1", AnchorKind::ChainEdge)]);
+        let now = SystemClock.now().as_secs();
+        assert!(set.check(&a, "z", None, now).is_ok());
+        set.revoke("e1");
+        assert_eq!(
+            set.check(&a, "z", None, now),
+            Err(AuthError::SessionRevoked {
+                anchor: AnchorKind::ChainEdge
+            })
+        );
+    }
+
+    #[test]
+    fn ttl_expiry_without_sleeping() {
+        let clock = ManualClock::new(Duration::from_secs(1_000_000));
+        let set = RevocationSet::builder()
+            .ttl(Duration::from_secs(60))
+            .clock(clock.clone())
+            .build();
+        set.revoke("s1");
+        assert!(set.is_revoked("s1"));
+        clock.advance(Duration::from_secs(59));
+        assert!(set.is_revoked("s1"));
+        clock.advance(Duration::from_secs(2));
+        assert!(!set.is_revoked("s1"));
+        assert_eq!(set.sweep(), 1);
+        assert!(set.is_empty());
+    }
+
+    #[test]
+    fn epoch_only_rises_and_gates_old_mandates() {
+        let set = RevocationSet::new();
+        assert!(set.raise_epoch("z", 5));
+        assert!(!set.raise_epoch("z", 3));
+        assert!(!set.raise_epoch("z", 5));
+        assert_eq!(set.epoch("z"), Some(5));
+        assert_eq!(
+            set.check(&[], "z", Some(4), 0),
+            Err(AuthError::DelegationStale {
+                token: 4,
+                current: 5
+            })
+        );
+        assert!(set.check(&[], "z", Some(5), 0).is_ok());
+        assert!(set.check(&[], "z", None, 0).is_ok());
+        assert!(set.check(&[], "other", Some(0), 0).is_ok());
+    }
+
+    #[test]
+    fn full_set_fails_closed_until_entries_expire() {
+        let clock = ManualClock::new(Duration::from_secs(1_000_000));
+        let set = RevocationSet::builder()
+            .max_anchors(2)
+            .ttl(Duration::from_secs(10))
+            .clock(clock.clone())
+            .build();
+        set.revoke("a");
+        set.revoke("b");
+        assert!(set.check(&[], "z", None, clock.now().as_secs()).is_ok());
+        set.revoke("c");
+        assert_eq!(
+            set.check(&[], "z", None, clock.now().as_secs()),
+            Err(AuthError::RevocationUnavailable)
+        );
+        clock.advance(Duration::from_secs(11));
+        set.revoke("d");
+        assert!(set.check(&[], "z", None, clock.now().as_secs()).is_ok());
+        assert!(set.is_revoked("d"));
+    }
+
+    #[test]
+    fn revoking_again_extends_never_shortens() {
+        let clock = ManualClock::new(Duration::from_secs(1_000_000));
+        let set = RevocationSet::builder().clock(clock.clone()).build();
+        set.revoke_for("a", Duration::from_secs(100));
+        set.revoke_for("a", Duration::from_secs(10));
+        clock.advance(Duration::from_secs(50));
+        assert!(set.is_revoked("a"));
+    }
+}

@@ -1,0 +1,227 @@
+//! The compact JWS form: three canonical base64url segments and a strict JOSE header.
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
+
+use crate::error::{AuthError, InvalidReason};
+use crate::json::{Key, SeenKeys, StrictValue};
+use crate::jwk::Algorithm;
+
+/// Unpadded base64url that rejects padding, the standard alphabet and
+/// non-zero trailing bits, so each byte string has exactly one encoding.
+pub(crate) const B64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::RequireNone)
+        .with_decode_allow_trailing_bits(false),
+);
+
+/// A compact JWS split into its parts. Borrowed from the token.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Compact<'t> {
+    pub(crate) header: &'t str,
+    pub(crate) payload: &'t str,
+    pub(crate) signature: &'t str,
+    /// `header.payload`, the bytes the signature covers.
+    pub(crate) signing_input: &'t str,
+}
+
+pub(crate) fn split(token: &str) -> Result<Compact<'_>, AuthError> {
+    let malformed = AuthError::invalid(InvalidReason::Malformed);
+    let (signing_input, signature) = token.rsplit_once('.').ok_or(malformed.clone())?;
+    let (header, payload) = signing_input.split_once('.').ok_or(malformed.clone())?;
+    if payload.contains('.') || header.is_empty() || payload.is_empty() || signature.is_empty() {
+        return Err(malformed);
+    }
+    Ok(Compact {
+        header,
+        payload,
+        signature,
+        signing_input,
+    })
+}
+
+pub(crate) fn decode_segment(segment: &str) -> Result<Vec<u8>, AuthError> {
+    B64.decode(segment)
+        .map_err(|_| AuthError::invalid(InvalidReason::Malformed))
+}
+
+/// Decode a segment into a caller buffer (the signature), so the hot path does not allocate.
+pub(crate) fn decode_into<'b>(segment: &str, buf: &'b mut [u8]) -> Result<&'b [u8], AuthError> {
+    // Reject before decoding when the length cannot match the buffer, which also
+    // stops a giant segment from being decoded at all.
+    if base64::decoded_len_estimate(segment.len()) > buf.len() + 2 {
+        return Err(AuthError::invalid(InvalidReason::Signature));
+    }
+    let n = B64
+        .decode_slice(segment, buf)
+        .map_err(|_| AuthError::invalid(InvalidReason::Malformed))?;
+    Ok(&buf[..n])
+}
+
+/// The JOSE header fields the verifier uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub(crate) alg: HeaderAlg,
+    pub(crate) kid: String,
+}
+
+/// The `alg` header value: accepted algorithms, or anything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeaderAlg {
+    Known(Algorithm),
+    /// `none`, HMAC, or an unknown name. Always rejected.
+    Other,
+}
+
+pub(crate) fn parse_header(segment: &str) -> Result<Header, AuthError> {
+    let bytes = decode_segment(segment)?;
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let header = HeaderSeed
+        .deserialize(&mut de)
+        .and_then(|h| de.end().map(|()| h))
+        .map_err(|_| AuthError::invalid(InvalidReason::Header))?;
+    header
+}
+
+struct HeaderSeed;
+
+impl<'de> DeserializeSeed<'de> for HeaderSeed {
+    type Value = Result<Header, AuthError>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for HeaderSeed {
+    type Value = Result<Header, AuthError>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JOSE header object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut seen = SeenKeys::default();
+        let mut alg: Option<HeaderAlg> = None;
+        let mut kid: Option<String> = None;
+        let mut verdict: Option<AuthError> = None;
+        while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
+            match &*k {
+                "alg" => {
+                    let name: String = map.next_value()?;
+                    alg = Some(
+                        Algorithm::from_name(&name).map_or(HeaderAlg::Other, HeaderAlg::Known),
+                    );
+                }
+                "kid" => kid = Some(map.next_value()?),
+                // RFC 7515 §4.1.11: a recipient must reject `crit` entries it does not
+                // understand, and this verifier understands none. `b64` (RFC 7797)
+                // changes what the signature covers.
+                "crit" | "b64" => {
+                    map.next_value_seed(StrictValue)?;
+                    verdict.get_or_insert(AuthError::invalid(InvalidReason::Header));
+                }
+                // `jwk`, `jku`, `x5u`, `x5c` and the rest are read for well-formedness and
+                // ignored: keys come only from the configured zone's keyset.
+                _ => {
+                    map.next_value_seed(StrictValue)?;
+                }
+            }
+            seen.insert::<A::Error>(k)?;
+        }
+        if let Some(err) = verdict {
+            return Ok(Err(err));
+        }
+        let alg = alg.ok_or_else(|| de::Error::missing_field("alg"))?;
+        let Some(kid) = kid else {
+            return Ok(Err(AuthError::invalid(InvalidReason::Header)));
+        };
+        Ok(Ok(Header { alg, kid }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc(s: &str) -> String {
+        B64.encode(s)
+    }
+
+    #[test]
+    fn split_requires_three_non_empty_segments() {
+        for bad in [
+            "",
+            "a",
+            "a.b",
+            "a.b.c.d",
+            "a.b.c.d.e",
+            ".b.c",
+            "a..c",
+            "a.b.",
+        ] {
+            assert_eq!(
+                split(bad).unwrap_err().reason(),
+                Some(InvalidReason::Malformed),
+                "{bad:?}"
+            );
+        }
+        let c = split("h.p.s").unwrap();
+        assert_eq!(
+            (c.header, c.payload, c.signature, c.signing_input),
+            ("h", "p", "s", "h.p")
+        );
+    }
+
+    #[test]
+    fn base64_is_canonical() {
+        assert_eq!(B64.decode("QQ").unwrap(), b"A");
+        assert!(B64.decode("QR").is_err(), "non-zero trailing bits");
+        assert!(B64.decode("QQ==").is_err(), "padding");
+        assert!(B64.decode("+/").is_err(), "standard alphabet");
+        assert!(B64.decode("Q Q").is_err(), "whitespace");
+    }
+
+    #[test]
+    fn header_parses_alg_and_kid() {
+        let h = parse_header(&enc(r#"{"alg":"ES256","kid":"k1","typ":"JWT"}"#)).unwrap();
+        assert_eq!(h.alg, HeaderAlg::Known(Algorithm::ES256));
+        assert_eq!(h.kid, "k1");
+        let h = parse_header(&enc(r#"{"alg":"HS256","kid":"k1"}"#)).unwrap();
+        assert_eq!(h.alg, HeaderAlg::Other);
+        let h = parse_header(&enc(r#"{"alg":"nOnE","kid":"k1"}"#)).unwrap();
+        assert_eq!(h.alg, HeaderAlg::Other);
+    }
+
+    #[test]
+    fn header_rejections() {
+        for bad in [
+            r#"{"alg":"ES256","kid":"k","crit":["exp"]}"#,
+            r#"{"alg":"ES256","kid":"k","crit":[]}"#,
+            r#"{"alg":"ES256","kid":"k","b64":false}"#,
+            r#"{"alg":"ES256","alg":"ES256","kid":"k"}"#,
+            r#"{"alg":"ES256","kid":"k","x":1,"x":2}"#,
+            r#"{"alg":"ES256"}"#,
+            r#"{"kid":"k"}"#,
+            r#"{"alg":null,"kid":"k"}"#,
+            r#"{"alg":256,"kid":"k"}"#,
+            r#"{"alg":["ES256"],"kid":"k"}"#,
+            r#"{"alg":"ES256","kid":7}"#,
+            r#"["alg"]"#,
+            "null",
+            r#"{"alg":"ES256","kid":"k"} x"#,
+        ] {
+            assert_eq!(
+                parse_header(&enc(bad)).unwrap_err().reason(),
+                Some(InvalidReason::Header),
+                "{bad}"
+            );
+        }
+        assert!(
+            parse_header(&B64.encode([0xff, 0xfe])).is_err(),
+            "invalid utf-8"
+        );
+    }
+}

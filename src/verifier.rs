@@ -1,0 +1,713 @@
+//! The verifier: configuration, and the `verify` pipeline.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cache::{Cached, DEFAULT_CACHE_BYTES, DEFAULT_CACHE_ENTRIES, MandateCache};
+use crate::claims::parse_payload;
+use crate::clock::{Clock, SharedClock, SystemClock};
+use crate::error::{AnchorKind, AuthError, ConfigError, InvalidReason};
+use crate::jwk::{Algorithm, VerifyKey};
+use crate::jwks::{
+    DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, HttpFetcher, JwksFetcher, KeyCache,
+    KeyCacheConfig,
+};
+use crate::mandate::{Claims, Mandate, MandateInner};
+use crate::replay::{MemoryReplayGuard, ReplayGuard};
+use crate::requirements::Requirements;
+use crate::revocation::{Anchor, RevocationSet, fingerprint};
+use crate::token::{self, HeaderAlg};
+
+/// The default clock leeway (60 s).
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
+/// The default token size cap (8 KiB).
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// The default JWKS cache TTL (5 min).
+pub const DEFAULT_JWKS_TTL: Duration = Duration::from_secs(300);
+/// The default maximum age of the last good keyset while refreshes fail (30 min).
+pub const DEFAULT_JWKS_MAX_STALENESS: Duration = Duration::from_secs(1800);
+/// The default minimum interval between JWKS fetch attempts (2 s).
+pub const DEFAULT_JWKS_COOLDOWN: Duration = Duration::from_secs(2);
+
+pub(crate) struct Inner {
+    pub(crate) issuer: String,
+    pub(crate) audience: String,
+    pub(crate) zone: String,
+    token_use: String,
+    leeway: u64,
+    max_token_bytes: usize,
+    algorithms: Vec<Algorithm>,
+    keys: Arc<KeyCache>,
+    pub(crate) revocations: RevocationSet,
+    cache: Option<MandateCache>,
+    replay: Arc<dyn ReplayGuard>,
+    pub(crate) clock: SharedClock,
+}
+
+/// Verifies Caracal mandates for one issuer, audience and zone. Cheap to clone.
+///
+/// ```
+/// use caracal_verifier::{Requirements, Verifier};
+/// use caracal_verifier::testing::TestIssuer;
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let sts = TestIssuer::start("zone-1").await?;
+/// let verifier = Verifier::builder()
+///     .issuer(sts.issuer_url())
+///     .audience("resource://api")
+///     .zone("zone-1")
+///     .build()?;
+/// let token = sts.mandate().scopes(["tickets:read"]).sign();
+/// let mandate = verifier.verify(&token, &Requirements::new().scopes(["tickets:read"])).await?;
+/// assert_eq!(mandate.zone_id(), "zone-1");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Verifier {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier")
+            .field("issuer", &self.inner.issuer)
+            .field("audience", &self.inner.audience)
+            .field("zone", &self.inner.zone)
+            .field("algorithms", &self.inner.algorithms)
+            .field("ready", &self.is_ready())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Readiness, for `/readyz`-style probes.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    /// Signing keys are held and within the maximum staleness.
+    pub keys: bool,
+    /// The revocation set is current (no feed attached, or the feed is fresh).
+    pub revocation: bool,
+}
+
+impl Readiness {
+    /// Everything is ready.
+    pub fn is_ready(&self) -> bool {
+        self.keys && self.revocation
+    }
+}
+
+impl Verifier {
+    /// Settings for a verifier.
+    pub fn builder() -> VerifierBuilder {
+        VerifierBuilder::default()
+    }
+
+    /// A verifier configured from the environment; see [`VerifierBuilder::from_env`].
+    pub fn from_env() -> Result<Verifier, ConfigError> {
+        VerifierBuilder::from_env()?.build()
+    }
+
+    /// The configured issuer.
+    pub fn issuer(&self) -> &str {
+        &self.inner.issuer
+    }
+
+    /// The configured zone.
+    pub fn zone(&self) -> &str {
+        &self.inner.zone
+    }
+
+    /// The configured audience.
+    pub fn audience(&self) -> &str {
+        &self.inner.audience
+    }
+
+    /// The revocation set this verifier checks. Apply events to it directly for
+    /// single-process deployments, webhooks and tests.
+    pub fn revocations(&self) -> &RevocationSet {
+        &self.inner.revocations
+    }
+
+    /// Fetch the zone keyset now. Call at startup so the first request does not wait;
+    /// an `Err` (503 `sts_unavailable`) is not fatal, later requests retry.
+    pub async fn warm_up(&self) -> Result<(), AuthError> {
+        self.inner.keys.warm_up().await
+    }
+
+    /// Whether keys have been fetched and the revocation feed (if any) is current.
+    pub fn readiness(&self) -> Readiness {
+        Readiness {
+            keys: self.inner.keys.is_ready(),
+            revocation: self.inner.revocations.is_current(),
+        }
+    }
+
+    /// Shorthand for `readiness().is_ready()`.
+    pub fn is_ready(&self) -> bool {
+        self.readiness().is_ready()
+    }
+
+    /// How many JWKS fetches this verifier has started.
+    pub fn jwks_fetches(&self) -> u64 {
+        self.inner.keys.fetch_count()
+    }
+
+    /// Age of the cached keyset, if any.
+    pub fn jwks_age(&self) -> Option<Duration> {
+        self.inner.keys.age()
+    }
+
+    /// Verify a mandate and check it against a route's requirements.
+    ///
+    /// Order: size, cache, structure, header, key, signature, claims, revocation,
+    /// then the route's requirements and, for single-use routes, the replay guard.
+    pub async fn verify(&self, token: &str, reqs: &Requirements) -> Result<Mandate, AuthError> {
+        let mandate = self.authenticate(token).await?;
+        self.authorize(&mandate, reqs)?;
+        if reqs.is_single_use() {
+            self.consume(&mandate).await?;
+        }
+        Ok(mandate)
+    }
+
+    /// Verify a mandate's signature and claims (no route requirements, no revocation).
+    pub async fn authenticate(&self, token: &str) -> Result<Mandate, AuthError> {
+        let inner = &*self.inner;
+        if token.is_empty() {
+            return Err(AuthError::MissingToken);
+        }
+        if token.len() > inner.max_token_bytes {
+            return Err(AuthError::PayloadTooLarge {
+                size: token.len(),
+                limit: inner.max_token_bytes,
+            });
+        }
+        let now = inner.clock.now().as_secs();
+        if let Some(cache) = &inner.cache {
+            if let Some(hit) = cache.get(token) {
+                if !hit.key.is_retired() {
+                    self.check_times(&hit.mandate.0.claims, now)?;
+                    return Ok(hit.mandate.clone());
+                }
+                cache.remove(token);
+            }
+        }
+        let (mandate, key) = self.verify_cold(token, now).await?;
+        if let Some(cache) = &inner.cache {
+            let c = &mandate.0.claims;
+            let ttl = Duration::from_secs((c.exp + inner.leeway).saturating_sub(now));
+            cache.insert(
+                token,
+                Cached {
+                    mandate: mandate.clone(),
+                    key,
+                    ttl,
+                },
+            );
+        }
+        Ok(mandate)
+    }
+
+    async fn verify_cold(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<(Mandate, Arc<VerifyKey>), AuthError> {
+        let inner = &*self.inner;
+        let parts = token::split(token)?;
+        let header = token::parse_header(parts.header)?;
+        let alg = match header.alg {
+            HeaderAlg::Known(a) if inner.algorithms.contains(&a) => a,
+            _ => return Err(AuthError::invalid(InvalidReason::Algorithm)),
+        };
+        let key = inner.keys.key_for(&header.kid).await?;
+        // The key pins the algorithm; the header must agree with it.
+        if key.alg() != alg {
+            return Err(AuthError::invalid(InvalidReason::Algorithm));
+        }
+        let mut buf = [0u8; 1024];
+        let sig = token::decode_into(parts.signature, &mut buf)?;
+        if alg.signature_len().is_some_and(|n| n != sig.len()) {
+            return Err(AuthError::invalid(InvalidReason::Signature));
+        }
+        if !key.verify(parts.signing_input.as_bytes(), sig) {
+            return Err(AuthError::invalid(InvalidReason::Signature));
+        }
+        let claims = parse_payload(parts.payload)?;
+        self.check_claims(&claims, now)?;
+        let anchors = anchors_of(&claims);
+        let mandate = Mandate(Arc::new(MandateInner {
+            claims,
+            kid: key.kid().to_owned(),
+            alg,
+            anchors,
+        }));
+        Ok((mandate, key))
+    }
+
+    fn check_times(&self, c: &Claims, now: u64) -> Result<(), AuthError> {
+        let leeway = self.inner.leeway;
+        if now >= c.exp.saturating_add(leeway) {
+            return Err(AuthError::invalid(InvalidReason::Expired));
+        }
+        if c.nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
+            return Err(AuthError::invalid(InvalidReason::NotYetValid));
+        }
+        if c.iat > now.saturating_add(leeway) {
+            return Err(AuthError::invalid(InvalidReason::IssuedInFuture));
+        }
+        Ok(())
+    }
+
+    fn check_claims(&self, c: &Claims, now: u64) -> Result<(), AuthError> {
+        let inner = &*self.inner;
+        self.check_times(c, now)?;
+        if c.iss != inner.issuer {
+            return Err(AuthError::invalid(InvalidReason::Issuer));
+        }
+        if !c.aud.iter().any(|a| *a == inner.audience) {
+            return Err(AuthError::invalid(InvalidReason::Audience));
+        }
+        if c.token_use != inner.token_use {
+            return Err(AuthError::invalid(InvalidReason::Use));
+        }
+        if c.zone_id != inner.zone {
+            return Err(AuthError::ZoneInvalid);
+        }
+        Ok(())
+    }
+
+    /// Check a verified mandate against revocation and a route's requirements.
+    /// Synchronous and cheap: one read lock and a few hash probes.
+    pub fn authorize(&self, mandate: &Mandate, reqs: &Requirements) -> Result<(), AuthError> {
+        let inner = &*self.inner;
+        let now = inner.clock.now().as_secs();
+        // A mandate from the extensions may come from another layer: re-check expiry.
+        self.check_times(&mandate.0.claims, now)?;
+        inner.revocations.check(
+            &mandate.0.anchors,
+            mandate.zone_id(),
+            mandate.delegation_graph_epoch(),
+            now,
+        )?;
+        reqs.check(mandate)
+    }
+
+    /// Record a single-use mandate's use. The second call for the same `iss` and
+    /// `jti` is 401 `invalid_token` (`replayed`); a guard failure is 503.
+    pub async fn consume(&self, mandate: &Mandate) -> Result<(), AuthError> {
+        let until = mandate.expires_at().saturating_add(self.inner.leeway);
+        match self
+            .inner
+            .replay
+            .first_use(mandate.issuer(), mandate.jti(), until)
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(AuthError::invalid(InvalidReason::Replayed)),
+            Err(e) => {
+                tracing::error!(error = %e, "replay guard unavailable; failing closed");
+                Err(AuthError::RevocationUnavailable)
+            }
+        }
+    }
+}
+
+/// Every anchor of a mandate, fingerprinted and de-duplicated.
+fn anchors_of(c: &Claims) -> Box<[Anchor]> {
+    let mut out: Vec<Anchor> =
+        Vec::with_capacity(4 + 2 * c.delegation_chain.as_ref().map_or(0, Vec::len));
+    let mut push = |id: Option<&str>, kind: AnchorKind| {
+        if let Some(id) = id {
+            let fp = fingerprint(id);
+            if !out.iter().any(|a| a.fp == fp) {
+                out.push(Anchor { fp, kind });
+            }
+        }
+    };
+    push(Some(&c.sid), AnchorKind::Sid);
+    push(Some(&c.root_sid), AnchorKind::RootSid);
+    push(c.agent_session_id.as_deref(), AnchorKind::AgentSession);
+    push(c.delegation_edge_id.as_deref(), AnchorKind::DelegationEdge);
+    for hop in c.delegation_chain.iter().flatten() {
+        push(hop.agent_session_id.as_deref(), AnchorKind::ChainSession);
+        push(hop.delegation_edge_id.as_deref(), AnchorKind::ChainEdge);
+    }
+    out.into_boxed_slice()
+}
+
+/// Settings for a [`Verifier`]. `issuer`, `audience` and `zone` are required; every
+/// other setting has a secure default, stated on its setter.
+#[must_use]
+pub struct VerifierBuilder {
+    issuer: Option<String>,
+    audience: Option<String>,
+    zone: Option<String>,
+    token_use: String,
+    leeway: Duration,
+    max_token_bytes: usize,
+    algorithms: Vec<Algorithm>,
+    jwks_ttl: Duration,
+    jwks_max_staleness: Duration,
+    jwks_cooldown: Duration,
+    fetch_timeout: Duration,
+    max_jwks_bytes: usize,
+    fetcher: Option<Arc<dyn JwksFetcher>>,
+    clock: SharedClock,
+    revocations: Option<RevocationSet>,
+    cache: bool,
+    cache_entries: u64,
+    cache_bytes: u64,
+    replay: Option<Arc<dyn ReplayGuard>>,
+}
+
+impl fmt::Debug for VerifierBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifierBuilder")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("zone", &self.zone)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for VerifierBuilder {
+    fn default() -> Self {
+        Self {
+            issuer: None,
+            audience: None,
+            zone: None,
+            token_use: "resource".into(),
+            leeway: DEFAULT_LEEWAY,
+            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            algorithms: vec![Algorithm::ES256],
+            jwks_ttl: DEFAULT_JWKS_TTL,
+            jwks_max_staleness: DEFAULT_JWKS_MAX_STALENESS,
+            jwks_cooldown: DEFAULT_JWKS_COOLDOWN,
+            fetch_timeout: DEFAULT_FETCH_TIMEOUT,
+            max_jwks_bytes: DEFAULT_MAX_JWKS_BYTES,
+            fetcher: None,
+            clock: Arc::new(SystemClock),
+            revocations: None,
+            cache: true,
+            cache_entries: DEFAULT_CACHE_ENTRIES,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            replay: None,
+        }
+    }
+}
+
+fn env_parse<T: std::str::FromStr>(
+    get: &dyn Fn(&str) -> Option<String>,
+    var: &'static str,
+) -> Result<Option<T>, ConfigError> {
+    match get(var) {
+        None => Ok(None),
+        Some(v) if v.trim().is_empty() => Ok(None),
+        Some(v) => v.trim().parse().map(Some).map_err(|_| ConfigError::Env {
+            var,
+            reason: "not a valid number".into(),
+        }),
+    }
+}
+
+impl VerifierBuilder {
+    /// Settings from the environment:
+    ///
+    /// | variable | setting | default |
+    /// | --- | --- | --- |
+    /// | `CARACAL_STS_URL` | [`issuer`](Self::issuer) | required |
+    /// | `CARACAL_ZONE_ID` | [`zone`](Self::zone) | required |
+    /// | `CARACAL_AUDIENCE` | [`audience`](Self::audience) | required |
+    /// | `CARACAL_TOKEN_USE` | [`token_use`](Self::token_use) | `resource` |
+    /// | `CARACAL_LEEWAY_SECS` | [`leeway`](Self::leeway) | 60 |
+    /// | `CARACAL_MAX_TOKEN_BYTES` | [`max_token_bytes`](Self::max_token_bytes) | 8192 |
+    /// | `CARACAL_JWKS_TTL_SECS` | [`jwks_ttl`](Self::jwks_ttl) | 300 |
+    /// | `CARACAL_JWKS_MAX_STALENESS_SECS` | [`jwks_max_staleness`](Self::jwks_max_staleness) | 1800 |
+    /// | `CARACAL_JWKS_COOLDOWN_SECS` | [`jwks_cooldown`](Self::jwks_cooldown) | 2 |
+    /// | `CARACAL_MANDATE_CACHE` | [`mandate_cache`](Self::mandate_cache) (`on`/`off`) | `on` |
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(&|k| std::env::var(k).ok())
+    }
+
+    /// Like [`from_env`](Self::from_env), reading variables through `get`.
+    pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let required = |var: &'static str| {
+            get(var)
+                .filter(|v| !v.trim().is_empty())
+                .ok_or(ConfigError::Env {
+                    var,
+                    reason: "not set".into(),
+                })
+        };
+        let mut b = Self::default()
+            .issuer(required("CARACAL_STS_URL")?)
+            .zone(required("CARACAL_ZONE_ID")?)
+            .audience(required("CARACAL_AUDIENCE")?);
+        if let Some(u) = get("CARACAL_TOKEN_USE").filter(|v| !v.is_empty()) {
+            b = b.token_use(u);
+        }
+        if let Some(s) = env_parse::<u64>(get, "CARACAL_LEEWAY_SECS")? {
+            b = b.leeway(Duration::from_secs(s));
+        }
+        if let Some(n) = env_parse::<usize>(get, "CARACAL_MAX_TOKEN_BYTES")? {
+            b = b.max_token_bytes(n);
+        }
+        if let Some(s) = env_parse::<u64>(get, "CARACAL_JWKS_TTL_SECS")? {
+            b = b.jwks_ttl(Duration::from_secs(s));
+        }
+        if let Some(s) = env_parse::<u64>(get, "CARACAL_JWKS_MAX_STALENESS_SECS")? {
+            b = b.jwks_max_staleness(Duration::from_secs(s));
+        }
+        if let Some(s) = env_parse::<u64>(get, "CARACAL_JWKS_COOLDOWN_SECS")? {
+            b = b.jwks_cooldown(Duration::from_secs(s));
+        }
+        match get("CARACAL_MANDATE_CACHE").as_deref().map(str::trim) {
+            None | Some("") | Some("on") | Some("true") | Some("1") => {}
+            Some("off") | Some("false") | Some("0") => b = b.mandate_cache(false),
+            Some(_) => {
+                return Err(ConfigError::Env {
+                    var: "CARACAL_MANDATE_CACHE",
+                    reason: "expected on or off".into(),
+                });
+            }
+        }
+        Ok(b)
+    }
+
+    /// The STS issuer URL. Required. Compared exactly with `iss`, and the base of
+    /// the JWKS URL. Must be `https`, except for loopback hosts (development).
+    pub fn issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.issuer = Some(issuer.into());
+        self
+    }
+
+    /// This resource's audience. Required. `aud` must be it or contain it.
+    pub fn audience(mut self, audience: impl Into<String>) -> Self {
+        self.audience = Some(audience.into());
+        self
+    }
+
+    /// The trust anchor. Required. It selects the keyset and must equal `zone_id`;
+    /// the token's own zone never selects keys.
+    pub fn zone(mut self, zone: impl Into<String>) -> Self {
+        self.zone = Some(zone.into());
+        self
+    }
+
+    /// The accepted `use` claim. Default `resource`: session and gateway mandates
+    /// are refused by resource servers.
+    pub fn token_use(mut self, token_use: impl Into<String>) -> Self {
+        self.token_use = token_use.into();
+        self
+    }
+
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`. Default 60 s, Caracal's.
+    /// Larger values keep expired mandates alive longer.
+    pub fn leeway(mut self, leeway: Duration) -> Self {
+        self.leeway = leeway;
+        self
+    }
+
+    /// The largest token accepted. Default 8 KiB; larger tokens are 413
+    /// `payload_too_large` before any decoding.
+    pub fn max_token_bytes(mut self, bytes: usize) -> Self {
+        self.max_token_bytes = bytes;
+        self
+    }
+
+    /// The accepted algorithms. Default `[ES256]`, the only one Caracal signs with.
+    /// Each key is usable only for its own algorithm.
+    pub fn algorithms(mut self, algs: impl IntoIterator<Item = Algorithm>) -> Self {
+        self.algorithms = algs.into_iter().collect();
+        self
+    }
+
+    /// How long a fetched keyset is fresh. Default 5 min; after it, the cached keys
+    /// still serve while one background refresh runs.
+    pub fn jwks_ttl(mut self, ttl: Duration) -> Self {
+        self.jwks_ttl = ttl;
+        self
+    }
+
+    /// How long the last good keyset serves while refreshes fail. Default 30 min;
+    /// after it, verification answers 503 `sts_unavailable`. Longer values ride out
+    /// longer STS outages but delay noticing a withdrawn key.
+    pub fn jwks_max_staleness(mut self, max: Duration) -> Self {
+        self.jwks_max_staleness = max;
+        self
+    }
+
+    /// The minimum time between fetch attempts (unknown `kid`, cold cache, failed
+    /// refresh). Default 2 s. Shorter values let random kids drive more fetches.
+    pub fn jwks_cooldown(mut self, cooldown: Duration) -> Self {
+        self.jwks_cooldown = cooldown;
+        self
+    }
+
+    /// The total deadline of one fetch. Default 5 s.
+    pub fn jwks_fetch_timeout(mut self, timeout: Duration) -> Self {
+        self.fetch_timeout = timeout;
+        self
+    }
+
+    /// The JWKS document size cap, enforced while reading. Default 256 KiB.
+    pub fn max_jwks_bytes(mut self, bytes: usize) -> Self {
+        self.max_jwks_bytes = bytes;
+        self
+    }
+
+    /// Fetch keys with this fetcher, e.g. an [`HttpFetcher`] with a private CA,
+    /// a client certificate or a proxy. Default: `HttpFetcher` with system roots.
+    pub fn jwks_fetcher(mut self, fetcher: impl JwksFetcher) -> Self {
+        self.fetcher = Some(Arc::new(fetcher));
+        self
+    }
+
+    /// The clock. Default: the system clock.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Check this revocation set. Default: a new, empty set with a 24 h TTL.
+    pub fn revocations(mut self, set: RevocationSet) -> Self {
+        self.revocations = Some(set);
+        self
+    }
+
+    /// Cache verified mandates, so a repeated token skips the signature check.
+    /// Default on. Expiry, key removal, revocation and route checks still run on
+    /// every hit.
+    pub fn mandate_cache(mut self, enabled: bool) -> Self {
+        self.cache = enabled;
+        self
+    }
+
+    /// Bounds of the mandate cache. Default 100,000 entries and 64 MiB.
+    pub fn mandate_cache_limits(mut self, max_entries: u64, max_bytes: u64) -> Self {
+        self.cache_entries = max_entries.max(1);
+        self.cache_bytes = max_bytes.max(1);
+        self
+    }
+
+    /// The store for [`Requirements::single_use`]. Default: in memory, for one
+    /// replica; use a shared store (Redis) when several replicas serve a route.
+    pub fn replay_guard(mut self, guard: impl ReplayGuard) -> Self {
+        self.replay = Some(Arc::new(guard));
+        self
+    }
+
+    /// Build the verifier. Does no I/O; call [`Verifier::warm_up`] to fetch keys.
+    pub fn build(self) -> Result<Verifier, ConfigError> {
+        let issuer = self.issuer.ok_or(ConfigError::Missing("issuer"))?;
+        let audience = self.audience.ok_or(ConfigError::Missing("audience"))?;
+        let zone = self.zone.ok_or(ConfigError::Missing("zone"))?;
+        if audience.is_empty() {
+            return Err(ConfigError::invalid("audience", "must not be empty"));
+        }
+        if zone.is_empty() {
+            return Err(ConfigError::invalid("zone", "must not be empty"));
+        }
+        if self.token_use.is_empty() {
+            return Err(ConfigError::invalid("token_use", "must not be empty"));
+        }
+        if self.algorithms.is_empty() {
+            return Err(ConfigError::invalid(
+                "algorithms",
+                "at least one is required",
+            ));
+        }
+        if self.max_token_bytes == 0 {
+            return Err(ConfigError::invalid("max_token_bytes", "must be positive"));
+        }
+        if self.jwks_max_staleness < self.jwks_ttl {
+            return Err(ConfigError::invalid(
+                "jwks_max_staleness",
+                "must be at least jwks_ttl",
+            ));
+        }
+        let url = jwks_url(&issuer, &zone)?;
+        let fetcher: Arc<dyn JwksFetcher> = match self.fetcher {
+            Some(f) => f,
+            None => Arc::new(HttpFetcher::builder().timeout(self.fetch_timeout).build()?),
+        };
+        let keys = Arc::new(KeyCache::new(
+            url,
+            fetcher,
+            KeyCacheConfig {
+                ttl: self.jwks_ttl,
+                max_staleness: self.jwks_max_staleness,
+                cooldown: self.jwks_cooldown,
+                fetch_timeout: self.fetch_timeout,
+                max_bytes: self.max_jwks_bytes,
+                algorithms: self.algorithms.clone(),
+            },
+            self.clock.clone(),
+        ));
+        let revocations = self.revocations.unwrap_or_else(|| {
+            RevocationSet::builder()
+                .shared_clock(self.clock.clone())
+                .build()
+        });
+        let replay = self.replay.unwrap_or_else(|| {
+            Arc::new(MemoryReplayGuard::with_clock_shared(
+                1_000_000,
+                self.clock.clone(),
+            ))
+        });
+        Ok(Verifier {
+            inner: Arc::new(Inner {
+                issuer,
+                audience,
+                zone,
+                token_use: self.token_use,
+                leeway: self.leeway.as_secs(),
+                max_token_bytes: self.max_token_bytes,
+                algorithms: self.algorithms,
+                keys,
+                revocations,
+                cache: self
+                    .cache
+                    .then(|| MandateCache::new(self.cache_entries, self.cache_bytes)),
+                replay,
+                clock: self.clock,
+            }),
+        })
+    }
+}
+
+/// Validate the issuer and build `{issuer}/.well-known/jwks.json?zone_id={zone}`.
+fn jwks_url(issuer: &str, zone: &str) -> Result<String, ConfigError> {
+    let bad = |reason: &str| ConfigError::invalid("issuer", reason);
+    let parsed = reqwest::Url::parse(issuer).map_err(|_| bad("not a URL"))?;
+    let loopback = match parsed.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => return Err(bad("has no host")),
+    };
+    match parsed.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        "http" => {
+            return Err(bad(
+                "must use https (plain http is allowed only for loopback hosts)",
+            ));
+        }
+        _ => return Err(bad("must be an https URL")),
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(bad("must not have a query or fragment"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(bad("must not carry credentials"));
+    }
+    let mut url = reqwest::Url::parse(&format!(
+        "{}/.well-known/jwks.json",
+        issuer.trim_end_matches('/')
+    ))
+    .map_err(|_| bad("not a URL"))?;
+    url.query_pairs_mut().append_pair("zone_id", zone);
+    Ok(url.into())
+}
