@@ -11,12 +11,21 @@ mod error;
 mod json;
 mod jwk;
 mod jwks;
+pub mod layer;
 mod mandate;
 pub mod replay;
 mod requirements;
 pub mod revocation;
 mod token;
 mod verifier;
+
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
+
+#[cfg(feature = "__internals")]
+#[doc(hidden)]
+pub mod internals;
 
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]

@@ -43,6 +43,8 @@ pub(crate) struct Inner {
     cache: Option<MandateCache>,
     replay: Arc<dyn ReplayGuard>,
     pub(crate) clock: SharedClock,
+    #[cfg(feature = "redis")]
+    feed: Option<crate::redis::FeedHandle>,
 }
 
 /// Verifies Caracal mandates for one issuer, audience and zone. Cheap to clone.
@@ -145,6 +147,13 @@ impl Verifier {
     /// Shorthand for `readiness().is_ready()`.
     pub fn is_ready(&self) -> bool {
         self.readiness().is_ready()
+    }
+
+    /// The Redis revocation feed started by the builder, if any: its status, and
+    /// graceful shutdown.
+    #[cfg(feature = "redis")]
+    pub fn revocation_feed(&self) -> Option<&crate::redis::FeedHandle> {
+        self.inner.feed.as_ref()
     }
 
     /// How many JWKS fetches this verifier has started.
@@ -359,6 +368,8 @@ pub struct VerifierBuilder {
     cache_entries: u64,
     cache_bytes: u64,
     replay: Option<Arc<dyn ReplayGuard>>,
+    #[cfg(feature = "redis")]
+    redis: Option<crate::redis::RedisRevocations>,
 }
 
 impl fmt::Debug for VerifierBuilder {
@@ -393,6 +404,8 @@ impl Default for VerifierBuilder {
             cache_entries: DEFAULT_CACHE_ENTRIES,
             cache_bytes: DEFAULT_CACHE_BYTES,
             replay: None,
+            #[cfg(feature = "redis")]
+            redis: None,
         }
     }
 }
@@ -471,6 +484,10 @@ impl VerifierBuilder {
                     reason: "expected on or off".into(),
                 });
             }
+        }
+        #[cfg(feature = "redis")]
+        if let Some(redis) = crate::redis::RedisRevocations::from_lookup(get)? {
+            b = b.redis_revocations(redis);
         }
         Ok(b)
     }
@@ -598,6 +615,15 @@ impl VerifierBuilder {
         self
     }
 
+    /// Keep the revocation set current from Caracal's Redis Streams. `build` then
+    /// starts the consumer task, so it must run inside a Tokio runtime. Default: no
+    /// feed (revocations come only through [`Verifier::revocations`]).
+    #[cfg(feature = "redis")]
+    pub fn redis_revocations(mut self, feed: crate::redis::RedisRevocations) -> Self {
+        self.redis = Some(feed);
+        self
+    }
+
     /// Build the verifier. Does no I/O; call [`Verifier::warm_up`] to fetch keys.
     pub fn build(self) -> Result<Verifier, ConfigError> {
         let issuer = self.issuer.ok_or(ConfigError::Missing("issuer"))?;
@@ -656,6 +682,11 @@ impl VerifierBuilder {
                 self.clock.clone(),
             ))
         });
+        #[cfg(feature = "redis")]
+        let feed = match self.redis {
+            Some(cfg) => Some(cfg.spawn(revocations.clone(), self.clock.clone())?),
+            None => None,
+        };
         Ok(Verifier {
             inner: Arc::new(Inner {
                 issuer,
@@ -672,6 +703,8 @@ impl VerifierBuilder {
                     .then(|| MandateCache::new(self.cache_entries, self.cache_bytes)),
                 replay,
                 clock: self.clock,
+                #[cfg(feature = "redis")]
+                feed,
             }),
         })
     }

@@ -1,0 +1,1 @@
+//! Internal entry points for fuzzing and test vectors. Not a stable API.
