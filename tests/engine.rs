@@ -1,0 +1,1057 @@
+//! The verification engine against a real loopback JWKS server and an injected clock.
+
+use std::time::Duration;
+
+use caracal_verifier::replay::{ReplayError, ReplayGuard};
+use caracal_verifier::testing::{ChainHop, JwksFault, TestIssuer};
+use caracal_verifier::{
+    Algorithm, AnchorKind, AuthError, BoxFuture, ConfigError, ErrorCode, FetchError, HttpFetcher,
+    InvalidReason, JwksFetcher, ManualClock, Requirements, SubjectType, Verifier, VerifierBuilder,
+};
+use serde_json::{Value, json};
+
+const ZONE: &str = "zone-1";
+const AUD: &str = "resource://api";
+const T0: u64 = 1_790_000_100;
+
+struct Env {
+    sts: TestIssuer,
+    clock: ManualClock,
+    verifier: Verifier,
+}
+
+fn builder(sts: &TestIssuer, clock: &ManualClock) -> VerifierBuilder {
+    Verifier::builder()
+        .issuer(sts.issuer_url())
+        .audience(AUD)
+        .zone(ZONE)
+        .clock(clock.clone())
+}
+
+async fn env_with(f: impl FnOnce(VerifierBuilder) -> VerifierBuilder) -> Env {
+    let sts = TestIssuer::start(ZONE).await.expect("start issuer");
+    let clock = ManualClock::new(Duration::from_secs(T0));
+    sts.set_clock(clock.clone());
+    let verifier = f(builder(&sts, &clock)).build().expect("build verifier");
+    Env {
+        sts,
+        clock,
+        verifier,
+    }
+}
+
+async fn env() -> Env {
+    env_with(|b| b).await
+}
+
+fn none() -> Requirements {
+    Requirements::new()
+}
+
+async fn deny(e: &Env, token: &str, reqs: &Requirements) -> AuthError {
+    e.verifier
+        .verify(token, reqs)
+        .await
+        .expect_err("verification should fail")
+}
+
+async fn reason(e: &Env, token: &str) -> Option<InvalidReason> {
+    let err = deny(e, token, &none()).await;
+    assert_eq!(err.code(), ErrorCode::InvalidToken, "{err:?}");
+    err.reason()
+}
+
+// ---------------------------------------------------------------------------
+// The contract fixture
+
+/// `jwt-claims.resource.valid.json` from the Caracal contracts, restated.
+fn contract_fixture() -> Value {
+    json!({
+        "iss": "https://sts.example.com", "sub": "user-1", "aud": "resource://api",
+        "exp": 1790000300u64, "iat": 1790000000u64,
+        "jti": "018f7d6a-8f4a-7d9f-9a54-5e4fd7df0001", "zone_id": "zone-1",
+        "client_id": "app-1", "scope": "read write", "sid": "authority-record-1",
+        "root_sid": "authority-record-root", "use": "resource", "sub_type": "user",
+        "target": ["resource://api"], "agent_session_id": "session-child",
+        "delegation_edge_id": "delegation-1", "source_session_id": "session-parent",
+        "target_session_id": "session-child", "delegation_path": ["delegation-1"],
+        "delegation_chain": [
+            {"application_id": "app-parent", "agent_session_id": "session-parent",
+             "delegation_edge_id": "delegation-1"},
+            {"application_id": "app-1", "agent_session_id": "session-child"}
+        ],
+        "hop_count": 1, "delegation_graph_epoch": 7
+    })
+}
+
+/// Serves `https://sts.example.com/...` from the loopback issuer: a user-supplied
+/// fetcher, as a deployment behind a private CA or proxy would plug in.
+#[derive(Debug)]
+struct Rehost {
+    from: String,
+    to: String,
+    inner: HttpFetcher,
+}
+
+impl JwksFetcher for Rehost {
+    fn fetch<'a>(&'a self, url: &'a str, max: usize) -> BoxFuture<'a, Result<Vec<u8>, FetchError>> {
+        Box::pin(async move {
+            let url = url.replacen(&self.from, &self.to, 1);
+            self.inner.fetch(&url, max).await
+        })
+    }
+}
+
+#[tokio::test]
+async fn contract_fixture_verifies_when_signed() {
+    let sts = TestIssuer::start(ZONE).await.unwrap();
+    let clock = ManualClock::new(Duration::from_secs(T0));
+    let verifier = Verifier::builder()
+        .issuer("https://sts.example.com")
+        .audience(AUD)
+        .zone(ZONE)
+        .clock(clock)
+        .jwks_fetcher(Rehost {
+            from: "https://sts.example.com".into(),
+            to: sts.issuer_url(),
+            inner: HttpFetcher::builder().build().unwrap(),
+        })
+        .build()
+        .unwrap();
+    let kid = sts.signing_kid();
+    let header = serde_json::to_vec(&json!({"alg": "ES256", "typ": "JWT", "kid": kid})).unwrap();
+    let token = sts.sign_compact(
+        &kid,
+        &header,
+        &serde_json::to_vec(&contract_fixture()).unwrap(),
+    );
+    let reqs = Requirements::new()
+        .scopes(["read", "write"])
+        .targets(["resource://api"])
+        .agent()
+        .delegation()
+        .chain_contains(["app-parent"])
+        .max_hops(1);
+    let m = verifier
+        .verify(&token, &reqs)
+        .await
+        .expect("fixture verifies");
+    assert_eq!(m.sid(), "authority-record-1");
+    assert_eq!(m.root_sid(), "authority-record-root");
+    assert_eq!(m.agent_session_id(), Some("session-child"));
+    assert_eq!(m.delegation_edge_id(), Some("delegation-1"));
+    assert_eq!(m.source_session_id(), Some("session-parent"));
+    assert_eq!(m.target_session_id(), Some("session-child"));
+    assert_eq!(m.delegation_path(), ["delegation-1"]);
+    assert_eq!(m.delegation_chain().len(), 2);
+    assert_eq!(m.delegation_chain()[0].application_id(), "app-parent");
+    assert_eq!(m.hop_count(), Some(1));
+    assert_eq!(m.hops(), 1);
+    assert_eq!(m.delegation_graph_epoch(), Some(7));
+    assert_eq!(m.subject_type(), SubjectType::User);
+    assert_eq!(m.scopes().collect::<Vec<_>>(), ["read", "write"]);
+    assert_eq!(m.audience(), ["resource://api"]);
+    assert_eq!(m.key_id(), kid);
+    assert_eq!(m.algorithm(), Algorithm::ES256);
+    assert_eq!(sts.jwks_requests(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// Configuration
+
+#[test]
+fn build_names_the_missing_or_wrong_setting() {
+    let err = Verifier::builder()
+        .audience(AUD)
+        .zone(ZONE)
+        .build()
+        .unwrap_err();
+    assert_eq!(err, ConfigError::Missing("issuer"));
+    let err = Verifier::builder()
+        .issuer("https://sts")
+        .zone(ZONE)
+        .build()
+        .unwrap_err();
+    assert_eq!(err, ConfigError::Missing("audience"));
+    let err = Verifier::builder()
+        .issuer("https://sts")
+        .audience(AUD)
+        .build()
+        .unwrap_err();
+    assert_eq!(err, ConfigError::Missing("zone"));
+    for bad in [
+        "http://sts.example.com",
+        "ftp://127.0.0.1",
+        "not a url",
+        "https://sts.example.com/?x=1",
+        "https://user:pw@sts.example.com",
+    ] {
+        let err = Verifier::builder()
+            .issuer(bad)
+            .audience(AUD)
+            .zone(ZONE)
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    setting: "issuer",
+                    ..
+                }
+            ),
+            "{bad}: {err}"
+        );
+    }
+    for ok in [
+        "http://127.0.0.1:9",
+        "http://localhost:9",
+        "http://[::1]:9",
+        "https://sts.example.com/",
+    ] {
+        Verifier::builder()
+            .issuer(ok)
+            .audience(AUD)
+            .zone(ZONE)
+            .build()
+            .unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    let err = Verifier::builder()
+        .issuer("https://s")
+        .audience(AUD)
+        .zone(ZONE)
+        .algorithms([])
+        .build()
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        ConfigError::Invalid {
+            setting: "algorithms",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn from_lookup_reads_the_documented_variables() {
+    let vars = |pairs: &'static [(&'static str, &'static str)]| {
+        move |k: &str| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    };
+    let v = VerifierBuilder::from_lookup(&vars(&[
+        ("CARACAL_STS_URL", "https://sts.example.com"),
+        ("CARACAL_ZONE_ID", "zone-9"),
+        ("CARACAL_AUDIENCE", "resource://billing"),
+        ("CARACAL_JWKS_TTL_SECS", "60"),
+    ]))
+    .unwrap()
+    .build()
+    .unwrap();
+    assert_eq!(
+        (v.issuer(), v.zone(), v.audience()),
+        ("https://sts.example.com", "zone-9", "resource://billing")
+    );
+    let err = VerifierBuilder::from_lookup(&vars(&[
+        ("CARACAL_STS_URL", "https://s"),
+        ("CARACAL_AUDIENCE", "a"),
+    ]))
+    .unwrap_err();
+    assert_eq!(
+        err,
+        ConfigError::Env {
+            var: "CARACAL_ZONE_ID",
+            reason: "not set".into()
+        }
+    );
+    let err = VerifierBuilder::from_lookup(&vars(&[
+        ("CARACAL_STS_URL", "https://s"),
+        ("CARACAL_ZONE_ID", "z"),
+        ("CARACAL_AUDIENCE", "a"),
+        ("CARACAL_LEEWAY_SECS", "soon"),
+    ]))
+    .unwrap_err();
+    assert!(matches!(
+        err,
+        ConfigError::Env {
+            var: "CARACAL_LEEWAY_SECS",
+            ..
+        }
+    ));
+}
+
+// ---------------------------------------------------------------------------
+// Claims
+
+#[tokio::test]
+async fn valid_mandate_exposes_claims() {
+    let e = env().await;
+    let token = e
+        .sts
+        .mandate()
+        .scopes(["a", "b"])
+        .agent_session("agent-1")
+        .sign();
+    let m = e.verifier.verify(&token, &none()).await.unwrap();
+    assert_eq!(m.zone_id(), ZONE);
+    assert_eq!(m.issuer(), e.sts.issuer_url());
+    assert!(m.has_scope("a") && m.has_scope("b") && !m.has_scope("c"));
+    assert_eq!(m.agent_session_id(), Some("agent-1"));
+    assert_eq!(m.delegation_edge_id(), None);
+    assert_eq!(m.expires_at(), T0 + 300);
+}
+
+#[tokio::test]
+async fn issuer_is_an_exact_compare() {
+    let e = env().await;
+    let iss = e.sts.issuer_url();
+    for bad in [
+        json!(format!("{iss}/")),
+        json!(iss[..iss.len() - 1].to_string()),
+        json!(iss.to_uppercase()),
+        json!(format!("{iss}x")),
+    ] {
+        let token = e.sts.mandate().claim("iss", bad.clone()).sign();
+        assert_eq!(
+            reason(&e, &token).await,
+            Some(InvalidReason::Issuer),
+            "{bad}"
+        );
+    }
+    for bad in [json!([iss]), json!(7)] {
+        let token = e.sts.mandate().claim("iss", bad.clone()).sign();
+        assert_eq!(
+            reason(&e, &token).await,
+            Some(InvalidReason::Claims),
+            "{bad}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn audience_string_or_array_containing_ours() {
+    let e = env().await;
+    let ok = e.sts.mandate().claim("aud", json!(["other", AUD])).sign();
+    e.verifier.verify(&ok, &none()).await.unwrap();
+    for bad in [
+        json!("resource://ap"),
+        json!(["other"]),
+        json!("resource://api/"),
+    ] {
+        let token = e.sts.mandate().claim("aud", bad.clone()).sign();
+        assert_eq!(
+            reason(&e, &token).await,
+            Some(InvalidReason::Audience),
+            "{bad}"
+        );
+    }
+    for bad in [json!([]), json!(1), json!([null])] {
+        let token = e.sts.mandate().claim("aud", bad.clone()).sign();
+        assert_eq!(
+            reason(&e, &token).await,
+            Some(InvalidReason::Claims),
+            "{bad}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn zone_mismatch_is_zone_invalid() {
+    let e = env().await;
+    for zone in [
+        "zone-2",
+        "zone-1&zone_id=zone-2",
+        "../zone-1",
+        "zone-1%00",
+        "ZONE-1",
+    ] {
+        let token = e.sts.mandate().zone(zone).sign();
+        assert_eq!(
+            deny(&e, &token, &none()).await,
+            AuthError::ZoneInvalid,
+            "{zone}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn use_must_be_resource_unless_configured() {
+    let e = env().await;
+    for u in ["session", "gateway", "Resource", ""] {
+        let token = e.sts.mandate().claim("use", json!(u)).sign();
+        assert_eq!(reason(&e, &token).await, Some(InvalidReason::Use), "{u}");
+    }
+    let gw = env_with(|b| b.token_use("gateway")).await;
+    let token = gw.sts.mandate().claim("use", json!("gateway")).sign();
+    gw.verifier.verify(&token, &none()).await.unwrap();
+}
+
+#[tokio::test]
+async fn sub_type_user_or_application() {
+    let e = env().await;
+    let token = e
+        .sts
+        .mandate()
+        .claim("sub_type", json!("application"))
+        .sign();
+    let m = e.verifier.verify(&token, &none()).await.unwrap();
+    assert_eq!(m.subject_type(), SubjectType::Application);
+    let token = e.sts.mandate().claim("sub_type", json!("agent")).sign();
+    assert_eq!(reason(&e, &token).await, Some(InvalidReason::Claims));
+}
+
+#[tokio::test]
+async fn required_claims_and_types() {
+    let e = env().await;
+    for name in [
+        "iss",
+        "sub",
+        "aud",
+        "exp",
+        "iat",
+        "jti",
+        "zone_id",
+        "client_id",
+        "sid",
+        "root_sid",
+        "use",
+        "sub_type",
+    ] {
+        let token = e.sts.mandate().remove_claim(name).sign();
+        assert_eq!(
+            reason(&e, &token).await,
+            Some(InvalidReason::Claims),
+            "missing {name}"
+        );
+    }
+    for (name, v) in [
+        ("hop_count", json!(-1)),
+        ("delegation_graph_epoch", json!("7")),
+        ("scope", json!(null)),
+        ("agent_session_id", json!(5)),
+        ("target", json!("resource://api")),
+        ("delegation_path", json!(["ok", 3])),
+        ("delegation_chain", json!([{"agent_session_id": "s"}])),
+    ] {
+        let token = e.sts.mandate().claim(name, v.clone()).sign();
+        assert_eq!(
+            reason(&e, &token).await,
+            Some(InvalidReason::Claims),
+            "{name}={v}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn time_claims_with_sixty_seconds_leeway() {
+    let e = env().await;
+    let ok = |t: String| {
+        let v = e.verifier.clone();
+        async move { v.verify(&t, &Requirements::new()).await }
+    };
+    // exp: valid while now < exp + 60.
+    assert!(
+        ok(e.sts
+            .mandate()
+            .issued_at(T0 - 100)
+            .expires_at(T0 - 59)
+            .sign())
+        .await
+        .is_ok()
+    );
+    assert_eq!(
+        reason(
+            &e,
+            &e.sts
+                .mandate()
+                .issued_at(T0 - 100)
+                .expires_at(T0 - 60)
+                .sign()
+        )
+        .await,
+        Some(InvalidReason::Expired)
+    );
+    // nbf: enforced when present.
+    assert!(ok(e.sts.mandate().not_before(T0 + 60).sign()).await.is_ok());
+    assert_eq!(
+        reason(&e, &e.sts.mandate().not_before(T0 + 61).sign()).await,
+        Some(InvalidReason::NotYetValid)
+    );
+    // iat in the future beyond leeway.
+    assert!(ok(e.sts.mandate().issued_at(T0 + 60).sign()).await.is_ok());
+    assert_eq!(
+        reason(&e, &e.sts.mandate().issued_at(T0 + 61).sign()).await,
+        Some(InvalidReason::IssuedInFuture)
+    );
+}
+
+#[tokio::test]
+async fn cached_mandate_still_expires() {
+    let e = env().await;
+    let token = e.sts.mandate().ttl(120).sign();
+    e.verifier.verify(&token, &none()).await.unwrap();
+    e.verifier.verify(&token, &none()).await.unwrap();
+    e.clock.advance(Duration::from_secs(120 + 60));
+    assert_eq!(reason(&e, &token).await, Some(InvalidReason::Expired));
+}
+
+// ---------------------------------------------------------------------------
+// Route requirements
+
+#[tokio::test]
+async fn scopes_exact_and_missing_one_is_named() {
+    let e = env().await;
+    let token = e
+        .sts
+        .mandate()
+        .scopes(["billing:read", "admin:read"])
+        .sign();
+    e.verifier
+        .verify(&token, &Requirements::new().scopes(["billing:read"]))
+        .await
+        .unwrap();
+    for need in ["admin", "Admin:read", "billing", "billing:read "] {
+        let err = deny(
+            &e,
+            &token,
+            &Requirements::new().scopes(["billing:read", need]),
+        )
+        .await;
+        assert_eq!(err.code(), ErrorCode::ScopeInsufficient, "{need}");
+        assert_eq!(err.status().as_u16(), 403);
+        assert_eq!(err.details()["missing_scope"], json!(need));
+    }
+    let no_scope = e.sts.mandate().sign();
+    assert_eq!(
+        deny(&e, &no_scope, &Requirements::new().scopes(["x"]))
+            .await
+            .code(),
+        ErrorCode::ScopeInsufficient
+    );
+}
+
+#[tokio::test]
+async fn targets_must_all_be_present() {
+    let e = env().await;
+    let token = e
+        .sts
+        .mandate()
+        .targets(["resource://billing", "resource://api"])
+        .sign();
+    e.verifier
+        .verify(&token, &Requirements::new().targets(["resource://billing"]))
+        .await
+        .unwrap();
+    let err = deny(
+        &e,
+        &token,
+        &Requirements::new().targets(["resource://billing", "resource://other"]),
+    )
+    .await;
+    assert_eq!(
+        (err.code(), err.reason()),
+        (ErrorCode::InvalidToken, Some(InvalidReason::Target))
+    );
+    assert_eq!(err.status().as_u16(), 401);
+}
+
+#[tokio::test]
+async fn agent_identity_required() {
+    let e = env().await;
+    let reqs = Requirements::new().agent();
+    let without = e.sts.mandate().sign();
+    assert_eq!(
+        deny(&e, &without, &reqs).await,
+        AuthError::AgentIdentityRequired
+    );
+    let empty = e.sts.mandate().claim("agent_session_id", json!("")).sign();
+    assert_eq!(
+        deny(&e, &empty, &reqs).await,
+        AuthError::AgentIdentityRequired
+    );
+    let with = e.sts.mandate().agent_session("agent-1").sign();
+    e.verifier.verify(&with, &reqs).await.unwrap();
+}
+
+#[tokio::test]
+async fn delegation_required() {
+    let e = env().await;
+    let reqs = Requirements::new().delegation();
+    assert_eq!(
+        deny(&e, &e.sts.mandate().sign(), &reqs).await,
+        AuthError::DelegationRequired
+    );
+    e.verifier
+        .verify(&e.sts.mandate().delegation(1).sign(), &reqs)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn chain_contains_each_listed_application() {
+    let e = env().await;
+    let token = e.sts.mandate().delegation(2).sign();
+    e.verifier
+        .verify(
+            &token,
+            &Requirements::new().chain_contains(["app-hop-0", "app-hop-1", "app-1"]),
+        )
+        .await
+        .unwrap();
+    let err = deny(
+        &e,
+        &token,
+        &Requirements::new().chain_contains(["app-hop-0", "app-orchestrator"]),
+    )
+    .await;
+    assert_eq!(err.code(), ErrorCode::ChainMismatch);
+    assert_eq!(err.details()["application_id"], "app-orchestrator");
+    // No chain at all: only the client itself is "in" it.
+    let plain = e.sts.mandate().sign();
+    assert_eq!(
+        deny(
+            &e,
+            &plain,
+            &Requirements::new().chain_contains(["app-hop-0"])
+        )
+        .await
+        .code(),
+        ErrorCode::ChainMismatch
+    );
+}
+
+#[tokio::test]
+async fn hops_are_the_larger_of_hop_count_and_chain_edges() {
+    let e = env().await;
+    let three = e.sts.mandate().delegation(3).sign();
+    e.verifier
+        .verify(&three, &Requirements::new().max_hops(3))
+        .await
+        .unwrap();
+    assert_eq!(
+        deny(&e, &three, &Requirements::new().max_hops(2)).await,
+        AuthError::HopCountExceeded { hops: 3, limit: 2 }
+    );
+    // hop_count understated: the chain still counts.
+    let understated = e.sts.mandate().delegation(3).hop_count(1).sign();
+    assert_eq!(
+        deny(&e, &understated, &Requirements::new().max_hops(2))
+            .await
+            .code(),
+        ErrorCode::HopCountExceeded
+    );
+    // hop_count alone, no chain.
+    let claimed = e.sts.mandate().hop_count(11).sign();
+    assert_eq!(
+        deny(&e, &claimed, &none()).await,
+        AuthError::HopCountExceeded {
+            hops: 11,
+            limit: 10
+        },
+        "the default limit is 10"
+    );
+}
+
+#[tokio::test]
+async fn chain_must_be_self_consistent() {
+    let e = env().await;
+    let hop = |app: &str, sess: Option<&str>, edge: Option<&str>| ChainHop {
+        application_id: app.into(),
+        agent_session_id: sess.map(Into::into),
+        delegation_edge_id: edge.map(Into::into),
+    };
+    let base = || {
+        e.sts
+            .mandate()
+            .agent_session("s-child")
+            .claim("delegation_edge_id", json!("edge-1"))
+    };
+    let good = base()
+        .chain(vec![
+            hop("app-parent", Some("s-parent"), Some("edge-1")),
+            hop("app-1", Some("s-child"), None),
+        ])
+        .sign();
+    e.verifier.verify(&good, &none()).await.unwrap();
+    let cases = [
+        (
+            "last hop is another app",
+            vec![
+                hop("app-parent", None, Some("edge-1")),
+                hop("app-9", Some("s-child"), None),
+            ],
+        ),
+        (
+            "last hop is another session",
+            vec![
+                hop("app-parent", None, Some("edge-1")),
+                hop("app-1", Some("s-other"), None),
+            ],
+        ),
+        (
+            "edge not in chain",
+            vec![
+                hop("app-parent", None, Some("edge-2")),
+                hop("app-1", Some("s-child"), None),
+            ],
+        ),
+    ];
+    for (what, chain) in cases {
+        let token = base().chain(chain).sign();
+        assert_eq!(
+            deny(&e, &token, &none()).await.code(),
+            ErrorCode::ChainMismatch,
+            "{what}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Revocation
+
+#[tokio::test]
+async fn every_anchor_revokes_including_upstream_hops() {
+    let anchors = [
+        ("sid-x", AnchorKind::Sid),
+        ("root-x", AnchorKind::RootSid),
+        ("session-hop-2", AnchorKind::AgentSession),
+        ("edge-2", AnchorKind::DelegationEdge),
+        ("session-hop-0", AnchorKind::ChainSession),
+        ("edge-1", AnchorKind::ChainEdge),
+    ];
+    for (id, kind) in anchors {
+        // A fresh verifier (and revocation set) per anchor.
+        let e = env().await;
+        let token = e
+            .sts
+            .mandate()
+            .sid("sid-x")
+            .root_sid("root-x")
+            .delegation(2)
+            .sign();
+        e.verifier
+            .verify(&token, &none())
+            .await
+            .expect("valid before revocation");
+        e.verifier.revocations().revoke(id);
+        let err = deny(&e, &token, &none()).await;
+        assert_eq!(err, AuthError::SessionRevoked { anchor: kind }, "{id}");
+        assert_eq!(err.status().as_u16(), 401);
+    }
+}
+
+#[tokio::test]
+async fn revocation_expires_with_its_ttl() {
+    let e = env().await;
+    let token = e.sts.mandate().sid("s1").ttl(3 * 24 * 3600).sign();
+    e.verifier.revocations().revoke("s1");
+    assert_eq!(
+        deny(&e, &token, &none()).await.code(),
+        ErrorCode::SessionRevoked
+    );
+    e.clock.advance(Duration::from_secs(24 * 3600 + 1));
+    // The JWKS is now old too: keep the issuer answering so keys refresh.
+    e.verifier
+        .verify(&token, &none())
+        .await
+        .expect("revocation forgotten after 24 h");
+}
+
+#[tokio::test]
+async fn stale_delegation_epoch() {
+    let e = env().await;
+    let token = e.sts.mandate().delegation(1).epoch(6).sign();
+    e.verifier.verify(&token, &none()).await.unwrap();
+    e.verifier.revocations().raise_epoch(ZONE, 7);
+    assert_eq!(
+        deny(&e, &token, &none()).await,
+        AuthError::DelegationStale {
+            token: 6,
+            current: 7
+        }
+    );
+    let current = e.sts.mandate().delegation(1).epoch(7).sign();
+    e.verifier.verify(&current, &none()).await.unwrap();
+    e.verifier.revocations().raise_epoch(ZONE, 3);
+    e.verifier
+        .verify(&current, &none())
+        .await
+        .expect("epochs never go down");
+}
+
+// ---------------------------------------------------------------------------
+// Zone JWKS
+
+#[tokio::test]
+async fn cold_burst_makes_one_fetch() {
+    let e = env().await;
+    let token = e.sts.mandate().sign();
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let v = e.verifier.clone();
+        let t = token.clone();
+        tasks.push(tokio::spawn(async move {
+            v.verify(&t, &Requirements::new()).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(e.sts.jwks_requests(), 1);
+    assert_eq!(e.verifier.jwks_fetches(), 1);
+}
+
+#[tokio::test]
+async fn issuer_down_at_start_is_sts_unavailable_then_recovers() {
+    let e = env().await;
+    e.sts.set_fault(Some(JwksFault::Status(503)));
+    assert!(!e.verifier.is_ready());
+    assert!(e.verifier.warm_up().await.is_err());
+    let token = e.sts.mandate().sign();
+    let err = deny(&e, &token, &none()).await;
+    assert_eq!(
+        (err.code(), err.status().as_u16()),
+        (ErrorCode::StsUnavailable, 503)
+    );
+    // Within the cooldown no new fetch is made.
+    let before = e.sts.jwks_requests();
+    deny(&e, &token, &none()).await;
+    assert_eq!(e.sts.jwks_requests(), before);
+    // The issuer returns; after the cooldown the next request fetches and succeeds.
+    e.sts.set_fault(None);
+    e.clock.advance(Duration::from_secs(2));
+    e.verifier.verify(&token, &none()).await.unwrap();
+    assert!(e.verifier.is_ready());
+}
+
+#[tokio::test]
+async fn ttl_expiry_refreshes_in_background_and_stale_keys_serve_until_max_staleness() {
+    let e = env_with(|b| {
+        b.jwks_ttl(Duration::from_secs(300))
+            .jwks_max_staleness(Duration::from_secs(900))
+    })
+    .await;
+    e.verifier.warm_up().await.unwrap();
+    assert_eq!(e.sts.jwks_requests(), 1);
+    // Past the TTL: served from cache while one background refresh runs.
+    e.clock.advance(Duration::from_secs(301));
+    e.verifier
+        .verify(&e.sts.mandate().sign(), &none())
+        .await
+        .unwrap();
+    wait_for(|| e.sts.jwks_requests() == 2).await;
+    // The issuer goes down. Keys keep serving up to max staleness.
+    e.sts.set_fault(Some(JwksFault::Status(500)));
+    e.clock.advance(Duration::from_secs(800));
+    e.verifier
+        .verify(&e.sts.mandate().sign(), &none())
+        .await
+        .expect("last good keys still serve");
+    e.clock.advance(Duration::from_secs(200));
+    let err = deny(&e, &e.sts.mandate().sign(), &none()).await;
+    assert_eq!(err.code(), ErrorCode::StsUnavailable);
+    assert!(!e.verifier.readiness().keys);
+    e.sts.set_fault(None);
+    e.clock.advance(Duration::from_secs(3));
+    e.verifier
+        .verify(&e.sts.mandate().sign(), &none())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn unknown_kid_refetches_once_and_random_kids_are_rate_limited() {
+    let e = env().await;
+    e.verifier.warm_up().await.unwrap();
+    // A rotated key is picked up with one refetch (after the cooldown).
+    e.clock.advance(Duration::from_secs(3));
+    let new_kid = e.sts.rotate_key();
+    e.verifier
+        .verify(&e.sts.mandate().sign(), &none())
+        .await
+        .unwrap();
+    assert_eq!(e.sts.jwks_requests(), 2);
+    assert_eq!(
+        e.verifier
+            .verify(&e.sts.mandate().sign(), &none())
+            .await
+            .unwrap()
+            .key_id(),
+        new_kid
+    );
+    // A flood of random kids within one cooldown makes at most one fetch.
+    e.clock.advance(Duration::from_secs(3));
+    for i in 0..500 {
+        let token = e
+            .sts
+            .mandate()
+            .header("kid", json!(format!("random-{i}")))
+            .sign();
+        assert_eq!(reason(&e, &token).await, Some(InvalidReason::UnknownKey));
+    }
+    assert_eq!(e.sts.jwks_requests(), 3);
+}
+
+#[tokio::test]
+async fn removed_key_stops_verifying_at_once_even_when_cached() {
+    let e = env_with(|b| {
+        b.jwks_ttl(Duration::from_secs(60))
+            .jwks_max_staleness(Duration::from_secs(600))
+    })
+    .await;
+    let old = e.sts.signing_kid();
+    let token = e.sts.mandate().ttl(3600).sign();
+    e.verifier.verify(&token, &none()).await.unwrap();
+    e.verifier.verify(&token, &none()).await.unwrap();
+    e.sts.rotate_key();
+    e.sts.remove_key(&old);
+    e.clock.advance(Duration::from_secs(61));
+    // This request triggers the background refresh that drops the old key.
+    let _ = e.verifier.verify(&e.sts.mandate().sign(), &none()).await;
+    wait_for(|| e.sts.jwks_requests() >= 2).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(reason(&e, &token).await, Some(InvalidReason::UnknownKey));
+}
+
+#[tokio::test]
+async fn algorithm_is_pinned_by_the_key() {
+    let e = env().await;
+    for alg in [
+        "ES384", "EdDSA", "RS256", "PS256", "HS256", "none", "NONE", "es256",
+    ] {
+        let token = e.sts.mandate().header("alg", json!(alg)).sign();
+        assert_eq!(
+            reason(&e, &token).await,
+            Some(InvalidReason::Algorithm),
+            "{alg}"
+        );
+    }
+    // Opting into ES384 does not let an ES256 key verify an ES384-labelled token.
+    let multi = env_with(|b| b.algorithms([Algorithm::ES256, Algorithm::ES384])).await;
+    let token = multi.sts.mandate().header("alg", json!("ES384")).sign();
+    assert_eq!(reason(&multi, &token).await, Some(InvalidReason::Algorithm));
+}
+
+#[tokio::test]
+async fn another_zones_key_is_not_trusted() {
+    let e = env().await;
+    let other = e.sts.add_zone("zone-2");
+    let token = e.sts.mandate().kid(&other).sign();
+    assert_eq!(reason(&e, &token).await, Some(InvalidReason::UnknownKey));
+    let forged = e.sts.mandate().signing_key(&other).sign();
+    assert_eq!(reason(&e, &forged).await, Some(InvalidReason::Signature));
+}
+
+// ---------------------------------------------------------------------------
+// Errors and secrecy
+
+#[derive(Debug)]
+struct BrokenGuard;
+
+impl ReplayGuard for BrokenGuard {
+    fn first_use<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+        _: u64,
+    ) -> BoxFuture<'a, Result<bool, ReplayError>> {
+        Box::pin(async { Err(ReplayError::new("store down")) })
+    }
+}
+
+#[tokio::test]
+async fn every_engine_code_is_produced() {
+    let e = env().await;
+    assert_eq!(deny(&e, "", &none()).await.code(), ErrorCode::MissingToken);
+    let huge = "a".repeat(8 * 1024 + 1);
+    let err = deny(&e, &huge, &none()).await;
+    assert_eq!(
+        (err.code(), err.status().as_u16()),
+        (ErrorCode::PayloadTooLarge, 413)
+    );
+    assert_eq!(reason(&e, "a.b").await, Some(InvalidReason::Malformed));
+    let broken = env_with(|b| b.replay_guard(BrokenGuard)).await;
+    let err = deny(
+        &broken,
+        &broken.sts.mandate().sign(),
+        &Requirements::new().single_use(),
+    )
+    .await;
+    assert_eq!(
+        (err.code(), err.status().as_u16()),
+        (ErrorCode::RevocationUnavailable, 503)
+    );
+}
+
+#[tokio::test]
+async fn single_use_in_memory() {
+    let e = env().await;
+    let token = e.sts.mandate().sign();
+    let reqs = Requirements::new().single_use();
+    e.verifier.verify(&token, &reqs).await.unwrap();
+    assert_eq!(
+        reason_with(&e, &token, &reqs).await,
+        Some(InvalidReason::Replayed)
+    );
+    // Routes without the requirement are unaffected.
+    e.verifier.verify(&token, &none()).await.unwrap();
+}
+
+async fn reason_with(e: &Env, token: &str, reqs: &Requirements) -> Option<InvalidReason> {
+    deny(e, token, reqs).await.reason()
+}
+
+#[tokio::test]
+async fn token_never_appears_in_debug_or_errors() {
+    let e = env().await;
+    let token = e.sts.mandate().scopes(["a"]).delegation(1).sign();
+    let sig = token.rsplit('.').next().unwrap().to_string();
+    let m = e.verifier.verify(&token, &none()).await.unwrap();
+    let mut outputs = vec![
+        format!("{m:?}"),
+        format!("{:?}", e.verifier),
+        format!("{:?}", e.sts),
+    ];
+    let tampered = format!("{}A", &token[..token.len() - 1]);
+    for t in [tampered.as_str(), &token] {
+        if let Err(err) = e
+            .verifier
+            .verify(t, &Requirements::new().scopes(["zzz"]))
+            .await
+        {
+            outputs.push(format!("{err} {err:?} {}", err.to_json("r")));
+        }
+    }
+    assert!(outputs.len() >= 4);
+    for o in outputs {
+        assert!(!o.contains(&sig), "signature leaked: {o}");
+        assert!(
+            !o.contains(token.split('.').nth(1).unwrap()),
+            "payload leaked: {o}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn mandate_cache_off_still_verifies_each_time() {
+    let e = env_with(|b| b.mandate_cache(false)).await;
+    let token = e.sts.mandate().sign();
+    for _ in 0..3 {
+        e.verifier.verify(&token, &none()).await.unwrap();
+    }
+    let tampered = format!("{}.{}", token.rsplit_once('.').unwrap().0, "A".repeat(86));
+    assert_eq!(reason(&e, &tampered).await, Some(InvalidReason::Signature));
+}
+
+async fn wait_for(cond: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached within 2 s");
+}
