@@ -1,0 +1,227 @@
+//! Engine benchmarks: the cold path against the raw ES256 verify, the warm path,
+//! rejection paths, and revocation lookups against large revoked sets.
+//!
+//! Run: `cargo bench --all-features --bench verify`
+//! Quote medians and ratios from one run: the machines are noisy.
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, ParsedPublicKey};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use caracal_verifier::testing::TestIssuer;
+use caracal_verifier::{Mandate, Requirements, Verifier};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use serde_json::Value;
+
+/// Drive a future that completes without waiting (warm keys, no I/O).
+fn now<F: Future>(f: F) -> F::Output {
+    let mut f = pin!(f);
+    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(v) => v,
+        Poll::Pending => panic!("benchmark future was not ready: keys not warm?"),
+    }
+}
+
+struct Setup {
+    rt: tokio::runtime::Runtime,
+    sts: TestIssuer,
+}
+
+fn setup() -> Setup {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sts = rt.block_on(TestIssuer::start("zone-1")).unwrap();
+    Setup { rt, sts }
+}
+
+fn verifier(s: &Setup, cache: bool) -> Verifier {
+    let v = Verifier::builder()
+        .issuer(s.sts.issuer_url())
+        .audience("resource://api")
+        .zone("zone-1")
+        .mandate_cache(cache)
+        .build()
+        .unwrap();
+    s.rt.block_on(v.warm_up()).unwrap();
+    v
+}
+
+/// A typical mandate: one scope, a target, an agent session, a one-hop chain.
+fn token(s: &Setup) -> String {
+    s.sts
+        .mandate()
+        .scopes(["tickets:read"])
+        .targets(["resource://api"])
+        .agent_session("session-child")
+        .delegation(1)
+        .ttl(3600)
+        .sign()
+}
+
+fn reqs() -> Requirements {
+    Requirements::new().scopes(["tickets:read"])
+}
+
+fn cold_path(c: &mut Criterion) {
+    let s = setup();
+    let v_nocache = verifier(&s, false);
+    let v_cache = verifier(&s, true);
+    let tok = token(&s);
+    let (input, sig_b64) = tok.rsplit_once('.').unwrap();
+    let sig = URL_SAFE_NO_PAD.decode(sig_b64).unwrap();
+    let point = s.sts.public_key_uncompressed(&s.sts.signing_kid());
+    let raw_key = ParsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &point).unwrap();
+    let jwk = s.sts.public_jwk(&s.sts.signing_kid());
+    let jwt_key = jsonwebtoken::DecodingKey::from_ec_components(
+        jwk["x"].as_str().unwrap(),
+        jwk["y"].as_str().unwrap(),
+    )
+    .unwrap();
+    let mut jwt_validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    jwt_validation.set_issuer(&[s.sts.issuer_url()]);
+    jwt_validation.set_audience(&["resource://api"]);
+
+    // A pool of distinct tokens, so the cached verifier misses every time.
+    let pool: Vec<String> = (0..60_000).map(|_| token(&s)).collect();
+
+    let mut g = c.benchmark_group("cold");
+    g.measurement_time(Duration::from_secs(4));
+    g.warm_up_time(Duration::from_secs(1));
+    g.bench_function("raw_aws_lc_es256_verify", |b| {
+        b.iter(|| raw_key.verify_sig(input.as_bytes(), &sig).unwrap())
+    });
+    g.bench_function("jsonwebtoken_decode", |b| {
+        b.iter(|| jsonwebtoken::decode::<Value>(&tok, &jwt_key, &jwt_validation).unwrap())
+    });
+    g.bench_function("verify_cache_off", |b| {
+        b.iter(|| now(v_nocache.verify(&tok, &reqs())).unwrap())
+    });
+    let mut i = 0usize;
+    g.bench_function("verify_new_token_cache_on", |b| {
+        b.iter(|| {
+            i = (i + 1) % pool.len();
+            now(v_cache.verify(&pool[i], &reqs())).unwrap()
+        })
+    });
+    g.finish();
+}
+
+fn warm_path(c: &mut Criterion) {
+    let s = setup();
+    let v = verifier(&s, true);
+    let tok = token(&s);
+    let r = reqs();
+    now(v.verify(&tok, &r)).unwrap();
+    let mut g = c.benchmark_group("warm");
+    g.bench_function("verify_repeated_token", |b| {
+        b.iter(|| now(v.verify(&tok, &r)).unwrap())
+    });
+    let m: Mandate = now(v.verify(&tok, &r)).unwrap();
+    g.bench_function("authorize_only", |b| b.iter(|| v.authorize(&m, &r).unwrap()));
+    g.finish();
+}
+
+fn rejections(c: &mut Criterion) {
+    let s = setup();
+    let v = verifier(&s, true);
+    let good = token(&s);
+    let (input, _) = good.rsplit_once('.').unwrap();
+    let bad_sig = format!("{input}.{}", URL_SAFE_NO_PAD.encode([7u8; 64]));
+    let expired = s.sts.mandate().issued_at(1_000_000).expires_at(1_000_300).sign();
+    let unknown_kid = s
+        .sts
+        .mandate()
+        .header("kid", serde_json::json!("nope"))
+        .sign();
+    // Prime the unknown-kid cooldown so the bench measures the steady state.
+    let _ = s.rt.block_on(v.verify(&unknown_kid, &reqs()));
+    let need_more = Requirements::new().scopes(["billing:payout"]);
+    now(v.verify(&good, &reqs())).unwrap();
+
+    let mut g = c.benchmark_group("reject");
+    g.bench_function("bad_signature", |b| {
+        b.iter(|| now(v.verify(&bad_sig, &reqs())).unwrap_err())
+    });
+    g.bench_function("expired", |b| {
+        b.iter(|| now(v.verify(&expired, &reqs())).unwrap_err())
+    });
+    g.bench_function("insufficient_scope_cached", |b| {
+        b.iter(|| now(v.verify(&good, &need_more)).unwrap_err())
+    });
+    g.bench_function("unknown_kid_in_cooldown", |b| {
+        b.iter(|| now(v.verify(&unknown_kid, &reqs())).unwrap_err())
+    });
+    g.finish();
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn revocation_lookup(c: &mut Criterion) {
+    let s = setup();
+    let mut g = c.benchmark_group("revocation_lookup");
+    for n in [1_000usize, 100_000, 1_000_000] {
+        let v = verifier(&s, true);
+        let before = rss_bytes();
+        for i in 0..n {
+            v.revocations().revoke(&format!("anchor-{i:08}"));
+        }
+        let after = rss_bytes();
+        if n == 1_000_000 {
+            eprintln!(
+                "revocation set: {} anchors, RSS +{:.1} MiB, {:.1} bytes/anchor",
+                n,
+                (after - before) as f64 / 1048576.0,
+                (after - before) as f64 / n as f64
+            );
+        }
+        // Nine anchors: sid, root_sid, agent session, edge, and a 3-edge chain.
+        let tok = s.sts.mandate().delegation(3).ttl(3600).sign();
+        let m = now(v.verify(&tok, &Requirements::new())).unwrap();
+        let r = Requirements::new();
+        g.throughput(Throughput::Elements(1));
+        g.bench_with_input(BenchmarkId::new("authorize_9_anchors", n), &n, |b, _| {
+            b.iter(|| v.authorize(&m, &r).unwrap())
+        });
+    }
+    g.finish();
+}
+
+fn cache_memory(_c: &mut Criterion) {
+    let s = setup();
+    let v = verifier(&s, true);
+    let pool: Vec<String> = (0..50_000).map(|_| token(&s)).collect();
+    let before = rss_bytes();
+    for t in &pool {
+        now(v.verify(t, &reqs())).unwrap();
+    }
+    let after = rss_bytes();
+    eprintln!(
+        "mandate cache: {} tokens of {} bytes, RSS +{:.1} MiB, {:.0} bytes/entry (token included)",
+        pool.len(),
+        pool[0].len(),
+        (after - before) as f64 / 1048576.0,
+        (after - before) as f64 / pool.len() as f64
+    );
+}
+
+criterion_group!(
+    benches,
+    cold_path,
+    warm_path,
+    rejections,
+    revocation_lookup,
+    cache_memory
+);
+criterion_main!(benches);
