@@ -2,12 +2,14 @@
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
-//! caracal-verifier: in-process verification of Caracal agent mandates.
+#![doc = include_str!("../README.md")]
 
 mod cache;
 mod claims;
 mod clock;
 mod error;
+#[cfg(feature = "axum")]
+mod extract;
 mod json;
 mod jwk;
 mod jwks;
@@ -34,11 +36,14 @@ pub mod testing;
 pub use cache::{DEFAULT_CACHE_BYTES, DEFAULT_CACHE_ENTRIES};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{AnchorKind, AuthError, ChainFault, ConfigError, ErrorCode, InvalidReason};
+#[cfg(feature = "axum")]
+pub use extract::MissingMandate;
 pub use jwk::Algorithm;
 pub use jwks::{
     BoxFuture, DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, FetchError, HttpFetcher,
     HttpFetcherBuilder, JwksFetcher,
 };
+pub use layer::MandateLayer;
 pub use mandate::{ChainHop, Mandate, SubjectType};
 pub use requirements::{DEFAULT_MAX_HOPS, Requirements};
 pub use verifier::{
