@@ -87,45 +87,118 @@ impl<'de> Visitor<'de> for ClaimsSeed {
         let mut delegation_graph_epoch = None;
         let mut extra = Map::new();
 
+        // Known claims are tracked by bit, so only unknown ones need the key list.
+        let mut known: u32 = 0;
         while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
-            match &*k {
-                "iss" => iss = Some(non_empty(map.next_value()?, "iss")?),
-                "sub" => sub = Some(non_empty(map.next_value()?, "sub")?),
-                "aud" => aud = Some(map.next_value_seed(AudienceSeed)?),
-                "exp" => exp = Some(positive(map.next_value()?, "exp")?),
-                "iat" => iat = Some(positive(map.next_value()?, "iat")?),
-                "nbf" => nbf = Some(map.next_value::<u64>()?),
-                "jti" => jti = Some(non_empty(map.next_value()?, "jti")?),
-                "zone_id" => zone_id = Some(non_empty(map.next_value()?, "zone_id")?),
-                "client_id" => client_id = Some(non_empty(map.next_value()?, "client_id")?),
-                "sid" => sid = Some(non_empty(map.next_value()?, "sid")?),
-                "root_sid" => root_sid = Some(non_empty(map.next_value()?, "root_sid")?),
-                "use" => token_use = Some(map.next_value::<String>()?),
+            let bit = match &*k {
+                "iss" => {
+                    iss = Some(non_empty(map.next_value()?, "iss")?);
+                    0
+                }
+                "sub" => {
+                    sub = Some(non_empty(map.next_value()?, "sub")?);
+                    1
+                }
+                "aud" => {
+                    aud = Some(map.next_value_seed(AudienceSeed)?);
+                    2
+                }
+                "exp" => {
+                    exp = Some(positive(map.next_value()?, "exp")?);
+                    3
+                }
+                "iat" => {
+                    iat = Some(positive(map.next_value()?, "iat")?);
+                    4
+                }
+                "nbf" => {
+                    nbf = Some(map.next_value::<u64>()?);
+                    5
+                }
+                "jti" => {
+                    jti = Some(non_empty(map.next_value()?, "jti")?);
+                    6
+                }
+                "zone_id" => {
+                    zone_id = Some(non_empty(map.next_value()?, "zone_id")?);
+                    7
+                }
+                "client_id" => {
+                    client_id = Some(non_empty(map.next_value()?, "client_id")?);
+                    8
+                }
+                "sid" => {
+                    sid = Some(non_empty(map.next_value()?, "sid")?);
+                    9
+                }
+                "root_sid" => {
+                    root_sid = Some(non_empty(map.next_value()?, "root_sid")?);
+                    10
+                }
+                "use" => {
+                    token_use = Some(map.next_value::<String>()?);
+                    11
+                }
                 "sub_type" => {
-                    sub_type = Some(match map.next_value::<String>()?.as_str() {
+                    sub_type = Some(match &*map.next_value::<Key<'de>>()?.0 {
                         "user" => SubjectType::User,
                         "application" => SubjectType::Application,
                         _ => return Err(de::Error::custom("unknown sub_type")),
-                    })
+                    });
+                    12
                 }
-                "scope" => scope = Some(map.next_value::<String>()?),
-                "target" => target = map.next_value_seed(StringList { unique: true })?,
-                "agent_session_id" => agent_session_id = opt_string(map.next_value()?),
-                "delegation_edge_id" => delegation_edge_id = opt_string(map.next_value()?),
-                "source_session_id" => source_session_id = opt_string(map.next_value()?),
-                "target_session_id" => target_session_id = opt_string(map.next_value()?),
+                "scope" => {
+                    scope = Some(map.next_value::<String>()?);
+                    13
+                }
+                "target" => {
+                    target = map.next_value_seed(StringList { unique: true })?;
+                    14
+                }
+                "agent_session_id" => {
+                    agent_session_id = opt_string(map.next_value()?);
+                    15
+                }
+                "delegation_edge_id" => {
+                    delegation_edge_id = opt_string(map.next_value()?);
+                    16
+                }
+                "source_session_id" => {
+                    source_session_id = opt_string(map.next_value()?);
+                    17
+                }
+                "target_session_id" => {
+                    target_session_id = opt_string(map.next_value()?);
+                    18
+                }
                 "delegation_path" => {
-                    delegation_path = map.next_value_seed(StringList { unique: false })?
+                    delegation_path = map.next_value_seed(StringList { unique: false })?;
+                    19
                 }
-                "delegation_chain" => delegation_chain = Some(map.next_value_seed(ChainSeed)?),
-                "hop_count" => hop_count = Some(map.next_value::<u64>()?),
-                "delegation_graph_epoch" => delegation_graph_epoch = Some(map.next_value::<u64>()?),
-                other => {
+                "delegation_chain" => {
+                    delegation_chain = Some(map.next_value_seed(ChainSeed)?);
+                    20
+                }
+                "hop_count" => {
+                    hop_count = Some(map.next_value::<u64>()?);
+                    21
+                }
+                "delegation_graph_epoch" => {
+                    delegation_graph_epoch = Some(map.next_value::<u64>()?);
+                    22
+                }
+                _ => {
                     let v = map.next_value_seed(StrictValue)?;
-                    extra.insert(other.to_owned(), v);
+                    let name = k.clone().into_owned();
+                    seen.insert::<A::Error>(k)?;
+                    extra.insert(name, v);
+                    continue;
                 }
+            };
+            if known & (1 << bit) != 0 {
+                return Err(de::Error::custom("duplicate claim"));
             }
-            seen.insert::<A::Error>(k)?;
+            known |= 1 << bit;
         }
 
         fn req<T, E: de::Error>(v: Option<T>, name: &'static str) -> Result<T, E> {
