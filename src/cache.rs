@@ -81,10 +81,4 @@ impl MandateCache {
     pub(crate) fn remove(&self, token: &str) {
         self.cache.invalidate(token);
     }
-
-    #[cfg(test)]
-    pub(crate) fn entries(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.entry_count()
-    }
 }

@@ -54,7 +54,7 @@ impl<'de> SeenKeys<'de> {
             }
             return Ok(());
         }
-        if self.small.iter().any(|k| *k == key) {
+        if self.small.contains(&key) {
             return Err(E::custom("duplicate key"));
         }
         self.small.push(key);
@@ -156,7 +156,7 @@ impl<'de> Visitor<'de> for StringList {
             if s.is_empty() {
                 return Err(de::Error::custom("empty string in array"));
             }
-            if self.unique && out.iter().any(|o| *o == s) {
+            if self.unique && out.contains(&s) {
                 return Err(de::Error::custom("duplicate array item"));
             }
             out.push(s);

@@ -154,19 +154,6 @@ impl VerifyKey {
         }
     }
 
-    /// Build a key from already-decoded public bytes (tests and benchmarks).
-    #[cfg(test)]
-    pub(crate) fn es256(kid: &str, uncompressed: &[u8]) -> Option<Self> {
-        let parsed =
-            ParsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, uncompressed).ok()?;
-        Some(Self::new(
-            kid,
-            Algorithm::ES256,
-            Material::Parsed(parsed),
-            uncompressed,
-        ))
-    }
-
     fn new(kid: &str, alg: Algorithm, material: Material, public: &[u8]) -> Self {
         Self {
             kid: kid.into(),
@@ -210,10 +197,13 @@ pub(crate) enum SkipReason {
 }
 
 /// Parse a JWKS document. Returns the usable keys by kid and what was skipped.
+/// Usable keys by kid.
+pub(crate) type KeyMap = HashMap<Box<str>, Arc<VerifyKey>>;
+
 pub(crate) fn parse_jwks(
     body: &[u8],
     accepted: &[Algorithm],
-) -> Result<(HashMap<Box<str>, Arc<VerifyKey>>, Vec<SkipReason>), JwksError> {
+) -> Result<(KeyMap, Vec<SkipReason>), JwksError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let doc = StrictValue
         .deserialize(&mut de)
@@ -260,15 +250,21 @@ fn parse_key(entry: &Value, accepted: &[Algorithm]) -> Result<VerifyKey, SkipRea
         .as_deref()
         .filter(|k| !k.is_empty())
         .ok_or(SkipReason::NoKid)?;
-    if let Some(u) = &jwk.common.public_key_use {
-        if *u != PublicKeyUse::Signature {
-            return Err(SkipReason::Use);
-        }
+    if jwk
+        .common
+        .public_key_use
+        .as_ref()
+        .is_some_and(|u| *u != PublicKeyUse::Signature)
+    {
+        return Err(SkipReason::Use);
     }
-    if let Some(ops) = &jwk.common.key_operations {
-        if !ops.contains(&KeyOperations::Verify) {
-            return Err(SkipReason::KeyOps);
-        }
+    if jwk
+        .common
+        .key_operations
+        .as_ref()
+        .is_some_and(|ops| !ops.contains(&KeyOperations::Verify))
+    {
+        return Err(SkipReason::KeyOps);
     }
     // A private key must never be published; treat one as a misconfigured keyset entry.
     if entry.get("d").is_some() {

@@ -6,7 +6,6 @@
 //! cooldown). When refreshes keep failing, the last good keys serve until the
 //! maximum staleness, then verification answers 503 `sts_unavailable`.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -16,7 +15,7 @@ use std::time::Duration;
 
 use crate::clock::SharedClock;
 use crate::error::{AuthError, ConfigError, InvalidReason};
-use crate::jwk::{Algorithm, VerifyKey, parse_jwks};
+use crate::jwk::{Algorithm, KeyMap, VerifyKey, parse_jwks};
 
 /// A boxed, sendable future.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -211,7 +210,7 @@ pub(crate) struct KeyCacheConfig {
 }
 
 struct KeySet {
-    keys: HashMap<Box<str>, Arc<VerifyKey>>,
+    keys: KeyMap,
     fetched_at_ms: u64,
     /// Sequence number of the attempt that produced it.
     seq: u64,
@@ -418,7 +417,7 @@ impl KeyCache {
         }
     }
 
-    async fn fetch_and_parse(&self) -> Result<HashMap<Box<str>, Arc<VerifyKey>>, &'static str> {
+    async fn fetch_and_parse(&self) -> Result<KeyMap, &'static str> {
         let body = tokio::time::timeout(
             self.cfg.fetch_timeout,
             self.fetcher.fetch(&self.url, self.cfg.max_bytes),
@@ -442,12 +441,7 @@ impl KeyCache {
     /// Install a fetched keyset unless a newer one is already in place. Keys that
     /// left the set (or changed material under the same kid) are retired, which also
     /// kills cached mandates verified under them.
-    fn install(
-        &self,
-        mut keys: HashMap<Box<str>, Arc<VerifyKey>>,
-        started_ms: u64,
-        seq: u64,
-    ) -> Arc<KeySet> {
+    fn install(&self, mut keys: KeyMap, started_ms: u64, seq: u64) -> Arc<KeySet> {
         let mut cur = self
             .current
             .write()

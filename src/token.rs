@@ -81,11 +81,10 @@ pub(crate) enum HeaderAlg {
 pub(crate) fn parse_header(segment: &str) -> Result<Header, AuthError> {
     let bytes = decode_segment(segment)?;
     let mut de = serde_json::Deserializer::from_slice(&bytes);
-    let header = HeaderSeed
+    HeaderSeed
         .deserialize(&mut de)
         .and_then(|h| de.end().map(|()| h))
-        .map_err(|_| AuthError::invalid(InvalidReason::Header))?;
-    header
+        .map_err(|_| AuthError::invalid(InvalidReason::Header))?
 }
 
 struct HeaderSeed;

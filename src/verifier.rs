@@ -192,14 +192,12 @@ impl Verifier {
             });
         }
         let now = inner.clock.now().as_secs();
-        if let Some(cache) = &inner.cache {
-            if let Some(hit) = cache.get(token) {
-                if !hit.key.is_retired() {
-                    self.check_times(&hit.mandate.0.claims, now)?;
-                    return Ok(hit.mandate.clone());
-                }
-                cache.remove(token);
+        if let Some((cache, hit)) = inner.cache.as_ref().and_then(|c| Some((c, c.get(token)?))) {
+            if !hit.key.is_retired() {
+                self.check_times(&hit.mandate.0.claims, now)?;
+                return Ok(hit.mandate.clone());
             }
+            cache.remove(token);
         }
         let (mandate, key) = self.verify_cold(token, now).await?;
         if let Some(cache) = &inner.cache {
@@ -274,7 +272,7 @@ impl Verifier {
         if c.iss != inner.issuer {
             return Err(AuthError::invalid(InvalidReason::Issuer));
         }
-        if !c.aud.iter().any(|a| *a == inner.audience) {
+        if !c.aud.contains(&inner.audience) {
             return Err(AuthError::invalid(InvalidReason::Audience));
         }
         if c.token_use != inner.token_use {

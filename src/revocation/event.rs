@@ -78,7 +78,7 @@ impl StreamKey {
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let nibble = |c: u8| match c {
@@ -250,10 +250,8 @@ impl RevocationEvent {
         let zone_id = get("zone_id").ok_or(EventError::MissingZone)?.to_owned();
         let mut anchors: Vec<String> = Vec::new();
         for name in ANCHOR_FIELDS {
-            if let Some(v) = get(name) {
-                if !anchors.iter().any(|a| a == v) {
-                    anchors.push(v.to_owned());
-                }
+            if let Some(v) = get(name).filter(|v| !anchors.iter().any(|a| a == v)) {
+                anchors.push(v.to_owned());
             }
         }
         if anchors.is_empty() {
@@ -314,7 +312,8 @@ mod tests {
     #[test]
     fn canonical_vectors() {
         let key = StreamKey::from_hex(KEY).unwrap();
-        let cases: [(&[(&str, Option<&str>)], &str, &str); 4] = [
+        type Fields<'a> = &'a [(&'a str, Option<&'a str>)];
+        let cases: [(Fields<'_>, &str, &str); 4] = [
             (
                 &[("action", Some("transfer")), ("amount", Some("100"))],
                 "audit:events\naction=transfer\namount=100\n",

@@ -335,19 +335,18 @@ impl RevocationSet {
         }
         if !s.anchors.is_empty() {
             for a in anchors {
-                if let Some(&until) = s.anchors.get(&a.fp) {
-                    if u64::from(until) > now_secs {
-                        return Err(AuthError::SessionRevoked { anchor: a.kind });
-                    }
+                if s.anchors
+                    .get(&a.fp)
+                    .is_some_and(|&until| u64::from(until) > now_secs)
+                {
+                    return Err(AuthError::SessionRevoked { anchor: a.kind });
                 }
             }
         }
-        if let Some(token) = epoch {
-            if let Some(&current) = s.epochs.get(zone_id) {
-                if token < current {
-                    return Err(AuthError::DelegationStale { token, current });
-                }
-            }
+        if let (Some(token), Some(&current)) = (epoch, s.epochs.get(zone_id))
+            && token < current
+        {
+            return Err(AuthError::DelegationStale { token, current });
         }
         Ok(())
     }
