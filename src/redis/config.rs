@@ -1,0 +1,555 @@
+//! Settings of the Redis revocation feed, from code or from the environment.
+
+use std::fmt;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::consumer::{Consumer, Settings};
+use super::handle::FeedHandle;
+use crate::clock::SharedClock;
+use crate::error::ConfigError;
+use crate::revocation::{
+    DEFAULT_MAX_STALENESS, DEFAULT_REVOCATION_TTL, DELEGATIONS_INVALIDATE_STREAM, FeedHealth,
+    RevocationSet, SESSIONS_REVOKE_STREAM, StreamKey,
+};
+
+/// The default longest wait of one `XREAD BLOCK` (1 s).
+pub const DEFAULT_BLOCK_TIMEOUT: Duration = Duration::from_secs(1);
+/// The default first reconnection delay (50 ms).
+pub const DEFAULT_RECONNECT_MIN: Duration = Duration::from_millis(50);
+/// The default longest reconnection delay (2 s).
+pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(2);
+
+/// Settings of the Redis revocation feed: where to read, how to authenticate events,
+/// and how long the mirror may go without a successful read.
+///
+/// Hand it to [`VerifierBuilder::redis_revocations`](crate::VerifierBuilder::redis_revocations);
+/// `build()` validates it and starts the consumer task. See the [module docs](super)
+/// for the consumer's behaviour.
+///
+/// ```
+/// use std::time::Duration;
+/// use caracal_verifier::redis::RedisRevocations;
+/// use caracal_verifier::revocation::StreamKey;
+///
+/// let key = StreamKey::from_hex(&"2a".repeat(32)).unwrap();
+/// let feed = RedisRevocations::new("redis://redis.internal:6379")
+///     .stream_key(key)
+///     .max_staleness(Duration::from_secs(10));
+/// # let _ = feed;
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct RedisRevocations {
+    url: String,
+    stream_key: Option<StreamKey>,
+    accept_unsigned: bool,
+    fail_open: bool,
+    max_staleness: Duration,
+    revoke_stream: String,
+    epoch_stream: String,
+    catch_up: Duration,
+    block_timeout: Option<Duration>,
+    reconnect_min: Duration,
+    reconnect_max: Duration,
+}
+
+impl fmt::Debug for RedisRevocations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisRevocations")
+            .field("url", &redacted_url(&self.url))
+            .field("stream_key", &self.stream_key)
+            .field("accept_unsigned", &self.accept_unsigned)
+            .field("fail_open", &self.fail_open)
+            .field("max_staleness", &self.max_staleness)
+            .field("revoke_stream", &self.revoke_stream)
+            .field("epoch_stream", &self.epoch_stream)
+            .field("catch_up", &self.catch_up)
+            .field("block_timeout", &self.effective_block_timeout())
+            .field("reconnect", &(self.reconnect_min..=self.reconnect_max))
+            .finish()
+    }
+}
+
+/// The URL with any password replaced, for logs and `Debug`.
+fn redacted_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("redacted"));
+            u.into()
+        }
+        Ok(u) => u.into(),
+        Err(_) => "<unparsable>".into(),
+    }
+}
+
+fn env_flag(get: &dyn Fn(&str) -> Option<String>, var: &'static str) -> Result<bool, ConfigError> {
+    match get(var).as_deref().map(str::trim) {
+        None | Some("") | Some("0") | Some("false") => Ok(false),
+        Some("1") | Some("true") => Ok(true),
+        Some(_) => Err(ConfigError::Env {
+            var,
+            reason: "expected 1, true, 0 or false".into(),
+        }),
+    }
+}
+
+impl RedisRevocations {
+    /// A feed reading from the Redis server at `url` (`redis://[user:password@]host[:port][/db]`).
+    /// TLS (`rediss://`) needs a TLS feature of the `redis` crate, which this crate
+    /// does not turn on; enable it in your own `Cargo.toml`. Every other setting has
+    /// the default stated on its setter; a [`stream_key`](Self::stream_key) is required
+    /// unless unsigned events are explicitly accepted.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            stream_key: None,
+            accept_unsigned: false,
+            fail_open: false,
+            max_staleness: DEFAULT_MAX_STALENESS,
+            revoke_stream: SESSIONS_REVOKE_STREAM.into(),
+            epoch_stream: DELEGATIONS_INVALIDATE_STREAM.into(),
+            catch_up: DEFAULT_REVOCATION_TTL,
+            block_timeout: None,
+            reconnect_min: DEFAULT_RECONNECT_MIN,
+            reconnect_max: DEFAULT_RECONNECT_MAX,
+        }
+    }
+
+    /// Settings from the environment; `Ok(None)` when `CARACAL_REDIS_URL` is unset
+    /// or empty.
+    ///
+    /// | variable | setting |
+    /// | --- | --- |
+    /// | `CARACAL_REDIS_URL` | the URL given to [`new`](Self::new) |
+    /// | `STREAMS_HMAC_KEY` | [`stream_key`](Self::stream_key), hex, at least 32 bytes |
+    /// | `CARACAL_REVOCATION_MAX_STALENESS_SECS` | [`max_staleness`](Self::max_staleness), default 30 |
+    /// | `CARACAL_REVOCATION_ALLOW_UNSIGNED` | `1`/`true`: [`dangerous_accept_unsigned`](Self::dangerous_accept_unsigned), used only when no key is set |
+    ///
+    /// Without `STREAMS_HMAC_KEY` and without the opt-in, this is an error naming
+    /// `STREAMS_HMAC_KEY`: a feed that trusts anyone who can write to the stream has
+    /// to be asked for.
+    pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<Self>, ConfigError> {
+        let Some(url) = get("CARACAL_REDIS_URL").filter(|u| !u.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let mut feed = Self::new(url.trim());
+        let key = get("STREAMS_HMAC_KEY").filter(|k| !k.trim().is_empty());
+        match key {
+            Some(hex) => {
+                let key = StreamKey::from_hex(&hex).map_err(|e| ConfigError::Env {
+                    var: "STREAMS_HMAC_KEY",
+                    reason: match e {
+                        ConfigError::Invalid { reason, .. } => reason,
+                        other => other.to_string(),
+                    },
+                })?;
+                feed = feed.stream_key(key);
+            }
+            None if env_flag(get, "CARACAL_REVOCATION_ALLOW_UNSIGNED")? => {
+                feed = feed.dangerous_accept_unsigned();
+            }
+            None => {
+                return Err(ConfigError::Env {
+                    var: "STREAMS_HMAC_KEY",
+                    reason: "not set; it authenticates revocation events \
+                             (set CARACAL_REVOCATION_ALLOW_UNSIGNED=1 to accept unsigned events)"
+                        .into(),
+                });
+            }
+        }
+        match get("CARACAL_REVOCATION_MAX_STALENESS_SECS")
+            .as_deref()
+            .map(str::trim)
+        {
+            None | Some("") => {}
+            Some(v) => {
+                let secs: u64 = v.parse().map_err(|_| ConfigError::Env {
+                    var: "CARACAL_REVOCATION_MAX_STALENESS_SECS",
+                    reason: "not a valid number".into(),
+                })?;
+                feed = feed.max_staleness(Duration::from_secs(secs));
+            }
+        }
+        Ok(Some(feed))
+    }
+
+    /// The key that signs stream messages (`STREAMS_HMAC_KEY`). Required unless
+    /// [`dangerous_accept_unsigned`](Self::dangerous_accept_unsigned) is set. With a
+    /// key, messages that are unsigned or whose `_sig` does not match are dropped
+    /// (counted in [`FeedStatus::dropped`](crate::revocation::FeedStatus::dropped) and
+    /// logged without field values).
+    pub fn stream_key(mut self, key: StreamKey) -> Self {
+        self.stream_key = Some(key);
+        self
+    }
+
+    /// Accept unsigned events when no [`stream_key`](Self::stream_key) is set. Default
+    /// off. Turning it on lets anyone who can write to the Redis streams revoke
+    /// sessions (denial of service) and raise epochs; it cannot un-revoke anything. It
+    /// is logged at `warn` when the feed starts. Ignored when a key is set.
+    pub fn dangerous_accept_unsigned(mut self) -> Self {
+        self.accept_unsigned = true;
+        self
+    }
+
+    /// Let requests through while the feed is stale instead of failing closed.
+    /// Default off: a stale feed gives 503 `revocation_unavailable`. Turning it on
+    /// keeps serving during a Redis outage at the cost of honouring revoked mandates
+    /// until the feed recovers. Logged at `warn` when the feed starts and on every
+    /// request let through this way.
+    pub fn dangerous_fail_open(mut self) -> Self {
+        self.fail_open = true;
+        self
+    }
+
+    /// How long after its last successful read the feed still counts as fresh.
+    /// Default 30 s ([`DEFAULT_MAX_STALENESS`]). The feed is also stale whenever its
+    /// connection is down. Longer values tolerate a hung connection longer, during
+    /// which revocations may go unseen; shorter values need a shorter
+    /// [`block_timeout`](Self::block_timeout), i.e. more idle reads.
+    pub fn max_staleness(mut self, max: Duration) -> Self {
+        self.max_staleness = max;
+        self
+    }
+
+    /// The revocation stream. Default `caracal.sessions.revoke`. The name is part of
+    /// each message's signature, so it must match the publisher's.
+    pub fn revoke_stream(mut self, name: impl Into<String>) -> Self {
+        self.revoke_stream = name.into();
+        self
+    }
+
+    /// The delegation-epoch stream. Default `caracal.delegations.invalidate`. The name
+    /// is part of each message's signature, so it must match the publisher's.
+    pub fn epoch_stream(mut self, name: impl Into<String>) -> Self {
+        self.epoch_stream = name.into();
+        self
+    }
+
+    /// How much retained history is replayed at start, and again after Redis
+    /// restarts. Default 24 h ([`DEFAULT_REVOCATION_TTL`]), the revocation TTL:
+    /// older revocations can only name expired mandates. Shorter values start
+    /// faster but forget revocations published earlier than the window before start.
+    pub fn catch_up(mut self, window: Duration) -> Self {
+        self.catch_up = window;
+        self
+    }
+
+    /// The longest wait of one `XREAD BLOCK`. Default 1 s ([`DEFAULT_BLOCK_TIMEOUT`]),
+    /// or a third of [`max_staleness`](Self::max_staleness) when that is shorter.
+    /// Each wait that ends without events still counts as a successful read, so it
+    /// must be below `max_staleness`, or a quiet stream would look stale. Shorter
+    /// values cost one more idle round trip per wait; they do not change how fast
+    /// events arrive (a blocked read returns as soon as one is published).
+    pub fn block_timeout(mut self, timeout: Duration) -> Self {
+        self.block_timeout = Some(timeout);
+        self
+    }
+
+    /// Bounds of the reconnection delay, which doubles from `min` to `max` (with
+    /// jitter) while Redis is unreachable. Default 50 ms to 2 s. Lower bounds recover
+    /// sooner after a blip at the cost of more connection attempts against a
+    /// struggling server; the feed fails closed while disconnected either way.
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.reconnect_min = min;
+        self.reconnect_max = max;
+        self
+    }
+
+    fn effective_block_timeout(&self) -> Duration {
+        self.block_timeout
+            .unwrap_or_else(|| DEFAULT_BLOCK_TIMEOUT.min(self.max_staleness / 3))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.stream_key.is_none() && !self.accept_unsigned {
+            return Err(ConfigError::Missing("stream_key"));
+        }
+        if self.max_staleness < Duration::from_millis(10) {
+            return Err(ConfigError::invalid(
+                "max_staleness",
+                "must be at least 10 ms",
+            ));
+        }
+        let block = self.effective_block_timeout();
+        // BLOCK 0 would wait forever.
+        if block < Duration::from_millis(1) {
+            return Err(ConfigError::invalid(
+                "block_timeout",
+                "must be at least 1 ms",
+            ));
+        }
+        if block >= self.max_staleness {
+            return Err(ConfigError::invalid(
+                "block_timeout",
+                "must be below max_staleness, or a quiet stream looks stale",
+            ));
+        }
+        if self.revoke_stream.is_empty() || self.epoch_stream.is_empty() {
+            return Err(ConfigError::invalid(
+                "stream",
+                "stream names must not be empty",
+            ));
+        }
+        if self.revoke_stream == self.epoch_stream {
+            return Err(ConfigError::invalid(
+                "epoch_stream",
+                "must differ from revoke_stream",
+            ));
+        }
+        if self.reconnect_min < Duration::from_millis(1) || self.reconnect_min > self.reconnect_max
+        {
+            return Err(ConfigError::invalid(
+                "reconnect_backoff",
+                "needs 1 ms <= min <= max",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Validate, attach the feed's health to `set` and start the consumer task on the
+    /// current Tokio runtime.
+    pub(crate) fn spawn(
+        self,
+        set: RevocationSet,
+        clock: SharedClock,
+    ) -> Result<FeedHandle, ConfigError> {
+        self.validate()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            ConfigError::invalid(
+                "redis_revocations",
+                "the feed starts a task: build the verifier inside a Tokio runtime",
+            )
+        })?;
+        // Never echo the URL: it may carry a password.
+        let client = ::redis::Client::open(self.url.as_str())
+            .map_err(|_| ConfigError::invalid("redis_url", "not a valid Redis URL"))?;
+        let health = FeedHealth::new(clock, self.max_staleness, self.fail_open);
+        set.attach_feed(health.clone()).map_err(|_| {
+            ConfigError::invalid(
+                "revocations",
+                "this revocation set is already kept current by another feed",
+            )
+        })?;
+        let key = self.stream_key.clone();
+        if key.is_none() {
+            tracing::warn!(
+                "revocation feed accepts UNSIGNED events (dangerous_accept_unsigned): \
+                 anyone who can write to the streams can revoke sessions"
+            );
+        }
+        if self.fail_open {
+            tracing::warn!(
+                "revocation feed FAILS OPEN (dangerous_fail_open): while it is stale, \
+                 revoked mandates are accepted"
+            );
+        }
+        let block = self.effective_block_timeout();
+        let consumer = Consumer::new(Settings {
+            client,
+            key,
+            revoke_stream: self.revoke_stream,
+            epoch_stream: self.epoch_stream,
+            catch_up: self.catch_up,
+            block,
+            reconnect_min: self.reconnect_min,
+            reconnect_max: self.reconnect_max,
+            set,
+            health: health.clone(),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let task = runtime.spawn(consumer.run(stopped));
+        Ok(FeedHandle::new(health, stop, task))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::SystemClock;
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    fn env_var(e: ConfigError) -> &'static str {
+        match e {
+            ConfigError::Env { var, .. } => var,
+            other => panic!("expected an env error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn env_without_url_is_no_feed() {
+        assert!(
+            RedisRevocations::from_lookup(&lookup(&[]))
+                .unwrap()
+                .is_none()
+        );
+        let empty = lookup(&[("CARACAL_REDIS_URL", " "), ("STREAMS_HMAC_KEY", KEY)]);
+        assert!(RedisRevocations::from_lookup(&empty).unwrap().is_none());
+    }
+
+    #[test]
+    fn env_requires_a_key_or_the_unsigned_opt_in() {
+        let no_key = lookup(&[("CARACAL_REDIS_URL", "redis://127.0.0.1:6379")]);
+        let err = RedisRevocations::from_lookup(&no_key).unwrap_err();
+        assert!(err.to_string().contains("STREAMS_HMAC_KEY"), "{err}");
+        assert_eq!(env_var(err), "STREAMS_HMAC_KEY");
+
+        let opt_out = lookup(&[
+            ("CARACAL_REDIS_URL", "redis://127.0.0.1:6379"),
+            ("CARACAL_REVOCATION_ALLOW_UNSIGNED", "0"),
+        ]);
+        assert!(RedisRevocations::from_lookup(&opt_out).is_err());
+
+        for yes in ["1", "true"] {
+            let opt_in = lookup(&[
+                ("CARACAL_REDIS_URL", "redis://127.0.0.1:6379"),
+                ("CARACAL_REVOCATION_ALLOW_UNSIGNED", yes),
+            ]);
+            let feed = RedisRevocations::from_lookup(&opt_in).unwrap().unwrap();
+            assert!(feed.accept_unsigned && feed.stream_key.is_none());
+        }
+        let junk = lookup(&[
+            ("CARACAL_REDIS_URL", "redis://127.0.0.1:6379"),
+            ("CARACAL_REVOCATION_ALLOW_UNSIGNED", "yes please"),
+        ]);
+        assert_eq!(
+            env_var(RedisRevocations::from_lookup(&junk).unwrap_err()),
+            "CARACAL_REVOCATION_ALLOW_UNSIGNED"
+        );
+    }
+
+    #[test]
+    fn env_key_and_staleness() {
+        let ok = lookup(&[
+            ("CARACAL_REDIS_URL", "redis://127.0.0.1:6379"),
+            ("STREAMS_HMAC_KEY", KEY),
+            ("CARACAL_REVOCATION_MAX_STALENESS_SECS", "7"),
+        ]);
+        let feed = RedisRevocations::from_lookup(&ok).unwrap().unwrap();
+        assert!(feed.stream_key.is_some());
+        assert_eq!(feed.max_staleness, Duration::from_secs(7));
+        assert_eq!(feed.effective_block_timeout(), Duration::from_secs(1));
+
+        let short = lookup(&[
+            ("CARACAL_REDIS_URL", "redis://127.0.0.1:6379"),
+            ("STREAMS_HMAC_KEY", "abcd"),
+        ]);
+        let err = RedisRevocations::from_lookup(&short).unwrap_err();
+        assert!(!err.to_string().contains("abcd"), "{err}");
+        assert_eq!(env_var(err), "STREAMS_HMAC_KEY");
+
+        let bad_secs = lookup(&[
+            ("CARACAL_REDIS_URL", "redis://127.0.0.1:6379"),
+            ("STREAMS_HMAC_KEY", KEY),
+            ("CARACAL_REVOCATION_MAX_STALENESS_SECS", "soon"),
+        ]);
+        assert_eq!(
+            env_var(RedisRevocations::from_lookup(&bad_secs).unwrap_err()),
+            "CARACAL_REVOCATION_MAX_STALENESS_SECS"
+        );
+    }
+
+    fn key() -> StreamKey {
+        StreamKey::from_hex(KEY).unwrap()
+    }
+
+    #[test]
+    fn validation_names_the_setting() {
+        let base = || RedisRevocations::new("redis://127.0.0.1:1").stream_key(key());
+        let setting = |feed: RedisRevocations| match feed.validate().unwrap_err() {
+            ConfigError::Invalid { setting, .. } | ConfigError::Missing(setting) => setting,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            setting(RedisRevocations::new("redis://127.0.0.1:1")),
+            "stream_key"
+        );
+        assert!(
+            RedisRevocations::new("redis://127.0.0.1:1")
+                .dangerous_accept_unsigned()
+                .validate()
+                .is_ok()
+        );
+        assert_eq!(
+            setting(
+                base()
+                    .max_staleness(Duration::from_secs(2))
+                    .block_timeout(Duration::from_secs(2))
+            ),
+            "block_timeout"
+        );
+        assert_eq!(
+            setting(base().block_timeout(Duration::ZERO)),
+            "block_timeout"
+        );
+        assert_eq!(
+            setting(base().epoch_stream(SESSIONS_REVOKE_STREAM)),
+            "epoch_stream"
+        );
+        assert_eq!(
+            setting(base().reconnect_backoff(Duration::from_secs(3), Duration::from_secs(1))),
+            "reconnect_backoff"
+        );
+        // A short staleness shortens the default block timeout instead of failing.
+        let short = base().max_staleness(Duration::from_millis(600));
+        assert!(short.validate().is_ok());
+        assert_eq!(short.effective_block_timeout(), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn spawn_outside_a_runtime_is_a_config_error() {
+        let set = RevocationSet::new();
+        let err = RedisRevocations::new("redis://127.0.0.1:1")
+            .stream_key(key())
+            .spawn(set.clone(), Arc::new(SystemClock))
+            .unwrap_err();
+        assert!(err.to_string().contains("Tokio runtime"), "{err}");
+        // Nothing was attached: the set is still usable by another feed.
+        assert!(set.feed_status().is_none());
+    }
+
+    #[tokio::test]
+    async fn one_feed_per_set_and_bad_urls_are_not_echoed() {
+        let set = RevocationSet::new();
+        let err = RedisRevocations::new("nonsense://user:hunter2@host")
+            .stream_key(key())
+            .spawn(set.clone(), Arc::new(SystemClock))
+            .unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+
+        let first = RedisRevocations::new("redis://127.0.0.1:1")
+            .stream_key(key())
+            .spawn(set.clone(), Arc::new(SystemClock))
+            .unwrap();
+        let err = RedisRevocations::new("redis://127.0.0.1:1")
+            .stream_key(key())
+            .spawn(set.clone(), Arc::new(SystemClock))
+            .unwrap_err();
+        assert!(err.to_string().contains("another feed"), "{err}");
+        first.shutdown().await;
+    }
+
+    #[test]
+    fn debug_hides_the_password_and_key() {
+        let feed =
+            RedisRevocations::new("redis://:hunter2@redis.internal:6379/0").stream_key(key());
+        let dbg = format!("{feed:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(!dbg.contains(KEY), "{dbg}");
+        assert!(dbg.contains("redis.internal"), "{dbg}");
+    }
+}
