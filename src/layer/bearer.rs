@@ -1,0 +1,116 @@
+//! Bearer token extraction from the `Authorization` header (RFC 6750 §2.1, RFC 7235).
+
+use http::HeaderMap;
+use http::header::AUTHORIZATION;
+
+use crate::error::{AuthError, InvalidReason};
+
+/// The bearer token of a request.
+///
+/// - No `Authorization` header, or a scheme other than `Bearer`, is
+///   [`AuthError::MissingToken`]: the request carries no credentials of ours.
+/// - More than one `Authorization` header is `invalid_token` (`malformed`): picking
+///   one would let an intermediary and this service disagree on who is calling.
+/// - The scheme matches case-insensitively and may be followed by one or more
+///   spaces. The token itself must be non-empty visible ASCII with no inner
+///   whitespace (trailing spaces are ignored); anything else, including non-UTF-8
+///   bytes, is `invalid_token` (`malformed`).
+///
+/// Pure: it reads nothing but the headers, and never the query string.
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Err(AuthError::MissingToken);
+    };
+    if values.next().is_some() {
+        return Err(malformed());
+    }
+    let bytes = value.as_bytes();
+    let scheme_end = bytes.iter().position(|&b| b == b' ').unwrap_or(bytes.len());
+    let (scheme, rest) = bytes.split_at(scheme_end);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return Err(AuthError::MissingToken);
+    }
+    let token = rest.trim_ascii_start().trim_ascii_end();
+    if token.is_empty() || !token.iter().all(u8::is_ascii_graphic) {
+        return Err(malformed());
+    }
+    // All bytes are visible ASCII, so this cannot fail.
+    std::str::from_utf8(token).map_err(|_| malformed())
+}
+
+const fn malformed() -> AuthError {
+    AuthError::InvalidToken {
+        reason: InvalidReason::Malformed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    fn headers(values: &[&[u8]]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for v in values {
+            map.append(AUTHORIZATION, HeaderValue::from_bytes(v).unwrap());
+        }
+        map
+    }
+
+    fn extract(values: &[&[u8]]) -> Result<String, AuthError> {
+        bearer(&headers(values)).map(str::to_owned)
+    }
+
+    #[test]
+    fn accepts_any_scheme_case_and_spaces() {
+        for v in [
+            &b"Bearer abc.def.ghi"[..],
+            b"bearer abc.def.ghi",
+            b"BEARER abc.def.ghi",
+            b"bEaReR    abc.def.ghi",
+            b"Bearer abc.def.ghi  ",
+        ] {
+            assert_eq!(extract(&[v]).as_deref(), Ok("abc.def.ghi"), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn missing_or_foreign_scheme_is_missing_token() {
+        assert_eq!(extract(&[]), Err(AuthError::MissingToken));
+        for v in [
+            &b"Basic dXNlcjpwYXNz"[..],
+            b"Bearerabc",
+            b"Bearer\tabc",
+            b"Token abc",
+            b"",
+        ] {
+            assert_eq!(extract(&[v]), Err(AuthError::MissingToken), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn two_headers_are_rejected_not_first_wins() {
+        assert_eq!(
+            extract(&[b"Bearer a.b.c", b"Bearer d.e.f"]),
+            Err(malformed())
+        );
+        assert_eq!(extract(&[b"Bearer a.b.c", b"Basic x"]), Err(malformed()));
+    }
+
+    #[test]
+    fn empty_or_odd_tokens_are_malformed() {
+        for v in [
+            &b"Bearer"[..],
+            b"Bearer ",
+            b"Bearer    ",
+            b"Bearer a b",
+            b"Bearer a\tb",
+            b"Bearer \xff\xfe",
+            b"Bearer abc\x80",
+        ] {
+            assert_eq!(extract(&[v]), Err(malformed()), "{v:?}");
+        }
+    }
+}

@@ -1,0 +1,682 @@
+//! [`MandateLayer`], [`MandateService`] and their [`ResponseFuture`].
+
+use std::fmt;
+use std::future::Future;
+use std::mem;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::bearer::bearer;
+use super::reject::{self, JsonRenderer, Rejecter, Renderer};
+use crate::error::AuthError;
+use crate::mandate::Mandate;
+use crate::requirements::Requirements;
+use crate::verifier::Verifier;
+
+/// The tracing target of the one event emitted per decision.
+const DECISION_TARGET: &str = "caracal_verifier::decision";
+
+/// A Tower layer that verifies the request's bearer mandate against a route's
+/// [`Requirements`] and hands the verified [`Mandate`] to the inner service through
+/// the request extensions.
+///
+/// Denials are answered by the layer itself, as `Ok` responses (see
+/// [`Renderer`]); the inner service is called only for allowed requests.
+///
+/// The layer holds configuration only; cloning it, and each [`MandateService`] it
+/// makes, is an `Arc` clone.
+///
+/// # Stacking
+///
+/// When the request already carries a [`Mandate`] verified for the same issuer,
+/// audience and zone (put there by an outer `MandateLayer`), the token is not
+/// verified again: the mandate is only re-checked for expiry and revocation and
+/// checked against this layer's requirements. A router-wide layer can carry the
+/// zone and issuer checks while route layers add scopes, agent, delegation and
+/// chain requirements.
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// use caracal_verifier::{Mandate, Requirements, Verifier};
+/// use caracal_verifier::layer::MandateLayer;
+///
+/// # fn app(verifier: Verifier) -> Router {
+/// Router::new()
+///     .route("/tickets", get(|m: Mandate| async move { m.subject().to_owned() }))
+///     .route_layer(MandateLayer::new(verifier.clone(), Requirements::new().scopes(["tickets:read"])))
+///     .layer(MandateLayer::new(verifier, Requirements::new()))
+/// # }
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct MandateLayer {
+    config: Arc<Config>,
+}
+
+/// Everything a [`MandateService`] needs, shared by all its clones.
+#[derive(Clone)]
+pub(crate) struct Config {
+    verifier: Verifier,
+    reqs: Requirements,
+    optional: bool,
+    pub(crate) rejecter: Rejecter,
+}
+
+impl fmt::Debug for MandateLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &*self.config;
+        f.debug_struct("MandateLayer")
+            .field("verifier", &c.verifier)
+            .field("requirements", &c.reqs)
+            .field("optional", &c.optional)
+            .field("realm", &c.rejecter.realm)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MandateLayer {
+    /// Require a valid mandate that meets `reqs`.
+    ///
+    /// Defaults: credentials are required (see [`optional`](Self::optional)),
+    /// denials are rendered by [`JsonRenderer`], and the challenge realm is the
+    /// verifier's audience (see [`realm`](Self::realm)).
+    pub fn new(verifier: Verifier, reqs: Requirements) -> Self {
+        let realm = reject::sanitize(verifier.audience());
+        Self {
+            config: Arc::new(Config {
+                verifier,
+                reqs,
+                optional: false,
+                rejecter: Rejecter {
+                    renderer: Arc::new(JsonRenderer),
+                    realm,
+                },
+            }),
+        }
+    }
+
+    /// Let requests without credentials through, with no [`Mandate`] in their
+    /// extensions, so handlers can serve anonymous callers differently (take an
+    /// `Option<Mandate>`). Default off.
+    ///
+    /// Only the absence of credentials is tolerated: a request with no
+    /// `Authorization` header or with another scheme passes, while a bearer token
+    /// that fails verification or the route's requirements is still denied.
+    pub fn optional(mut self) -> Self {
+        Arc::make_mut(&mut self.config).optional = true;
+        self
+    }
+
+    /// Render denials with `renderer` instead of [`JsonRenderer`].
+    /// The layer still adds the protocol headers (see [`Renderer`]).
+    pub fn renderer(mut self, renderer: impl Renderer) -> Self {
+        Arc::make_mut(&mut self.config).rejecter.renderer = Arc::new(renderer);
+        self
+    }
+
+    /// The `realm` of `WWW-Authenticate` challenges. Default: the verifier's
+    /// audience. Characters not allowed in a quoted value (anything but visible
+    /// ASCII, `"` and `\`) are dropped.
+    pub fn realm(mut self, realm: impl AsRef<str>) -> Self {
+        Arc::make_mut(&mut self.config).rejecter.realm = reject::sanitize(realm.as_ref());
+        self
+    }
+
+    /// The requirements this layer enforces.
+    pub fn requirements(&self) -> &Requirements {
+        &self.config.reqs
+    }
+}
+
+impl<S> Layer<S> for MandateLayer {
+    type Service = MandateService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        MandateService {
+            inner,
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+/// The service made by [`MandateLayer`]: verifies, then calls `S` with the
+/// [`Mandate`] in the request extensions, or answers the denial itself.
+#[derive(Clone)]
+pub struct MandateService<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for MandateService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MandateService")
+            .field("inner", &self.inner)
+            .field("requirements", &self.config.reqs)
+            .field("optional", &self.config.optional)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> MandateService<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwrap the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+/// Marks a mandate whose single use has been recorded during this request, so a
+/// stacked single-use layer does not count it twice (and deny it as replayed).
+#[derive(Clone)]
+struct Consumed(Mandate);
+
+/// Left in the extensions of a request an optional layer let through without
+/// credentials, so the `Mandate` extractor can deny it like the layer would have.
+#[cfg(feature = "axum")]
+#[derive(Clone)]
+pub(crate) struct Anonymous {
+    pub(crate) config: Arc<Config>,
+}
+
+type VerifyFuture = Pin<Box<dyn Future<Output = Result<Mandate, AuthError>> + Send>>;
+
+/// How the decision starts: settled at once, or waiting for verification.
+enum Start {
+    /// `Ok(None)`: an anonymous request an optional layer lets through.
+    Decided(Result<Option<Mandate>, (AuthError, Option<Mandate>)>),
+    Pending(VerifyFuture),
+}
+
+impl Config {
+    fn start(self: &Arc<Self>, extensions: &http::Extensions, headers: &http::HeaderMap) -> Start {
+        let verifier = &self.verifier;
+        if let Some(m) = extensions.get::<Mandate>()
+            && verified_for(verifier, m)
+        {
+            let m = m.clone();
+            if let Err(e) = verifier.authorize(&m, &self.reqs) {
+                return Start::Decided(Err((e, Some(m))));
+            }
+            let consumed = extensions
+                .get::<Consumed>()
+                .is_some_and(|c| c.0.issuer() == m.issuer() && c.0.jti() == m.jti());
+            if self.reqs.is_single_use() && !consumed {
+                let config = Arc::clone(self);
+                return Start::Pending(Box::pin(async move {
+                    config.verifier.consume(&m).await.map(|()| m)
+                }));
+            }
+            return Start::Decided(Ok(Some(m)));
+        }
+        match bearer(headers) {
+            Ok(token) => {
+                let token = token.to_owned();
+                let config = Arc::clone(self);
+                Start::Pending(Box::pin(async move {
+                    config.verifier.verify(&token, &config.reqs).await
+                }))
+            }
+            Err(AuthError::MissingToken) if self.optional => Start::Decided(Ok(None)),
+            Err(e) => Start::Decided(Err((e, None))),
+        }
+    }
+
+    /// Record an allowed request and hand it on: the mandate (or, for an anonymous
+    /// request, the denial context) goes into the extensions.
+    fn admit<B>(
+        self: &Arc<Self>,
+        req: &mut Request<B>,
+        mandate: Option<Mandate>,
+        request_id: Option<&str>,
+    ) {
+        match mandate {
+            Some(m) => {
+                record(self, request_id, Ok(Some(&m)));
+                if self.reqs.is_single_use() {
+                    req.extensions_mut().insert(Consumed(m.clone()));
+                }
+                req.extensions_mut().insert(m);
+            }
+            None => {
+                record(self, request_id, Ok(None));
+                #[cfg(feature = "axum")]
+                req.extensions_mut().insert(Anonymous {
+                    config: Arc::clone(self),
+                });
+            }
+        }
+    }
+
+    /// Record a denial and render it.
+    fn deny(
+        &self,
+        err: &AuthError,
+        mandate: Option<&Mandate>,
+        request_id: Option<&str>,
+    ) -> Response<Bytes> {
+        let request_id = request_id.map_or_else(reject::generate_request_id, str::to_owned);
+        record(self, Some(&request_id), Err((err, mandate)));
+        self.rejecter.reject(err, &request_id)
+    }
+}
+
+/// Whether a mandate found in the extensions was verified for this verifier's
+/// issuer, audience and zone, so it can be reused instead of verifying again.
+fn verified_for(verifier: &Verifier, m: &Mandate) -> bool {
+    m.issuer() == verifier.issuer()
+        && m.zone_id() == verifier.zone()
+        && m.audience().iter().any(|a| a == verifier.audience())
+}
+
+/// The one tracing event of a decision. Never includes the token.
+fn record(
+    config: &Config,
+    request_id: Option<&str>,
+    outcome: Result<Option<&Mandate>, (&AuthError, Option<&Mandate>)>,
+) {
+    let zone = config.verifier.zone();
+    match outcome {
+        Ok(Some(m)) => tracing::debug!(
+            target: DECISION_TARGET,
+            decision = "allow",
+            zone = m.zone_id(),
+            client_id = m.client_id(),
+            sid = m.sid(),
+            request_id,
+            "mandate accepted"
+        ),
+        Ok(None) => tracing::debug!(
+            target: DECISION_TARGET,
+            decision = "anonymous",
+            zone,
+            request_id,
+            "no credentials; optional layer lets the request through"
+        ),
+        Err((err, m)) => {
+            let code = err.code().as_str();
+            let status = err.status().as_u16();
+            let reason = err.reason().map(|r| r.as_str());
+            let client_id = m.map(Mandate::client_id);
+            let sid = m.map(Mandate::sid);
+            if err.status().is_server_error() {
+                tracing::warn!(
+                    target: DECISION_TARGET,
+                    decision = "deny", code, status, reason, zone, client_id, sid, request_id,
+                    "mandate check unavailable: {err}"
+                );
+            } else {
+                tracing::info!(
+                    target: DECISION_TARGET,
+                    decision = "deny", code, status, reason, zone, client_id, sid, request_id,
+                    "mandate denied: {err}"
+                );
+            }
+        }
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for MandateService<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+    ResB: From<Bytes>,
+{
+    type Response = Response<ResB>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        // `self.inner` is the instance `poll_ready` made ready: it takes this request,
+        // and a clone stays behind for the next one.
+        let clone = self.inner.clone();
+        let mut inner = mem::replace(&mut self.inner, clone);
+        let config = &self.config;
+        // Generated only when a denial needs one: allowed requests stay cheap.
+        let request_id = reject::incoming_request_id(req.headers()).map(str::to_owned);
+        let state = match config.start(req.extensions(), req.headers()) {
+            Start::Decided(Ok(mandate)) => {
+                config.admit(&mut req, mandate, request_id.as_deref());
+                State::Inner {
+                    fut: inner.call(req),
+                }
+            }
+            Start::Decided(Err((err, m))) => State::Rejected {
+                response: Some(config.deny(&err, m.as_ref(), request_id.as_deref())),
+            },
+            Start::Pending(verify) => State::Verify {
+                verify,
+                pending: Some(Pending {
+                    inner,
+                    req,
+                    config: Arc::clone(config),
+                    request_id,
+                }),
+            },
+        };
+        ResponseFuture { state }
+    }
+}
+
+/// What the future holds while verification runs.
+struct Pending<S, ReqB> {
+    inner: S,
+    req: Request<ReqB>,
+    config: Arc<Config>,
+    request_id: Option<String>,
+}
+
+pin_project! {
+    /// The response future of [`MandateService`]: verification, then the inner
+    /// service's future, or the rendered denial.
+    pub struct ResponseFuture<S, ReqB>
+    where
+        S: Service<Request<ReqB>>,
+    {
+        #[pin]
+        state: State<S, ReqB>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, ReqB>
+    where
+        S: Service<Request<ReqB>>,
+    {
+        Verify {
+            verify: VerifyFuture,
+            pending: Option<Pending<S, ReqB>>,
+        },
+        Inner {
+            #[pin]
+            fut: S::Future,
+        },
+        Rejected {
+            response: Option<Response<Bytes>>,
+        },
+    }
+}
+
+impl<S, ReqB> fmt::Debug for ResponseFuture<S, ReqB>
+where
+    S: Service<Request<ReqB>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Verify { .. } => "Verify",
+            State::Inner { .. } => "Inner",
+            State::Rejected { .. } => "Rejected",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<S, ReqB, ResB> Future for ResponseFuture<S, ReqB>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: From<Bytes>,
+{
+    type Output = Result<Response<ResB>, S::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            match self.as_mut().project().state.project() {
+                StateProj::Verify { verify, pending } => {
+                    let result = ready!(verify.as_mut().poll(cx));
+                    let Pending {
+                        mut inner,
+                        mut req,
+                        config,
+                        request_id,
+                    } = pending
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    match result {
+                        Ok(mandate) => {
+                            config.admit(&mut req, Some(mandate), request_id.as_deref());
+                            let fut = inner.call(req);
+                            self.as_mut().project().state.set(State::Inner { fut });
+                        }
+                        Err(err) => {
+                            let response = config.deny(&err, None, request_id.as_deref());
+                            self.as_mut()
+                                .project()
+                                .state
+                                .set(State::Rejected { response: None });
+                            return Poll::Ready(Ok(response.map(ResB::from)));
+                        }
+                    }
+                }
+                StateProj::Inner { fut } => return fut.poll(cx),
+                StateProj::Rejected { response } => {
+                    let response = response
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    return Poll::Ready(Ok(response.map(ResB::from)));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tower::{ServiceBuilder, ServiceExt};
+
+    use super::*;
+    use crate::testing::TestIssuer;
+
+    type Body = http_body_util::Full<Bytes>;
+
+    async fn setup() -> (TestIssuer, Verifier) {
+        let sts = TestIssuer::start("zone-1").await.unwrap();
+        let verifier = Verifier::builder()
+            .issuer(sts.issuer_url())
+            .audience("resource://api")
+            .zone("zone-1")
+            .build()
+            .unwrap();
+        (sts, verifier)
+    }
+
+    fn get(token: Option<&str>) -> Request<Body> {
+        let mut req = Request::get("/").body(Body::default()).unwrap();
+        if let Some(t) = token {
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        req
+    }
+
+    /// An inner service that answers with the mandate's subject (or "anonymous").
+    fn echo()
+    -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future = impl Send>
+    + Clone {
+        tower::service_fn(|req: Request<Body>| async move {
+            let who = req
+                .extensions()
+                .get::<Mandate>()
+                .map_or("anonymous".to_owned(), |m| m.subject().to_owned());
+            Ok::<_, Infallible>(Response::new(Body::from(who)))
+        })
+    }
+
+    async fn body(res: Response<Body>) -> String {
+        use http_body_util::BodyExt;
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    /// Fails unless the instance that `poll_ready` readied is the one called.
+    struct Strict {
+        ready: bool,
+        calls: Arc<AtomicUsize>,
+    }
+
+    impl Clone for Strict {
+        fn clone(&self) -> Self {
+            Strict {
+                ready: false,
+                calls: Arc::clone(&self.calls),
+            }
+        }
+    }
+
+    impl Service<Request<Body>> for Strict {
+        type Response = Response<Body>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Response<Body>, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            self.ready = true;
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<Body>) -> Self::Future {
+            assert!(self.ready, "called an instance that was not made ready");
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Ok(Response::new(Body::default())))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_ready_instance_gets_the_request() {
+        let (sts, verifier) = setup().await;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let strict = Strict {
+            ready: false,
+            calls: Arc::clone(&calls),
+        };
+        let layer = MandateLayer::new(verifier, Requirements::new()).optional();
+        let mut svc = layer.layer(strict);
+        // Synchronous path (anonymous) and verification path (token).
+        let res = svc.ready().await.unwrap().call(get(None)).await.unwrap();
+        assert_eq!(res.status(), 200);
+        let token = sts.mandate().sign();
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(get(Some(&token)))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_denial_is_a_response_and_skips_the_inner_service() {
+        let (_sts, verifier) = setup().await;
+        let failing = tower::service_fn(|_: Request<Body>| async {
+            Err::<Response<Body>, &'static str>("inner service must not be called")
+        });
+        let svc = MandateLayer::new(verifier, Requirements::new()).layer(failing);
+        let res = svc.oneshot(get(Some("not-a-jwt"))).await.unwrap();
+        assert_eq!(res.status(), 401);
+        assert_eq!(res.headers()["content-type"], "application/json");
+        let json: serde_json::Value = serde_json::from_str(&body(res).await).unwrap();
+        assert_eq!(json["error"], "invalid_token");
+        assert_eq!(json["details"]["reason"], "malformed");
+    }
+
+    #[tokio::test]
+    async fn allowed_requests_carry_the_mandate() {
+        let (sts, verifier) = setup().await;
+        let svc = MandateLayer::new(verifier, Requirements::new().scopes(["a"])).layer(echo());
+        let token = sts.mandate().subject("alice").scopes(["a"]).sign();
+        let res = svc.oneshot(get(Some(&token))).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(body(res).await, "alice");
+    }
+
+    #[tokio::test]
+    async fn optional_tolerates_absence_not_bad_credentials() {
+        let (_sts, verifier) = setup().await;
+        let svc = MandateLayer::new(verifier, Requirements::new())
+            .optional()
+            .layer(echo());
+        let res = svc.clone().oneshot(get(None)).await.unwrap();
+        assert_eq!(body(res).await, "anonymous");
+        let mut basic = get(None);
+        basic
+            .headers_mut()
+            .insert("authorization", "Basic dXNlcjpwYXNz".parse().unwrap());
+        assert_eq!(svc.clone().oneshot(basic).await.unwrap().status(), 200);
+        let res = svc.oneshot(get(Some("a.b.c"))).await.unwrap();
+        assert_eq!(res.status(), 401);
+    }
+
+    #[tokio::test]
+    async fn stacked_layers_verify_once_and_consume_once() {
+        let (sts, verifier) = setup().await;
+        let single = Requirements::new().single_use();
+        let svc = ServiceBuilder::new()
+            .layer(MandateLayer::new(verifier.clone(), single.clone()))
+            .layer(MandateLayer::new(verifier.clone(), single.scopes(["b"])))
+            .service(echo());
+        let token = sts.mandate().subject("bob").scopes(["b"]).sign();
+        let res = svc.clone().oneshot(get(Some(&token))).await.unwrap();
+        assert_eq!(res.status(), 200, "the inner layer must not see a replay");
+        assert_eq!(body(res).await, "bob");
+        let res = svc.oneshot(get(Some(&token))).await.unwrap();
+        assert_eq!(res.status(), 401);
+        let json: serde_json::Value = serde_json::from_str(&body(res).await).unwrap();
+        assert_eq!(json["details"]["reason"], "replayed");
+        assert_eq!(verifier.jwks_fetches(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_mandate_for_another_audience_is_verified_again() {
+        let (sts, verifier) = setup().await;
+        let other = Verifier::builder()
+            .issuer(sts.issuer_url())
+            .audience("resource://other")
+            .zone("zone-1")
+            .build()
+            .unwrap();
+        let svc = ServiceBuilder::new()
+            .layer(MandateLayer::new(verifier, Requirements::new()))
+            .layer(MandateLayer::new(other, Requirements::new()))
+            .service(echo());
+        let token = sts.mandate().sign();
+        let res = svc.oneshot(get(Some(&token))).await.unwrap();
+        assert_eq!(res.status(), 401);
+        let json: serde_json::Value = serde_json::from_str(&body(res).await).unwrap();
+        assert_eq!(json["details"]["reason"], "audience");
+    }
+
+    #[test]
+    fn layer_and_service_are_send_sync_and_debug() {
+        fn check<T: Send + Sync + Clone + fmt::Debug>() {}
+        check::<MandateLayer>();
+        check::<
+            MandateService<
+                tower::util::BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>,
+            >,
+        >();
+    }
+}
