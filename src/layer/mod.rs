@@ -86,9 +86,11 @@
 //! single-use mandate is recorded once per request however many layers require it.
 
 mod bearer;
+mod builder_ext;
 mod reject;
 mod service;
 
+pub use builder_ext::MandateServiceBuilderExt;
 pub use reject::{JsonRenderer, Renderer};
 pub use service::{MandateLayer, MandateService, ResponseFuture};
 
