@@ -55,6 +55,8 @@ pub struct FeedStatus {
     pub dropped: u64,
 }
 
+// Only the Redis feed (feature `redis`) drives the health today.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 impl FeedHealth {
     pub(crate) fn new(clock: SharedClock, max_staleness: Duration, fail_open: bool) -> Arc<Self> {
         Arc::new(Self {

@@ -21,6 +21,7 @@ pub use event::{
     ANCHOR_FIELDS, DELEGATIONS_INVALIDATE_STREAM, EventError, RevocationEvent,
     SESSIONS_REVOKE_STREAM, StreamKey, canonical_form, sign_fields, verify_fields,
 };
+#[cfg(feature = "redis")]
 pub(crate) use feed::FeedHealth;
 pub use feed::{DEFAULT_MAX_STALENESS, FeedStatus};
 pub(crate) use set::{Anchor, fingerprint};
