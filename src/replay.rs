@@ -69,9 +69,12 @@ impl moka::Expiry<(Arc<str>, Arc<str>), u64> for UntilExpiry {
         until: &u64,
         _at: std::time::Instant,
     ) -> Option<Duration> {
-        Some(Duration::from_secs(
-            until.saturating_sub(self.0.now().as_secs()),
-        ))
+        // Bounded so a far-future `exp` cannot overflow the cache's clock arithmetic.
+        // Mandates live minutes; a year is far beyond any real one.
+        let secs = until
+            .saturating_sub(self.0.now().as_secs())
+            .min(365 * 24 * 3600);
+        Some(Duration::from_secs(secs))
     }
 }
 

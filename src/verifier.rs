@@ -23,6 +23,9 @@ use crate::token::{self, HeaderAlg};
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
 /// The default token size cap (8 KiB).
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// The longest a verified mandate stays in the cache, whatever its `exp`.
+const MAX_CACHE_TTL_SECS: u64 = 24 * 3600;
+
 /// The default JWKS cache TTL (5 min).
 pub const DEFAULT_JWKS_TTL: Duration = Duration::from_secs(300);
 /// The default maximum age of the last good keyset while refreshes fail (30 min).
@@ -202,7 +205,15 @@ impl Verifier {
         let (mandate, key) = self.verify_cold(token, now).await?;
         if let Some(cache) = &inner.cache {
             let c = &mandate.0.claims;
-            let ttl = Duration::from_secs((c.exp + inner.leeway).saturating_sub(now));
+            // `exp` is attacker-influenced only within a valid signature, but an STS bug
+            // could still send a far-future value: saturate, and never keep an entry
+            // longer than a day (expiry is checked on every hit regardless).
+            let ttl = Duration::from_secs(
+                c.exp
+                    .saturating_add(inner.leeway)
+                    .saturating_sub(now)
+                    .min(MAX_CACHE_TTL_SECS),
+            );
             cache.insert(
                 token,
                 Cached {
