@@ -318,6 +318,32 @@ impl KeyCache {
 
     /// The key for `kid`, fetching or refreshing as the cache state requires.
     pub(crate) async fn key_for(self: &Arc<Self>, kid: &str) -> Result<Arc<VerifyKey>, AuthError> {
+        let set = self.current().await?;
+        if let Some(key) = set.keys.get(kid) {
+            return Ok(key.clone());
+        }
+        // Unknown kid: perhaps the issuer rotated. One refetch, unless in cooldown.
+        match self.refresh(false).await {
+            Ok(set) => set
+                .keys
+                .get(kid)
+                .cloned()
+                .ok_or(AuthError::invalid(InvalidReason::UnknownKey)),
+            Err(_) => Err(AuthError::invalid(InvalidReason::UnknownKey)),
+        }
+    }
+
+    /// Check the keyset is usable, for a mandate verified earlier under one of its
+    /// keys: the same freshness rules as a lookup, without the lookup. A cached
+    /// mandate must not outlive the keyset's maximum staleness, and a stream of cache
+    /// hits must still drive the TTL refresh that notices removed keys.
+    pub(crate) async fn ensure_fresh(self: &Arc<Self>) -> Result<(), AuthError> {
+        self.current().await.map(|_| ())
+    }
+
+    /// The keyset to use now: fetched if there is none, refreshed in the background
+    /// past the TTL, refreshed in line (or refused) past the maximum staleness.
+    async fn current(self: &Arc<Self>) -> Result<Arc<KeySet>, AuthError> {
         let now = self.now_ms();
         let set = match self.snapshot() {
             None => self.refresh(false).await.map_err(unavailable)?,
@@ -340,18 +366,7 @@ impl KeyCache {
                 }
             }
         };
-        if let Some(key) = set.keys.get(kid) {
-            return Ok(key.clone());
-        }
-        // Unknown kid: perhaps the issuer rotated. One refetch, unless in cooldown.
-        match self.refresh(false).await {
-            Ok(set) => set
-                .keys
-                .get(kid)
-                .cloned()
-                .ok_or(AuthError::invalid(InvalidReason::UnknownKey)),
-            Err(_) => Err(AuthError::invalid(InvalidReason::UnknownKey)),
-        }
+        Ok(set)
     }
 
     fn spawn_refresh(self: &Arc<Self>) {

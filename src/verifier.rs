@@ -198,7 +198,11 @@ impl Verifier {
         if let Some((cache, hit)) = inner.cache.as_ref().and_then(|c| Some((c, c.get(token)?))) {
             if !hit.key.is_retired() {
                 self.check_times(&hit.mandate.0.claims, now)?;
-                return Ok(hit.mandate.clone());
+                inner.keys.ensure_fresh().await?;
+                // The refresh that may just have run can have retired the key.
+                if !hit.key.is_retired() {
+                    return Ok(hit.mandate.clone());
+                }
             }
             cache.remove(token);
         }
