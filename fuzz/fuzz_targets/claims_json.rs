@@ -1,0 +1,24 @@
+//! The strict claims parser on raw JSON (the decoded payload).
+//!
+//! Properties: no panic or stack overflow on any input; every failure is
+//! `invalid_token`/`claims`; and the parser is never more lenient than serde_json:
+//! whatever it accepts is a JSON object serde_json also accepts.
+#![no_main]
+
+use caracal_verifier::internals::parse_claims_json;
+use caracal_verifier::{ErrorCode, InvalidReason};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    match parse_claims_json(data) {
+        Ok(()) => {
+            let value: serde_json::Value =
+                serde_json::from_slice(data).expect("accepted claims are valid JSON");
+            assert!(value.is_object(), "accepted claims are an object");
+        }
+        Err(err) => {
+            assert_eq!(err.code(), ErrorCode::InvalidToken);
+            assert_eq!(err.reason(), Some(InvalidReason::Claims));
+        }
+    }
+});
