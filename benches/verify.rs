@@ -124,7 +124,9 @@ fn warm_path(c: &mut Criterion) {
         b.iter(|| now(v.verify(&tok, &r)).unwrap())
     });
     let m: Mandate = now(v.verify(&tok, &r)).unwrap();
-    g.bench_function("authorize_only", |b| b.iter(|| v.authorize(&m, &r).unwrap()));
+    g.bench_function("authorize_only", |b| {
+        b.iter(|| v.authorize(&m, &r).unwrap())
+    });
     g.finish();
 }
 
@@ -134,7 +136,12 @@ fn rejections(c: &mut Criterion) {
     let good = token(&s);
     let (input, _) = good.rsplit_once('.').unwrap();
     let bad_sig = format!("{input}.{}", URL_SAFE_NO_PAD.encode([7u8; 64]));
-    let expired = s.sts.mandate().issued_at(1_000_000).expires_at(1_000_300).sign();
+    let expired = s
+        .sts
+        .mandate()
+        .issued_at(1_000_000)
+        .expires_at(1_000_300)
+        .sign();
     let unknown_kid = s
         .sts
         .mandate()

@@ -1,0 +1,3 @@
+//! Peer benchmarks for `caracal-verifier`; everything lives in `benches/peers.rs`.
+//!
+//! Run: `cargo bench --manifest-path benches/peers/Cargo.toml`
