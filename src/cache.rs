@@ -1,84 +1,252 @@
 //! The verified-mandate cache: a token seen before skips the signature check and
 //! parsing, but never the expiry, key, revocation and route checks.
 //!
-//! Entries are keyed by the whole token (a fast keyed hash, then a full compare, so
-//! a hash collision can never return another token's mandate), are bounded in
-//! entries and bytes, never outlive `exp`, and die with the key that verified them.
+//! Entries are found by a keyed hash of the token's last bytes (inside the
+//! signature) and then compared on the **whole** token, so a hash collision can only
+//! miss, never return another token's mandate. Only tokens that passed full
+//! verification are inserted, so an attacker cannot fill the cache or steer its
+//! buckets. The cache is bounded in entries and bytes, entries never outlive `exp`,
+//! and they die with the key that verified them.
+//!
+//! It is a sharded map rather than a general-purpose cache: a lookup is one
+//! uncontended read lock and one probe, and an insert is one write lock. When a
+//! shard is full, its expired entries go first; if none have expired the shard is
+//! emptied, and its tokens are verified afresh when next seen.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::sync::{Arc, RwLock};
 
 use crate::jwk::VerifyKey;
 use crate::mandate::Mandate;
-
-#[derive(Debug)]
-pub(crate) struct Cached {
-    pub(crate) mandate: Mandate,
-    pub(crate) key: Arc<VerifyKey>,
-    pub(crate) ttl: Duration,
-}
 
 /// Default entry cap of the verified-mandate cache.
 pub const DEFAULT_CACHE_ENTRIES: u64 = 100_000;
 /// Default byte cap of the verified-mandate cache.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
-#[derive(Clone)]
+const SHARDS: usize = 16;
+/// Bytes of the token's tail that are hashed: all inside an ES256 signature.
+const HASHED_TAIL: usize = 64;
+
+#[derive(Debug)]
+pub(crate) struct Cached {
+    token: Box<str>,
+    pub(crate) mandate: Mandate,
+    pub(crate) key: Arc<VerifyKey>,
+    /// Drop the entry at this time (seconds since the Unix epoch).
+    expires_at: u64,
+}
+
+/// The hash is already a keyed hash: use it as is.
+#[derive(Default)]
+struct Identity(u64);
+
+impl Hasher for Identity {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    map: HashMap<u64, Arc<Cached>, BuildHasherDefault<Identity>>,
+    bytes: usize,
+}
+
 pub(crate) struct MandateCache {
-    cache: moka::sync::Cache<Arc<str>, Arc<Cached>, foldhash::fast::RandomState>,
+    shards: Box<[RwLock<Shard>]>,
+    hasher: foldhash::fast::RandomState,
+    max_entries: usize,
+    max_bytes: usize,
 }
 
 impl std::fmt::Debug for MandateCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MandateCache")
-            .field("entries", &self.cache.entry_count())
-            .finish()
+            .field("max_entries", &(self.max_entries * SHARDS))
+            .field("max_bytes", &(self.max_bytes * SHARDS))
+            .finish_non_exhaustive()
     }
 }
 
-struct ToExp;
-
-impl moka::Expiry<Arc<str>, Arc<Cached>> for ToExp {
-    fn expire_after_create(
-        &self,
-        _k: &Arc<str>,
-        v: &Arc<Cached>,
-        _at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(v.ttl)
-    }
-}
-
-/// Rough heap cost of one entry: the token, the claims and bookkeeping.
-fn entry_bytes(token: &str) -> u64 {
-    // Claims decode to about three quarters of the token; add map and Arc overhead.
-    (token.len() as u64) * 2 + 512
+/// Rough heap cost of one entry: the token, the parsed claims and bookkeeping.
+fn entry_bytes(token: &str) -> usize {
+    token.len() * 2 + 512
 }
 
 impl MandateCache {
     pub(crate) fn new(max_entries: u64, max_bytes: u64) -> Self {
-        // Weigh each entry by its bytes, but at least max_bytes / max_entries, so the
-        // single weight bound enforces both caps.
-        let floor = (max_bytes / max_entries.max(1)).max(1);
-        let cache = moka::sync::Cache::builder()
-            .max_capacity(max_bytes)
-            .weigher(move |k: &Arc<str>, _v: &Arc<Cached>| {
-                u32::try_from(entry_bytes(k).max(floor)).unwrap_or(u32::MAX)
-            })
-            .expire_after(ToExp)
-            .build_with_hasher(foldhash::fast::RandomState::default());
-        Self { cache }
+        let per = |n: u64| {
+            usize::try_from(n.div_ceil(SHARDS as u64))
+                .unwrap_or(usize::MAX)
+                .max(1)
+        };
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
+            hasher: foldhash::fast::RandomState::default(),
+            max_entries: per(max_entries),
+            max_bytes: per(max_bytes),
+        }
     }
 
-    pub(crate) fn get(&self, token: &str) -> Option<Arc<Cached>> {
-        self.cache.get(token)
+    fn locate(&self, token: &str) -> (u64, &RwLock<Shard>) {
+        let tail = &token.as_bytes()[token.len().saturating_sub(HASHED_TAIL)..];
+        let h = self.hasher.hash_one(tail);
+        (h, &self.shards[(h >> 60) as usize % SHARDS])
     }
 
-    pub(crate) fn insert(&self, token: &str, value: Cached) {
-        self.cache.insert(Arc::from(token), Arc::new(value));
+    /// The entry for exactly this token, if it is cached and not past its lifetime.
+    pub(crate) fn get(&self, token: &str, now: u64) -> Option<Arc<Cached>> {
+        let (h, shard) = self.locate(token);
+        let s = shard
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.map
+            .get(&h)
+            .filter(|c| *c.token == *token && c.expires_at > now)
+            .cloned()
+    }
+
+    pub(crate) fn insert(
+        &self,
+        token: &str,
+        mandate: Mandate,
+        key: Arc<VerifyKey>,
+        expires_at: u64,
+        now: u64,
+    ) {
+        let size = entry_bytes(token);
+        if size > self.max_bytes {
+            return;
+        }
+        let (h, shard) = self.locate(token);
+        let entry = Arc::new(Cached {
+            token: token.into(),
+            mandate,
+            key,
+            expires_at,
+        });
+        let mut s = shard
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if s.map.len() >= self.max_entries || s.bytes + size > self.max_bytes {
+            s.map
+                .retain(|_, c| c.expires_at > now && !c.key.is_retired());
+            if s.map.len() >= self.max_entries || s.bytes + size > self.max_bytes {
+                s.map.clear();
+            }
+            s.bytes = s.map.values().map(|c| entry_bytes(&c.token)).sum();
+        }
+        if let Some(old) = s.map.insert(h, entry) {
+            s.bytes -= entry_bytes(&old.token);
+        }
+        s.bytes += size;
     }
 
     pub(crate) fn remove(&self, token: &str) {
-        self.cache.invalidate(token);
+        let (h, shard) = self.locate(token);
+        let mut s = shard
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if s.map.get(&h).is_some_and(|c| *c.token == *token)
+            && let Some(old) = s.map.remove(&h)
+        {
+            s.bytes -= entry_bytes(&old.token);
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .map
+                    .len()
+            })
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jwk::Algorithm;
+    use crate::mandate::MandateInner;
+
+    fn mandate() -> Mandate {
+        let claims = crate::claims::parse_claims_json(
+            br#"{"iss":"i","sub":"s","aud":"a","exp":10,"iat":1,"jti":"j","zone_id":"z",
+                "client_id":"c","sid":"s","root_sid":"r","use":"resource","sub_type":"user"}"#,
+        )
+        .unwrap();
+        Mandate(Arc::new(MandateInner {
+            claims,
+            kid: "k".into(),
+            alg: Algorithm::ES256,
+            anchors: Box::new([]),
+        }))
+    }
+
+    fn key() -> Arc<VerifyKey> {
+        crate::jwk::test_key()
+    }
+
+    #[test]
+    fn hit_needs_the_whole_token_and_a_live_entry() {
+        let c = MandateCache::new(100, 1 << 20);
+        let tail = "S".repeat(86);
+        let a = format!("aaa.bbb.{tail}");
+        let b = format!("aab.bbb.{tail}");
+        c.insert(&a, mandate(), key(), 100, 0);
+        assert!(c.get(&a, 50).is_some());
+        assert!(
+            c.get(&b, 50).is_none(),
+            "same tail, same hash, other token: a miss"
+        );
+        assert!(c.get(&a, 100).is_none(), "past its lifetime");
+        c.remove(&b);
+        assert!(
+            c.get(&a, 50).is_some(),
+            "removing another token keeps this one"
+        );
+        c.remove(&a);
+        assert!(c.get(&a, 50).is_none());
+    }
+
+    #[test]
+    fn bounded_in_entries_and_bytes() {
+        let c = MandateCache::new(64, 1 << 30);
+        for i in 0..10_000 {
+            c.insert(&format!("t.{i}.sig{i:060}"), mandate(), key(), 100, 0);
+        }
+        assert!(c.len() <= 64 + SHARDS, "{}", c.len());
+        let c = MandateCache::new(1_000_000, 64 * 1024);
+        for i in 0..10_000 {
+            c.insert(&format!("t.{i}.sig{i:060}"), mandate(), key(), 100, 0);
+        }
+        let bytes: usize = c.shards.iter().map(|s| s.read().unwrap().bytes).sum();
+        assert!(bytes <= 64 * 1024 + SHARDS * 1024, "{bytes}");
+        assert!(c.len() > 0);
+    }
+
+    #[test]
+    fn full_shard_drops_expired_entries_first() {
+        let c = MandateCache::new(SHARDS as u64 * 2, 1 << 30);
+        for i in 0..200 {
+            c.insert(&format!("old.{i}.{i:064}"), mandate(), key(), 10, 0);
+        }
+        c.insert("new.x.yyyy", mandate(), key(), 1000, 20);
+        assert!(c.get("new.x.yyyy", 30).is_some());
     }
 }

@@ -336,6 +336,26 @@ fn coordinate(b64: &str, len: usize) -> Result<Vec<u8>, SkipReason> {
     Ok(bytes)
 }
 
+/// A throwaway ES256 key for unit tests of other modules.
+#[cfg(test)]
+pub(crate) fn test_key() -> Arc<VerifyKey> {
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+    let pkcs8 =
+        EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+            .expect("generate");
+    let kp =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).expect("parse");
+    let point = kp.public_key().as_ref();
+    let parsed = ParsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point).expect("point");
+    Arc::new(VerifyKey::new(
+        "test",
+        Algorithm::ES256,
+        Material::Parsed(parsed),
+        point,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

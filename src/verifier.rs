@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cache::{Cached, DEFAULT_CACHE_BYTES, DEFAULT_CACHE_ENTRIES, MandateCache};
+use crate::cache::{DEFAULT_CACHE_BYTES, DEFAULT_CACHE_ENTRIES, MandateCache};
 use crate::claims::parse_payload;
 use crate::clock::{Clock, SharedClock, SystemClock};
 use crate::error::{AnchorKind, AuthError, ConfigError, InvalidReason};
@@ -195,7 +195,11 @@ impl Verifier {
             });
         }
         let now = inner.clock.now().as_secs();
-        if let Some((cache, hit)) = inner.cache.as_ref().and_then(|c| Some((c, c.get(token)?))) {
+        if let Some((cache, hit)) = inner
+            .cache
+            .as_ref()
+            .and_then(|c| Some((c, c.get(token, now)?)))
+        {
             if !hit.key.is_retired() {
                 self.check_times(&hit.mandate.0.claims, now)?;
                 inner.keys.ensure_fresh().await?;
@@ -212,20 +216,11 @@ impl Verifier {
             // `exp` is attacker-influenced only within a valid signature, but an STS bug
             // could still send a far-future value: saturate, and never keep an entry
             // longer than a day (expiry is checked on every hit regardless).
-            let ttl = Duration::from_secs(
-                c.exp
-                    .saturating_add(inner.leeway)
-                    .saturating_sub(now)
-                    .min(MAX_CACHE_TTL_SECS),
-            );
-            cache.insert(
-                token,
-                Cached {
-                    mandate: mandate.clone(),
-                    key,
-                    ttl,
-                },
-            );
+            let expires_at = c
+                .exp
+                .saturating_add(inner.leeway)
+                .min(now.saturating_add(MAX_CACHE_TTL_SECS));
+            cache.insert(token, mandate.clone(), key, expires_at, now);
         }
         Ok(mandate)
     }

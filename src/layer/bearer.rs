@@ -32,11 +32,19 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
         return Err(AuthError::MissingToken);
     }
     let token = rest.trim_ascii_start().trim_ascii_end();
-    if token.is_empty() || !token.iter().all(u8::is_ascii_graphic) {
+    if token.is_empty() || !all_visible_ascii(token) {
         return Err(malformed());
     }
     // All bytes are visible ASCII, so this cannot fail.
     std::str::from_utf8(token).map_err(|_| malformed())
+}
+
+/// Every byte is visible ASCII (0x21..=0x7E). A fold without early exit, so the
+/// compiler vectorises it: this runs on every request, over the whole token.
+fn all_visible_ascii(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .fold(true, |ok, &b| ok & (b.wrapping_sub(0x21) < 0x5e))
 }
 
 const fn malformed() -> AuthError {
@@ -112,5 +120,14 @@ mod tests {
         ] {
             assert_eq!(extract(&[v]), Err(malformed()), "{v:?}");
         }
+    }
+
+    #[test]
+    fn visible_ascii_bounds() {
+        assert!(all_visible_ascii(b"!~azAZ09-._"));
+        for bad in [b' ', 0x7f, 0x20, 0x00, 0x80, 0xff] {
+            assert!(!all_visible_ascii(&[b'a', bad, b'b']), "{bad:#x}");
+        }
+        assert!(all_visible_ascii(&[b'a'; 4096]));
     }
 }
