@@ -47,6 +47,9 @@ fn verifier(s: &Setup, cache: bool) -> Verifier {
         .audience("resource://api")
         .zone("zone-1")
         .mandate_cache(cache)
+        // Keep unknown-kid rejections in their steady state (in cooldown, no fetch)
+        // for the whole measurement.
+        .jwks_cooldown(Duration::from_secs(3600))
         .build()
         .unwrap();
     s.rt.block_on(v.warm_up()).unwrap();

@@ -433,6 +433,11 @@ impl KeyCache {
     }
 
     async fn fetch_and_parse(&self) -> Result<KeyMap, &'static str> {
+        // The deadline needs Tokio's timer. Outside a Tokio runtime, fail closed
+        // (503) instead of panicking.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err("no tokio runtime to fetch keys on");
+        }
         let body = tokio::time::timeout(
             self.cfg.fetch_timeout,
             self.fetcher.fetch(&self.url, self.cfg.max_bytes),

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as URL_SAFE;
 use caracal_verifier::replay::{ReplayError, ReplayGuard};
 use caracal_verifier::testing::{ChainHop, JwksFault, TestIssuer};
 use caracal_verifier::{
@@ -1054,4 +1056,30 @@ async fn wait_for(cond: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("condition not reached within 2 s");
+}
+
+#[test]
+fn verify_outside_a_tokio_runtime_fails_closed_instead_of_panicking() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let verifier = Verifier::builder()
+        .issuer("http://127.0.0.1:9")
+        .audience(AUD)
+        .zone(ZONE)
+        .build()
+        .unwrap();
+    let none = Requirements::new();
+    let mut fut = std::pin::pin!(verifier.verify("a.b.c", &none));
+    // `a.b.c` has a malformed header: rejected before any key is needed.
+    let Poll::Ready(Err(err)) = fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) else {
+        panic!("expected an immediate denial");
+    };
+    assert_eq!(err.code(), ErrorCode::InvalidToken);
+    let header = URL_SAFE.encode(br#"{"alg":"ES256","kid":"k"}"#);
+    let token = format!("{header}.e30.{}", "A".repeat(86));
+    let mut fut = std::pin::pin!(verifier.verify(&token, &none));
+    let Poll::Ready(Err(err)) = fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) else {
+        panic!("expected an immediate denial");
+    };
+    assert_eq!(err.code(), ErrorCode::StsUnavailable);
 }
