@@ -12,9 +12,15 @@
 //! uncontended read lock and one probe, and an insert is one write lock. When a
 //! shard is full, its expired entries go first; if none have expired the shard is
 //! emptied, and its tokens are verified afresh when next seen.
+//!
+//! A token is admitted on its **second** sighting: a small direct-mapped table of
+//! hashes remembers tokens seen once. Mandates used once (most cold traffic) then
+//! cost nothing to cache, and a repeated token is verified in full twice before it
+//! is served from the cache.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::jwk::VerifyKey;
@@ -64,6 +70,8 @@ struct Shard {
 
 pub(crate) struct MandateCache {
     shards: Box<[RwLock<Shard>]>,
+    /// Hashes of tokens seen once (direct-mapped; a collision only delays admission).
+    seen_once: Box<[AtomicU64]>,
     hasher: foldhash::fast::RandomState,
     max_entries: usize,
     max_bytes: usize,
@@ -90,8 +98,13 @@ impl MandateCache {
                 .unwrap_or(usize::MAX)
                 .max(1)
         };
+        let doorkeeper = usize::try_from(max_entries)
+            .unwrap_or(usize::MAX)
+            .clamp(1024, 1 << 16)
+            .next_power_of_two();
         Self {
             shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
+            seen_once: (0..doorkeeper).map(|_| AtomicU64::new(0)).collect(),
             hasher: foldhash::fast::RandomState::default(),
             max_entries: per(max_entries),
             max_bytes: per(max_bytes),
@@ -129,6 +142,11 @@ impl MandateCache {
             return;
         }
         let (h, shard) = self.locate(token);
+        // Admit on the second sighting only.
+        let slot = &self.seen_once[(h as usize) & (self.seen_once.len() - 1)];
+        if slot.swap(h, Ordering::Relaxed) != h {
+            return;
+        }
         let entry = Arc::new(Cached {
             token: token.into(),
             mandate,
@@ -209,6 +227,11 @@ mod tests {
         let a = format!("aaa.bbb.{tail}");
         let b = format!("aab.bbb.{tail}");
         c.insert(&a, mandate(), key(), 100, 0);
+        assert!(
+            c.get(&a, 50).is_none(),
+            "admitted on the second sighting only"
+        );
+        c.insert(&a, mandate(), key(), 100, 0);
         assert!(c.get(&a, 50).is_some());
         assert!(
             c.get(&b, 50).is_none(),
@@ -228,12 +251,16 @@ mod tests {
     fn bounded_in_entries_and_bytes() {
         let c = MandateCache::new(64, 1 << 30);
         for i in 0..10_000 {
-            c.insert(&format!("t.{i}.sig{i:060}"), mandate(), key(), 100, 0);
+            for _ in 0..2 {
+                c.insert(&format!("t.{i}.sig{i:060}"), mandate(), key(), 100, 0);
+            }
         }
         assert!(c.len() <= 64 + SHARDS, "{}", c.len());
         let c = MandateCache::new(1_000_000, 64 * 1024);
         for i in 0..10_000 {
-            c.insert(&format!("t.{i}.sig{i:060}"), mandate(), key(), 100, 0);
+            for _ in 0..2 {
+                c.insert(&format!("t.{i}.sig{i:060}"), mandate(), key(), 100, 0);
+            }
         }
         let bytes: usize = c.shards.iter().map(|s| s.read().unwrap().bytes).sum();
         assert!(bytes <= 64 * 1024 + SHARDS * 1024, "{bytes}");
@@ -244,8 +271,11 @@ mod tests {
     fn full_shard_drops_expired_entries_first() {
         let c = MandateCache::new(SHARDS as u64 * 2, 1 << 30);
         for i in 0..200 {
-            c.insert(&format!("old.{i}.{i:064}"), mandate(), key(), 10, 0);
+            for _ in 0..2 {
+                c.insert(&format!("old.{i}.{i:064}"), mandate(), key(), 10, 0);
+            }
         }
+        c.insert("new.x.yyyy", mandate(), key(), 1000, 20);
         c.insert("new.x.yyyy", mandate(), key(), 1000, 20);
         assert!(c.get("new.x.yyyy", 30).is_some());
     }
