@@ -19,10 +19,11 @@
 //! is served from the cache.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use crate::hash::BuildIdentity;
 use crate::jwk::VerifyKey;
 use crate::mandate::Mandate;
 
@@ -44,27 +45,9 @@ pub(crate) struct Cached {
     expires_at: u64,
 }
 
-/// The hash is already a keyed hash: use it as is.
-#[derive(Default)]
-struct Identity(u64);
-
-impl Hasher for Identity {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
 #[derive(Default)]
 struct Shard {
-    map: HashMap<u64, Arc<Cached>, BuildHasherDefault<Identity>>,
+    map: HashMap<u64, Arc<Cached>, BuildIdentity>,
     bytes: usize,
 }
 

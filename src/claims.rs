@@ -25,7 +25,9 @@ pub(crate) fn parse_payload(segment: &str) -> Result<Claims, AuthError> {
 }
 
 pub(crate) fn parse_claims_json(bytes: &[u8]) -> Result<Claims, AuthError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
+    // Validate UTF-8 once, up front (word-at-a-time for ASCII), instead of per string.
+    let text = std::str::from_utf8(bytes).map_err(|_| AuthError::invalid(InvalidReason::Claims))?;
+    let mut de = serde_json::Deserializer::from_str(text);
     ClaimsSeed
         .deserialize(&mut de)
         .and_then(|c| de.end().map(|()| c))

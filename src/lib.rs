@@ -10,6 +10,7 @@ mod clock;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
+mod hash;
 mod json;
 mod jwk;
 mod jwks;

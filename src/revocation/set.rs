@@ -2,20 +2,21 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use crate::clock::{Clock, SharedClock, SystemClock};
 use crate::error::{AnchorKind, AuthError};
+use crate::hash::BuildIdentity;
 use crate::revocation::event::RevocationEvent;
 use crate::revocation::feed::{FeedHealth, FeedStatus};
 
 /// Anchor ids are stored as 64-bit keyed fingerprints. The key is random per process,
 /// so ids cannot be chosen to collide; a collision could only over-revoke.
-fn anchor_key() -> &'static RandomState {
-    static KEY: OnceLock<RandomState> = OnceLock::new();
-    KEY.get_or_init(RandomState::new)
+fn anchor_key() -> &'static foldhash::quality::RandomState {
+    static KEY: OnceLock<foldhash::quality::RandomState> = OnceLock::new();
+    KEY.get_or_init(foldhash::quality::RandomState::default)
 }
 
 pub(crate) fn fingerprint(id: &str) -> u64 {
@@ -29,25 +30,7 @@ pub(crate) struct Anchor {
     pub(crate) kind: AnchorKind,
 }
 
-/// Fingerprints are already uniformly distributed: hash them as themselves.
-#[derive(Default)]
-struct PassThrough(u64);
-
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-type FpMap = HashMap<u64, u32, BuildHasherDefault<PassThrough>>;
+type FpMap = HashMap<u64, u32, BuildIdentity>;
 
 struct State {
     /// Fingerprint → expiry (seconds since the Unix epoch).
