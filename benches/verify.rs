@@ -189,7 +189,10 @@ unsafe impl std::alloc::GlobalAlloc for Counting {
         unsafe { std::alloc::System.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, n: usize) -> *mut u8 {
-        LIVE.fetch_add(n as i64 - l.size() as i64, std::sync::atomic::Ordering::Relaxed);
+        LIVE.fetch_add(
+            n as i64 - l.size() as i64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         unsafe { std::alloc::System.realloc(p, l, n) }
     }
 }
