@@ -313,7 +313,7 @@ impl KeyCache {
 
     /// Fetch now, ignoring the cooldown (startup warm-up).
     pub(crate) async fn warm_up(&self) -> Result<(), AuthError> {
-        self.refresh(true).await.map(|_| ()).map_err(unavailable)
+        self.refresh(true, None).await.map(|_| ()).map_err(unavailable)
     }
 
     /// The key for `kid`, fetching or refreshing as the cache state requires.
@@ -323,7 +323,7 @@ impl KeyCache {
             return Ok(key.clone());
         }
         // Unknown kid: perhaps the issuer rotated. One refetch, unless in cooldown.
-        match self.refresh(false).await {
+        match self.refresh(false, Some(set.seq)).await {
             Ok(set) => set
                 .keys
                 .get(kid)
@@ -346,12 +346,12 @@ impl KeyCache {
     async fn current(self: &Arc<Self>) -> Result<Arc<KeySet>, AuthError> {
         let now = self.now_ms();
         let set = match self.snapshot() {
-            None => self.refresh(false).await.map_err(unavailable)?,
+            None => self.refresh(false, None).await.map_err(unavailable)?,
             Some(set) => {
                 let age = now.saturating_sub(set.fetched_at_ms);
                 if age > duration_ms(self.cfg.max_staleness) {
                     // Refreshes kept failing: the keys are too old to trust.
-                    self.refresh(false).await.map_err(|e| match e {
+                    self.refresh(false, Some(set.seq)).await.map_err(|e| match e {
                         RefreshError::Cooldown | RefreshError::Failed(_) => {
                             AuthError::StsUnavailable {
                                 reason: "keys too stale",
@@ -360,7 +360,7 @@ impl KeyCache {
                     })?
                 } else {
                     if age > duration_ms(self.cfg.ttl) {
-                        self.spawn_refresh();
+                        self.spawn_refresh(set.seq);
                     }
                     set
                 }
@@ -369,7 +369,7 @@ impl KeyCache {
         Ok(set)
     }
 
-    fn spawn_refresh(self: &Arc<Self>) {
+    fn spawn_refresh(self: &Arc<Self>, observed: u64) {
         if self.refreshing.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -377,7 +377,7 @@ impl KeyCache {
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 handle.spawn(async move {
-                    let _ = this.refresh(false).await;
+                    let _ = this.refresh(false, Some(observed)).await;
                     this.refreshing.store(false, Ordering::Release);
                 });
             }
@@ -385,11 +385,24 @@ impl KeyCache {
         }
     }
 
-    /// One single-flight refresh. Callers that queued behind an attempt that started
-    /// after they arrived take its outcome instead of fetching again.
-    async fn refresh(&self, ignore_cooldown: bool) -> Result<Arc<KeySet>, RefreshError> {
+    /// One single-flight refresh. `observed` is the keyset (by sequence number) the
+    /// caller found wanting, or `None` when it found none. A keyset installed since
+    /// then is returned as is; a caller that queued behind an attempt takes that
+    /// attempt's outcome; otherwise, outside the cooldown, it fetches.
+    async fn refresh(
+        &self,
+        ignore_cooldown: bool,
+        observed: Option<u64>,
+    ) -> Result<Arc<KeySet>, RefreshError> {
         let seen = self.attempts().done;
         let _flight = self.flight.lock().await;
+        // Another request may have installed keys between the caller's look and
+        // here (even before `seen` was read): use them rather than hit the cooldown.
+        if let Some(cur) = self.snapshot()
+            && Some(cur.seq) != observed
+        {
+            return Ok(cur);
+        }
         {
             let a = self.attempts();
             if a.done != seen {
