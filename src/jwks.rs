@@ -313,7 +313,10 @@ impl KeyCache {
 
     /// Fetch now, ignoring the cooldown (startup warm-up).
     pub(crate) async fn warm_up(&self) -> Result<(), AuthError> {
-        self.refresh(true, None).await.map(|_| ()).map_err(unavailable)
+        self.refresh(true, None)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
     }
 
     /// The key for `kid`, fetching or refreshing as the cache state requires.
@@ -351,13 +354,15 @@ impl KeyCache {
                 let age = now.saturating_sub(set.fetched_at_ms);
                 if age > duration_ms(self.cfg.max_staleness) {
                     // Refreshes kept failing: the keys are too old to trust.
-                    self.refresh(false, Some(set.seq)).await.map_err(|e| match e {
-                        RefreshError::Cooldown | RefreshError::Failed(_) => {
-                            AuthError::StsUnavailable {
-                                reason: "keys too stale",
+                    self.refresh(false, Some(set.seq))
+                        .await
+                        .map_err(|e| match e {
+                            RefreshError::Cooldown | RefreshError::Failed(_) => {
+                                AuthError::StsUnavailable {
+                                    reason: "keys too stale",
+                                }
                             }
-                        }
-                    })?
+                        })?
                 } else {
                     if age > duration_ms(self.cfg.ttl) {
                         self.spawn_refresh(set.seq);
