@@ -174,8 +174,11 @@ impl Verifier {
     /// Order: size, cache, structure, header, key, signature, claims, revocation,
     /// then the route's requirements and, for single-use routes, the replay guard.
     pub async fn verify(&self, token: &str, reqs: &Requirements) -> Result<Mandate, AuthError> {
-        let mandate = self.authenticate(token).await?;
-        self.authorize(&mandate, reqs)?;
+        // One clock read for the whole decision; the times were just checked by
+        // `authenticate_at`, so only revocation and the route remain.
+        let now = self.inner.clock.now().as_secs();
+        let mandate = self.authenticate_at(token, now).await?;
+        self.revocation_and_route(&mandate, reqs, now)?;
         if reqs.is_single_use() {
             self.consume(&mandate).await?;
         }
@@ -184,6 +187,11 @@ impl Verifier {
 
     /// Verify a mandate's signature and claims (no route requirements, no revocation).
     pub async fn authenticate(&self, token: &str) -> Result<Mandate, AuthError> {
+        self.authenticate_at(token, self.inner.clock.now().as_secs())
+            .await
+    }
+
+    async fn authenticate_at(&self, token: &str, now: u64) -> Result<Mandate, AuthError> {
         let inner = &*self.inner;
         if token.is_empty() {
             return Err(AuthError::MissingToken);
@@ -194,7 +202,6 @@ impl Verifier {
                 limit: inner.max_token_bytes,
             });
         }
-        let now = inner.clock.now().as_secs();
         if let Some((cache, hit)) = inner
             .cache
             .as_ref()
@@ -297,11 +304,19 @@ impl Verifier {
     /// Check a verified mandate against revocation and a route's requirements.
     /// Synchronous and cheap: one read lock and a few hash probes.
     pub fn authorize(&self, mandate: &Mandate, reqs: &Requirements) -> Result<(), AuthError> {
-        let inner = &*self.inner;
-        let now = inner.clock.now().as_secs();
+        let now = self.inner.clock.now().as_secs();
         // A mandate from the extensions may come from another layer: re-check expiry.
         self.check_times(&mandate.0.claims, now)?;
-        inner.revocations.check(
+        self.revocation_and_route(mandate, reqs, now)
+    }
+
+    fn revocation_and_route(
+        &self,
+        mandate: &Mandate,
+        reqs: &Requirements,
+        now: u64,
+    ) -> Result<(), AuthError> {
+        self.inner.revocations.check(
             &mandate.0.anchors,
             mandate.zone_id(),
             mandate.delegation_graph_epoch(),
