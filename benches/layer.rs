@@ -18,27 +18,17 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use caracal_verifier::layer::MandateLayer;
-use caracal_verifier::testing::TestIssuer;
-use caracal_verifier::{Requirements, Verifier};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body_util::{Empty, Full};
 use tower::{Layer, Service, ServiceExt};
 
-/// Drive a future that completes without waiting (warm keys, no I/O).
-fn now<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(v) => v,
-        Poll::Pending => panic!("benchmark future was not ready: keys not warm?"),
-    }
-}
+mod common;
+use common::*;
 
 type Req = Request<Empty<Bytes>>;
 type Res = Response<Full<Bytes>>;
@@ -67,51 +57,8 @@ fn request(token: &str, request_id: bool) -> Req {
     b.body(Empty::new()).unwrap()
 }
 
-struct Setup {
-    rt: tokio::runtime::Runtime,
-    sts: TestIssuer,
-}
-
-fn setup() -> Setup {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let sts = rt.block_on(TestIssuer::start("zone-1")).unwrap();
-    Setup { rt, sts }
-}
-
-fn verifier(s: &Setup, cache: bool) -> Verifier {
-    let v = Verifier::builder()
-        .issuer(s.sts.issuer_url())
-        .audience("resource://api")
-        .zone("zone-1")
-        .mandate_cache(cache)
-        .build()
-        .unwrap();
-    s.rt.block_on(v.warm_up()).unwrap();
-    v
-}
-
-/// A typical mandate: one scope, a target, an agent session, a one-hop chain.
-fn token(s: &Setup) -> String {
-    s.sts
-        .mandate()
-        .scopes(["tickets:read"])
-        .targets(["resource://api"])
-        .agent_session("session-child")
-        .delegation(1)
-        .ttl(3600)
-        .sign()
-}
-
-fn reqs() -> Requirements {
-    Requirements::new().scopes(["tickets:read"])
-}
-
 fn layer(c: &mut Criterion) {
-    let s = setup();
+    let s = setup(1);
     let tok = token(&s);
 
     let mut g = c.benchmark_group("layer");

@@ -16,15 +16,11 @@
 //!   back to back; criterion reports the time per verification and elements/s.
 //!   Cold = mandate cache off (every verification checks the signature).
 
-use std::future::Future;
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use caracal_verifier::layer::MandateLayer;
-use caracal_verifier::testing::TestIssuer;
 use caracal_verifier::{Requirements, Verifier};
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use http::{Request, Response};
@@ -32,50 +28,17 @@ use http_body_util::{Empty, Full};
 use std::convert::Infallible;
 use tower::{Layer, Service, ServiceExt};
 
-/// Drive a future that completes without waiting (warm keys, no I/O).
-fn now<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(v) => v,
-        Poll::Pending => panic!("benchmark future was not ready: keys not warm?"),
-    }
-}
+mod common;
+use common::{Setup, now, reqs, warm};
 
-struct Setup {
-    rt: tokio::runtime::Runtime,
-    sts: TestIssuer,
-}
-
-fn setup() -> Setup {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let sts = rt.block_on(TestIssuer::start("zone-1")).unwrap();
-    Setup { rt, sts }
-}
-
-fn builder(s: &Setup) -> caracal_verifier::VerifierBuilder {
-    Verifier::builder()
-        .issuer(s.sts.issuer_url())
-        .audience("resource://api")
-        .zone("zone-1")
-        // Room for the 8 KiB pad.
-        .max_token_bytes(32 * 1024)
-}
-
-fn warm(s: &Setup, v: Verifier) -> Verifier {
-    s.rt.block_on(v.warm_up()).unwrap();
-    v
-}
-
+/// Verifiers with room for the 8 KiB pad.
 fn verifier(s: &Setup, cache: bool) -> Verifier {
-    warm(s, builder(s).mandate_cache(cache).build().unwrap())
-}
-
-fn reqs() -> Requirements {
-    Requirements::new().scopes(["tickets:read"])
+    warm(
+        s,
+        common::builder(s)
+            .max_token_bytes(32 * 1024)
+            .mandate_cache(cache),
+    )
 }
 
 fn base(s: &Setup) -> caracal_verifier::testing::MandateBuilder {
@@ -108,7 +71,7 @@ fn cold_and_warm<P: std::fmt::Display + Copy>(
 type Req = Request<Empty<Bytes>>;
 
 fn token_size(c: &mut Criterion) {
-    let s = setup();
+    let s = common::setup(2);
     let cold = verifier(&s, false);
     let warm_v = verifier(&s, true);
     let r = reqs();
@@ -145,7 +108,7 @@ fn token_size(c: &mut Criterion) {
 }
 
 fn chain_length(c: &mut Criterion) {
-    let s = setup();
+    let s = common::setup(2);
     let cold = verifier(&s, false);
     let warm_v = verifier(&s, true);
     let r = reqs();
@@ -162,7 +125,7 @@ fn chain_length(c: &mut Criterion) {
 }
 
 fn revoked_anchors(c: &mut Criterion) {
-    let s = setup();
+    let s = common::setup(2);
     let r = reqs();
     // Nine anchors: sid, root_sid, agent session, edge, and a 3-edge chain.
     let tok = base(&s).agent_session("session-child").delegation(3).sign();
@@ -211,7 +174,7 @@ fn run_in_flight(
 }
 
 fn concurrency(c: &mut Criterion) {
-    let s = setup();
+    let s = common::setup(2);
     let r = Arc::new(reqs());
     let tok: Arc<str> = base(&s)
         .agent_session("session-child")

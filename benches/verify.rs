@@ -4,76 +4,20 @@
 //! Run: `cargo bench --all-features --bench verify`
 //! Quote medians and ratios from one run: the machines are noisy.
 
-use std::future::Future;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, ParsedPublicKey};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use caracal_verifier::testing::TestIssuer;
-use caracal_verifier::{Mandate, Requirements, Verifier};
+use caracal_verifier::{Mandate, Requirements};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::Value;
 
-/// Drive a future that completes without waiting (warm keys, no I/O).
-fn now<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(v) => v,
-        Poll::Pending => panic!("benchmark future was not ready: keys not warm?"),
-    }
-}
-
-struct Setup {
-    rt: tokio::runtime::Runtime,
-    sts: TestIssuer,
-}
-
-fn setup() -> Setup {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let sts = rt.block_on(TestIssuer::start("zone-1")).unwrap();
-    Setup { rt, sts }
-}
-
-fn verifier(s: &Setup, cache: bool) -> Verifier {
-    let v = Verifier::builder()
-        .issuer(s.sts.issuer_url())
-        .audience("resource://api")
-        .zone("zone-1")
-        .mandate_cache(cache)
-        // Keep unknown-kid rejections in their steady state (in cooldown, no fetch)
-        // for the whole measurement.
-        .jwks_cooldown(Duration::from_secs(3600))
-        .build()
-        .unwrap();
-    s.rt.block_on(v.warm_up()).unwrap();
-    v
-}
-
-/// A typical mandate: one scope, a target, an agent session, a one-hop chain.
-fn token(s: &Setup) -> String {
-    s.sts
-        .mandate()
-        .scopes(["tickets:read"])
-        .targets(["resource://api"])
-        .agent_session("session-child")
-        .delegation(1)
-        .ttl(3600)
-        .sign()
-}
-
-fn reqs() -> Requirements {
-    Requirements::new().scopes(["tickets:read"])
-}
+mod common;
+use common::*;
 
 fn cold_path(c: &mut Criterion) {
-    let s = setup();
+    let s = setup(1);
     let v_nocache = verifier(&s, false);
     let v_cache = verifier(&s, true);
     let tok = token(&s);
@@ -120,7 +64,7 @@ fn cold_path(c: &mut Criterion) {
 }
 
 fn warm_path(c: &mut Criterion) {
-    let s = setup();
+    let s = setup(1);
     let v = verifier(&s, true);
     let tok = token(&s);
     let r = reqs();
@@ -137,7 +81,7 @@ fn warm_path(c: &mut Criterion) {
 }
 
 fn rejections(c: &mut Criterion) {
-    let s = setup();
+    let s = setup(1);
     let v = verifier(&s, true);
     let good = token(&s);
     let (input, _) = good.rsplit_once('.').unwrap();
@@ -208,7 +152,7 @@ fn live_bytes() -> u64 {
 }
 
 fn revocation_lookup(c: &mut Criterion) {
-    let s = setup();
+    let s = setup(1);
     let mut g = c.benchmark_group("revocation_lookup");
     for n in [1_000usize, 100_000, 1_000_000] {
         let v = verifier(&s, true);
@@ -238,7 +182,7 @@ fn revocation_lookup(c: &mut Criterion) {
 }
 
 fn cache_memory(_c: &mut Criterion) {
-    let s = setup();
+    let s = setup(1);
     let v = verifier(&s, true);
     let pool: Vec<String> = (0..50_000).map(|_| token(&s)).collect();
     let before = live_bytes();
