@@ -78,6 +78,36 @@ pub(crate) enum HeaderAlg {
     Other,
 }
 
+/// Headers longer than this are parsed every time rather than remembered.
+const MEMO_MAX_HEADER: usize = 256;
+
+thread_local! {
+    /// The last header segment this thread parsed successfully, and its parse.
+    static LAST_HEADER: std::cell::RefCell<Option<(Box<str>, Header)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// [`parse_header`], remembering the last successful parse per thread.
+///
+/// Every mandate from one STS key carries the same header segment, so the hot path
+/// compares bytes instead of decoding and parsing JSON. Parsing is a pure function of
+/// the segment and the memo matches on the whole segment, so a hit returns exactly
+/// what a fresh parse would; failed parses are never remembered.
+pub(crate) fn parse_header_memo(segment: &str) -> Result<Header, AuthError> {
+    let hit = LAST_HEADER.with_borrow(|last| match last {
+        Some((seg, h)) if **seg == *segment => Some(h.clone()),
+        _ => None,
+    });
+    if let Some(h) = hit {
+        return Ok(h);
+    }
+    let h = parse_header(segment)?;
+    if segment.len() <= MEMO_MAX_HEADER {
+        LAST_HEADER.set(Some((segment.into(), h.clone())));
+    }
+    Ok(h)
+}
+
 pub(crate) fn parse_header(segment: &str) -> Result<Header, AuthError> {
     let bytes = decode_segment(segment)?;
     let text =
@@ -194,6 +224,20 @@ mod tests {
         assert_eq!(h.alg, HeaderAlg::Other);
         let h = parse_header(&enc(r#"{"alg":"nOnE","kid":"k1"}"#)).unwrap();
         assert_eq!(h.alg, HeaderAlg::Other);
+    }
+
+    #[test]
+    fn header_memo_matches_a_fresh_parse() {
+        let a = enc(r#"{"alg":"ES256","kid":"k1"}"#);
+        let b = enc(r#"{"alg":"ES256","kid":"k2"}"#);
+        let bad = enc(r#"{"alg":"ES256","kid":"k1","crit":[]}"#);
+        for seg in [&a, &a, &b, &a, &bad, &bad, &b, &b] {
+            assert_eq!(parse_header_memo(seg), parse_header(seg), "{seg}");
+        }
+        assert_eq!(parse_header_memo(&b).unwrap().kid, "k2");
+        // A failure is not remembered in place of the last good header.
+        assert!(parse_header_memo(&bad).is_err());
+        assert_eq!(parse_header_memo(&b).unwrap().kid, "k2");
     }
 
     #[test]

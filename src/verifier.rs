@@ -239,7 +239,7 @@ impl Verifier {
     ) -> Result<(Mandate, Arc<VerifyKey>), AuthError> {
         let inner = &*self.inner;
         let parts = token::split(token)?;
-        let header = token::parse_header(parts.header)?;
+        let header = token::parse_header_memo(parts.header)?;
         let alg = match header.alg {
             HeaderAlg::Known(a) if inner.algorithms.contains(&a) => a,
             _ => return Err(AuthError::invalid(InvalidReason::Algorithm)),
