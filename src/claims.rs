@@ -1,44 +1,650 @@
 //! Strict parsing of the mandate payload, per `caracal-jwt-claims-2026-05-21`.
 //!
-//! One pass over the JSON builds the typed claims. Every key is checked for
-//! duplicates, required claims must be present, optional strings must be strings
-//! (not `null`), integers must be non-negative integers, and delegation chain hops
-//! accept only their three fields.
+//! Every key is checked for duplicates, required claims must be present, optional
+//! strings must be strings (not `null`), integers must be non-negative integers, and
+//! delegation chain hops accept only their three fields.
+//!
+//! Two parsers share that contract:
+//!
+//! - the **fast path** ([`fast`]) reads the payload as an STS mints it (only the
+//!   contract's claims, no string escapes) in one pass over the bytes, without
+//!   allocating: every string becomes a span of the decoded payload, which the
+//!   parsed claims keep;
+//! - the **strict parser** (serde_json with visitors that reject duplicates at every
+//!   depth) handles everything else, and alone decides every rejection.
+//!
+//! The fast path only ever accepts: on any input it does not handle, or that is
+//! invalid, it steps aside and the strict parser runs. What it accepts, it must parse
+//! exactly as the strict parser does; the unit tests and the `claims_json` fuzz target
+//! compare the two on every input.
 
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::Map;
+use serde_json::{Map, Value};
 
 use crate::error::{AuthError, InvalidReason};
 use crate::json::{Key, SeenKeys, StrictValue, StringList, non_empty};
-use crate::mandate::{ChainHop, Claims, SubjectType};
+use crate::mandate::{Claims, Items, Span, SubjectType};
 use crate::token::decode_segment;
 
 /// A chain longer than this is refused outright, whatever the hop limit: it bounds the
 /// revocation anchors checked per request.
 pub(crate) const MAX_CHAIN_LEN: usize = 256;
 
+/// Spans are 32-bit; payloads are capped far below this by the token size limit.
+const MAX_PAYLOAD: usize = 1 << 30;
+
+fn claims_error() -> AuthError {
+    AuthError::invalid(InvalidReason::Claims)
+}
+
 pub(crate) fn parse_payload(segment: &str) -> Result<Claims, AuthError> {
-    let bytes = decode_segment(segment)?;
-    parse_claims_json(&bytes)
+    claims_from_json(decode_segment(segment)?)
 }
 
 pub(crate) fn parse_claims_json(bytes: &[u8]) -> Result<Claims, AuthError> {
+    claims_from_json(bytes.to_vec())
+}
+
+fn claims_from_json(bytes: Vec<u8>) -> Result<Claims, AuthError> {
+    if bytes.len() > MAX_PAYLOAD {
+        return Err(claims_error());
+    }
     // Validate UTF-8 once, up front (word-at-a-time for ASCII), instead of per string.
-    let text = std::str::from_utf8(bytes).map_err(|_| AuthError::invalid(InvalidReason::Claims))?;
+    let text = String::from_utf8(bytes).map_err(|_| claims_error())?;
+    match fast::parse(text) {
+        Ok(claims) => Ok(claims),
+        Err(text) => parse_strict(&text),
+    }
+}
+
+/// The strict parser alone (the fallback of [`parse_claims_json`]).
+pub(crate) fn parse_strict(text: &str) -> Result<Claims, AuthError> {
+    if text.len() > MAX_PAYLOAD {
+        return Err(claims_error());
+    }
     let mut de = serde_json::Deserializer::from_str(text);
     ClaimsSeed
         .deserialize(&mut de)
         .and_then(|c| de.end().map(|()| c))
-        .map_err(|_| AuthError::invalid(InvalidReason::Claims))
+        .map(Parsed::into_claims)
+        .map_err(|_| claims_error())
+}
+
+/// The fast path: one pass over the bytes of an STS-minted payload.
+pub(crate) mod fast {
+    use super::*;
+
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+
+    /// Marks the bytes of `w` equal to zero; exact for the lowest marked byte.
+    #[inline]
+    fn zero_bytes(w: u64) -> u64 {
+        w.wrapping_sub(LO) & !w & HI
+    }
+
+    /// The index of the `"` closing a string whose contents start at `i`, or `None`
+    /// if a `\\`, a control character or the end of input comes first.
+    ///
+    /// Eight bytes at a time: a byte is marked when it is `"` or `\\` or below 0x20.
+    /// Borrows only run upward, so the lowest marked byte is always a real one.
+    #[inline]
+    fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
+        while let Some(chunk) = b.get(i..i + 8) {
+            let w = u64::from_le_bytes(chunk.try_into().ok()?);
+            let m = zero_bytes(w ^ (LO * u64::from(b'"')))
+                | zero_bytes(w ^ (LO * u64::from(b'\\')))
+                | (w.wrapping_sub(LO * 0x20) & !w & HI);
+            if m != 0 {
+                let j = i + (m.trailing_zeros() / 8) as usize;
+                return (b[j] == b'"').then_some(j);
+            }
+            i += 8;
+        }
+        let n = b[i..]
+            .iter()
+            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+        (b[i + n] == b'"').then_some(i + n)
+    }
+
+    /// The bit of a contract claim, by name.
+    #[inline]
+    fn claim_bit(k: &[u8]) -> Option<u32> {
+        Some(match k {
+            b"iss" => 0,
+            b"sub" => 1,
+            b"aud" => 2,
+            b"exp" => 3,
+            b"iat" => 4,
+            b"nbf" => 5,
+            b"jti" => 6,
+            b"zone_id" => 7,
+            b"client_id" => 8,
+            b"sid" => 9,
+            b"root_sid" => 10,
+            b"use" => 11,
+            b"sub_type" => 12,
+            b"scope" => 13,
+            b"target" => 14,
+            b"agent_session_id" => 15,
+            b"delegation_edge_id" => 16,
+            b"source_session_id" => 17,
+            b"target_session_id" => 18,
+            b"delegation_path" => 19,
+            b"delegation_chain" => 20,
+            b"hop_count" => 21,
+            b"delegation_graph_epoch" => 22,
+            _ => return None,
+        })
+    }
+
+    struct Scan<'a> {
+        b: &'a [u8],
+        i: usize,
+        items: Vec<Span>,
+    }
+
+    impl Scan<'_> {
+        #[inline]
+        fn ws(&mut self) {
+            while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.b.get(self.i) {
+                self.i += 1;
+            }
+        }
+
+        #[inline]
+        fn eat(&mut self, c: u8) -> bool {
+            self.ws();
+            if self.b.get(self.i) == Some(&c) {
+                self.i += 1;
+                true
+            } else {
+                false
+            }
+        }
+
+        #[inline]
+        fn bytes(&self, sp: Span) -> &[u8] {
+            &self.b[sp.start as usize..sp.start as usize + sp.len as usize]
+        }
+
+        /// A string without escapes or control characters: the span of its contents.
+        #[inline]
+        fn string(&mut self) -> Option<Span> {
+            if !self.eat(b'"') {
+                return None;
+            }
+            let start = self.i;
+            let end = string_end(self.b, start)?;
+            self.i = end + 1;
+            Some(Span {
+                start: start as u32,
+                len: (end - start) as u32,
+            })
+        }
+
+        fn non_empty(&mut self) -> Option<Span> {
+            self.string().filter(|sp| sp.len > 0)
+        }
+
+        /// An optional anchor: a string, absent when empty.
+        fn opt_string(&mut self) -> Option<Option<Span>> {
+            self.string().map(|sp| (sp.len > 0).then_some(sp))
+        }
+
+        /// A non-negative integer that fits in `u64`, in JSON's canonical form.
+        fn uint(&mut self) -> Option<u64> {
+            self.ws();
+            let d = &self.b[self.i..];
+            let mut v = match d.first()? {
+                c @ b'0'..=b'9' => u64::from(c - b'0'),
+                _ => return None,
+            };
+            let mut n = 1;
+            if v != 0 {
+                while let Some(&c @ b'0'..=b'9') = d.get(n) {
+                    v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+                    n += 1;
+                }
+            }
+            // A leading zero, a fraction or an exponent: not for the fast path.
+            if let Some(b'0'..=b'9' | b'.' | b'e' | b'E') = d.get(n) {
+                return None;
+            }
+            self.i += n;
+            Some(v)
+        }
+
+        /// Items of an array of non-empty strings, appended to `items`.
+        fn list(&mut self, unique: bool) -> Option<Items> {
+            if !self.eat(b'[') {
+                return None;
+            }
+            let start = self.items.len();
+            if !self.eat(b']') {
+                loop {
+                    let sp = self.non_empty()?;
+                    if unique
+                        && self.items[start..]
+                            .iter()
+                            .any(|&o| self.bytes(o) == self.bytes(sp))
+                    {
+                        return None;
+                    }
+                    self.items.push(sp);
+                    if self.eat(b',') {
+                        continue;
+                    }
+                    if self.eat(b']') {
+                        break;
+                    }
+                    return None;
+                }
+            }
+            Some(Items {
+                start: start as u32,
+                end: self.items.len() as u32,
+            })
+        }
+
+        /// `aud`: one non-empty string, or a non-empty array of unique ones.
+        fn audience(&mut self) -> Option<Items> {
+            self.ws();
+            if self.b.get(self.i) == Some(&b'"') {
+                let sp = self.non_empty()?;
+                let start = self.items.len() as u32;
+                self.items.push(sp);
+                return Some(Items {
+                    start,
+                    end: start + 1,
+                });
+            }
+            self.list(true).filter(|r| r.end > r.start)
+        }
+
+        /// One delegation hop: three spans appended to `items`.
+        fn hop(&mut self) -> Option<()> {
+            if !self.eat(b'{') {
+                return None;
+            }
+            let (mut app, mut session, mut edge) = (None, None, None);
+            let mut seen = 0u8;
+            loop {
+                let k = self.string()?;
+                if !self.eat(b':') {
+                    return None;
+                }
+                let bit = match self.bytes(k) {
+                    b"application_id" => {
+                        app = Some(self.non_empty()?);
+                        0
+                    }
+                    b"agent_session_id" => {
+                        session = self.opt_string()?;
+                        1
+                    }
+                    b"delegation_edge_id" => {
+                        edge = self.opt_string()?;
+                        2
+                    }
+                    _ => return None,
+                };
+                if seen & (1 << bit) != 0 {
+                    return None;
+                }
+                seen |= 1 << bit;
+                if self.eat(b',') {
+                    continue;
+                }
+                if self.eat(b'}') {
+                    break;
+                }
+                return None;
+            }
+            self.items.extend([
+                app?,
+                session.unwrap_or(Span::NONE),
+                edge.unwrap_or(Span::NONE),
+            ]);
+            Some(())
+        }
+
+        fn chain(&mut self) -> Option<Items> {
+            if !self.eat(b'[') {
+                return None;
+            }
+            let start = self.items.len();
+            if !self.eat(b']') {
+                loop {
+                    if self.items.len() - start == 3 * MAX_CHAIN_LEN {
+                        return None;
+                    }
+                    self.hop()?;
+                    if self.eat(b',') {
+                        continue;
+                    }
+                    if self.eat(b']') {
+                        break;
+                    }
+                    return None;
+                }
+            }
+            Some(Items {
+                start: start as u32,
+                end: self.items.len() as u32,
+            })
+        }
+    }
+
+    /// Parse `text` if it is a payload the fast path handles; the claims keep `text`
+    /// as their buffer. `Err` hands `text` back and means "ask the strict parser",
+    /// never "invalid".
+    pub(crate) fn parse(text: String) -> Result<Claims, String> {
+        match scan(&text) {
+            Some(mut claims) => {
+                claims.text = text;
+                Ok(claims)
+            }
+            None => Err(text),
+        }
+    }
+
+    /// The claims with an empty buffer: spans refer to `text`.
+    fn scan(text: &str) -> Option<Claims> {
+        if text.len() > MAX_PAYLOAD {
+            return None;
+        }
+        let mut s = Scan {
+            b: text.as_bytes(),
+            i: 0,
+            items: Vec::with_capacity(16),
+        };
+        let (mut iss, mut sub, mut aud, mut exp, mut iat, mut nbf) =
+            (None, None, None, None, None, None);
+        let (mut jti, mut zone_id, mut client_id, mut sid, mut root_sid) =
+            (None, None, None, None, None);
+        let (mut token_use, mut sub_type, mut scope) = (None, None, None);
+        let (mut agent_session_id, mut delegation_edge_id) = (None, None);
+        let (mut source_session_id, mut target_session_id) = (None, None);
+        let (mut target, mut delegation_path, mut delegation_chain) =
+            (Items::default(), Items::default(), None);
+        let (mut hop_count, mut delegation_graph_epoch) = (None, None);
+
+        if !s.eat(b'{') || s.eat(b'}') {
+            return None;
+        }
+        let mut known: u32 = 0;
+        loop {
+            let k = s.string()?;
+            if !s.eat(b':') {
+                return None;
+            }
+            // Claims outside the contract go to the strict parser.
+            let bit = claim_bit(s.bytes(k))?;
+            if known & (1 << bit) != 0 {
+                return None;
+            }
+            match bit {
+                0 => {
+                    iss = Some(s.non_empty()?);
+                }
+                1 => {
+                    sub = Some(s.non_empty()?);
+                }
+                2 => {
+                    aud = Some(s.audience()?);
+                }
+                3 => {
+                    exp = Some(s.uint().filter(|&v| v > 0)?);
+                }
+                4 => {
+                    iat = Some(s.uint().filter(|&v| v > 0)?);
+                }
+                5 => {
+                    nbf = Some(s.uint()?);
+                }
+                6 => {
+                    jti = Some(s.non_empty()?);
+                }
+                7 => {
+                    zone_id = Some(s.non_empty()?);
+                }
+                8 => {
+                    client_id = Some(s.non_empty()?);
+                }
+                9 => {
+                    sid = Some(s.non_empty()?);
+                }
+                10 => {
+                    root_sid = Some(s.non_empty()?);
+                }
+                11 => {
+                    token_use = Some(s.string()?);
+                }
+                12 => {
+                    let v = s.string()?;
+                    sub_type = Some(match s.bytes(v) {
+                        b"user" => SubjectType::User,
+                        b"application" => SubjectType::Application,
+                        _ => return None,
+                    });
+                }
+                13 => {
+                    scope = Some(s.string()?);
+                }
+                14 => {
+                    target = s.list(true)?;
+                }
+                15 => {
+                    agent_session_id = s.opt_string()?;
+                }
+                16 => {
+                    delegation_edge_id = s.opt_string()?;
+                }
+                17 => {
+                    source_session_id = s.opt_string()?;
+                }
+                18 => {
+                    target_session_id = s.opt_string()?;
+                }
+                19 => {
+                    delegation_path = s.list(false)?;
+                }
+                20 => {
+                    delegation_chain = Some(s.chain()?);
+                }
+                21 => {
+                    hop_count = Some(s.uint()?);
+                }
+                22 => {
+                    delegation_graph_epoch = Some(s.uint()?);
+                }
+                _ => return None,
+            }
+            known |= 1 << bit;
+            if s.eat(b',') {
+                continue;
+            }
+            if s.eat(b'}') {
+                break;
+            }
+            return None;
+        }
+        s.ws();
+        if s.i != s.b.len() {
+            return None;
+        }
+        Some(Claims {
+            text: String::new(),
+            items: s.items,
+            iss: iss?,
+            sub: sub?,
+            aud: aud?,
+            exp: exp?,
+            iat: iat?,
+            nbf,
+            jti: jti?,
+            zone_id: zone_id?,
+            client_id: client_id?,
+            sid: sid?,
+            root_sid: root_sid?,
+            token_use: token_use?,
+            sub_type: sub_type?,
+            scope,
+            target,
+            agent_session_id,
+            delegation_edge_id,
+            source_session_id,
+            target_session_id,
+            delegation_path,
+            delegation_chain,
+            hop_count,
+            delegation_graph_epoch,
+            extra: Map::new(),
+        })
+    }
+}
+
+/// The strict parser's owned result, laid out into [`Claims`] once complete.
+struct Parsed {
+    iss: String,
+    sub: String,
+    aud: Vec<String>,
+    exp: u64,
+    iat: u64,
+    nbf: Option<u64>,
+    jti: String,
+    zone_id: String,
+    client_id: String,
+    sid: String,
+    root_sid: String,
+    token_use: String,
+    sub_type: SubjectType,
+    scope: Option<String>,
+    target: Vec<String>,
+    agent_session_id: Option<String>,
+    delegation_edge_id: Option<String>,
+    source_session_id: Option<String>,
+    target_session_id: Option<String>,
+    delegation_path: Vec<String>,
+    delegation_chain: Option<Vec<ParsedHop>>,
+    hop_count: Option<u64>,
+    delegation_graph_epoch: Option<u64>,
+    extra: Map<String, Value>,
+}
+
+struct ParsedHop {
+    application_id: String,
+    agent_session_id: Option<String>,
+    delegation_edge_id: Option<String>,
+}
+
+/// Builds the span buffer of the strict parser's claims.
+#[derive(Default)]
+struct Arena {
+    text: String,
+    items: Vec<Span>,
+}
+
+impl Arena {
+    fn put(&mut self, s: &str) -> Span {
+        let sp = Span {
+            start: self.text.len() as u32,
+            len: s.len() as u32,
+        };
+        self.text.push_str(s);
+        sp
+    }
+    fn opt(&mut self, s: Option<&str>) -> Option<Span> {
+        s.map(|s| self.put(s))
+    }
+    fn list(&mut self, list: &[String]) -> Items {
+        let start = self.items.len() as u32;
+        for s in list {
+            let sp = self.put(s);
+            self.items.push(sp);
+        }
+        Items {
+            start,
+            end: self.items.len() as u32,
+        }
+    }
+}
+
+impl Parsed {
+    fn into_claims(self) -> Claims {
+        let mut a = Arena::default();
+        let iss = a.put(&self.iss);
+        let sub = a.put(&self.sub);
+        let aud = a.list(&self.aud);
+        let jti = a.put(&self.jti);
+        let zone_id = a.put(&self.zone_id);
+        let client_id = a.put(&self.client_id);
+        let sid = a.put(&self.sid);
+        let root_sid = a.put(&self.root_sid);
+        let token_use = a.put(&self.token_use);
+        let scope = a.opt(self.scope.as_deref());
+        let target = a.list(&self.target);
+        let agent_session_id = a.opt(self.agent_session_id.as_deref());
+        let delegation_edge_id = a.opt(self.delegation_edge_id.as_deref());
+        let source_session_id = a.opt(self.source_session_id.as_deref());
+        let target_session_id = a.opt(self.target_session_id.as_deref());
+        let delegation_path = a.list(&self.delegation_path);
+        let delegation_chain = self.delegation_chain.as_ref().map(|hops| {
+            let start = a.items.len() as u32;
+            for h in hops {
+                let app = a.put(&h.application_id);
+                let session = a.opt(h.agent_session_id.as_deref());
+                let edge = a.opt(h.delegation_edge_id.as_deref());
+                a.items.extend([
+                    app,
+                    session.unwrap_or(Span::NONE),
+                    edge.unwrap_or(Span::NONE),
+                ]);
+            }
+            Items {
+                start,
+                end: a.items.len() as u32,
+            }
+        });
+        Claims {
+            text: a.text,
+            items: a.items,
+            iss,
+            sub,
+            aud,
+            exp: self.exp,
+            iat: self.iat,
+            nbf: self.nbf,
+            jti,
+            zone_id,
+            client_id,
+            sid,
+            root_sid,
+            token_use,
+            sub_type: self.sub_type,
+            scope,
+            target,
+            agent_session_id,
+            delegation_edge_id,
+            source_session_id,
+            target_session_id,
+            delegation_path,
+            delegation_chain,
+            hop_count: self.hop_count,
+            delegation_graph_epoch: self.delegation_graph_epoch,
+            extra: self.extra,
+        }
+    }
 }
 
 struct ClaimsSeed;
 
 impl<'de> DeserializeSeed<'de> for ClaimsSeed {
-    type Value = Claims;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Claims, D::Error> {
+    type Value = Parsed;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Parsed, D::Error> {
         d.deserialize_map(self)
     }
 }
@@ -57,12 +663,12 @@ fn positive<E: de::Error>(v: u64, what: &'static str) -> Result<u64, E> {
 }
 
 impl<'de> Visitor<'de> for ClaimsSeed {
-    type Value = Claims;
+    type Value = Parsed;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a claims object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Claims, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Parsed, A::Error> {
         let mut seen = SeenKeys::default();
         let mut iss = None;
         let mut sub = None;
@@ -206,7 +812,7 @@ impl<'de> Visitor<'de> for ClaimsSeed {
         fn req<T, E: de::Error>(v: Option<T>, name: &'static str) -> Result<T, E> {
             v.ok_or_else(|| E::missing_field(name))
         }
-        Ok(Claims {
+        Ok(Parsed {
             iss: req(iss, "iss")?,
             sub: req(sub, "sub")?,
             aud: req(aud, "aud")?,
@@ -265,18 +871,18 @@ impl<'de> Visitor<'de> for AudienceSeed {
 struct ChainSeed;
 
 impl<'de> DeserializeSeed<'de> for ChainSeed {
-    type Value = Vec<ChainHop>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<ChainHop>, D::Error> {
+    type Value = Vec<ParsedHop>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<ParsedHop>, D::Error> {
         d.deserialize_seq(self)
     }
 }
 
 impl<'de> Visitor<'de> for ChainSeed {
-    type Value = Vec<ChainHop>;
+    type Value = Vec<ParsedHop>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an array of delegation hops")
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<ChainHop>, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<ParsedHop>, A::Error> {
         let mut out = Vec::new();
         while let Some(hop) = seq.next_element_seed(HopSeed)? {
             if out.len() == MAX_CHAIN_LEN {
@@ -291,18 +897,18 @@ impl<'de> Visitor<'de> for ChainSeed {
 struct HopSeed;
 
 impl<'de> DeserializeSeed<'de> for HopSeed {
-    type Value = ChainHop;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<ChainHop, D::Error> {
+    type Value = ParsedHop;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<ParsedHop, D::Error> {
         d.deserialize_map(self)
     }
 }
 
 impl<'de> Visitor<'de> for HopSeed {
-    type Value = ChainHop;
+    type Value = ParsedHop;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a delegation hop object")
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ChainHop, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ParsedHop, A::Error> {
         let mut application_id = None;
         let mut agent_session_id = None;
         let mut delegation_edge_id = None;
@@ -318,7 +924,7 @@ impl<'de> Visitor<'de> for HopSeed {
             }
             seen.insert::<A::Error>(k)?;
         }
-        Ok(ChainHop {
+        Ok(ParsedHop {
             application_id: application_id
                 .ok_or_else(|| de::Error::missing_field("application_id"))?,
             agent_session_id,
@@ -353,8 +959,24 @@ mod tests {
         })
     }
 
+    /// Parse as the verifier does, after checking the fast path agrees with the
+    /// strict parser on this input.
     fn parse(v: &Value) -> Result<Claims, AuthError> {
-        parse_claims_json(&serde_json::to_vec(v).unwrap())
+        let text = serde_json::to_string(v).unwrap();
+        agree(&text);
+        parse_claims_json(text.as_bytes())
+    }
+
+    /// The fast path's contract on one input: it declines, or it accepts and the
+    /// strict parser accepts with the same claims. Returns whether it accepted.
+    fn agree(text: &str) -> bool {
+        match fast::parse(text.to_owned()) {
+            Err(_) => false,
+            Ok(fast) => {
+                assert_eq!(parse_strict(text).ok(), Some(fast), "{text}");
+                true
+            }
+        }
     }
 
     fn with(name: &str, value: Value) -> Value {
@@ -372,19 +994,27 @@ mod tests {
     #[test]
     fn fixture_parses_completely() {
         let c = parse(&fixture()).unwrap();
-        assert_eq!(c.sid, "authority-record-1");
-        assert_eq!(c.aud, vec!["resource://api"]);
-        assert_eq!(c.delegation_chain.as_ref().unwrap().len(), 2);
+        assert_eq!(c.sid(), "authority-record-1");
+        assert_eq!(c.aud(), ["resource://api"]);
+        let chain = c.chain().unwrap();
+        assert_eq!(chain.len(), 2);
         assert_eq!(
-            c.delegation_chain.as_ref().unwrap()[0]
-                .delegation_edge_id
-                .as_deref(),
+            chain.get(0).unwrap().delegation_edge_id(),
             Some("delegation-1")
         );
+        assert_eq!(chain.get(1).unwrap().delegation_edge_id(), None);
+        assert_eq!(chain.last().unwrap().application_id(), "app-1");
         assert_eq!(c.hop_count, Some(1));
         assert_eq!(c.delegation_graph_epoch, Some(7));
         assert_eq!(c.sub_type, SubjectType::User);
         assert!(c.extra.is_empty());
+        // The fixture is what an STS mints: it takes the fast path, and the buffer
+        // is the payload itself.
+        let text = serde_json::to_string(&fixture()).unwrap();
+        assert_eq!(parse_strict(&text).unwrap(), c);
+        let fast = fast::parse(text.clone()).expect("fast path");
+        assert_eq!(fast, c);
+        assert_eq!(fast.text, text);
     }
 
     #[test]
@@ -489,7 +1119,7 @@ mod tests {
         let mut v = with("agent_session_id", json!(""));
         v["tenant"] = json!({"a": 1});
         let c = parse(&v).unwrap();
-        assert_eq!(c.agent_session_id, None);
+        assert_eq!(c.agent_session_id(), None);
         assert_eq!(c.extra["tenant"]["a"], 1);
     }
 
@@ -502,8 +1132,113 @@ mod tests {
     }
 
     #[test]
+    fn fast_path_takes_what_an_sts_mints() {
+        let mut variants = vec![
+            fixture(),
+            without("delegation_chain"),
+            with("aud", json!(["resource://api", "resource://other"])),
+            with("nbf", json!(0)),
+            with("delegation_chain", json!([])),
+            with("agent_session_id", json!("")),
+            with("scope", json!("")),
+            with("sub_type", json!("application")),
+            with("exp", json!(u64::MAX)),
+        ];
+        let mut minimal = fixture();
+        for k in [
+            "scope",
+            "target",
+            "agent_session_id",
+            "delegation_edge_id",
+            "source_session_id",
+            "target_session_id",
+            "delegation_path",
+            "delegation_chain",
+            "hop_count",
+            "delegation_graph_epoch",
+        ] {
+            minimal.as_object_mut().unwrap().remove(k);
+        }
+        variants.push(minimal);
+        for v in &variants {
+            for text in [
+                serde_json::to_string(v).unwrap(),
+                serde_json::to_string_pretty(v).unwrap(),
+                format!(" \r\n\t{}\n ", serde_json::to_string(v).unwrap()),
+            ] {
+                assert!(agree(&text), "fast path declined {text}");
+            }
+        }
+    }
+
+    #[test]
+    fn fast_path_declines_what_it_does_not_handle() {
+        let s = serde_json::to_string(&fixture()).unwrap();
+        // Escapes and claims outside the contract: valid, parsed by the strict parser.
+        for text in [
+            s.replace("user-1", "user\\u002d1"),
+            s.replacen('{', r#"{"tenant":"t","#, 1),
+        ] {
+            assert!(!agree(&text), "{text}");
+            assert!(parse_claims_json(text.as_bytes()).is_ok(), "{text}");
+        }
+        // Numbers that are not plain integers: the strict parser refuses them.
+        for text in [
+            s.replace("1790000300", "1.7900003e9"),
+            s.replace("1790000300", "1790000300.0"),
+            s.replace("1790000300", "01790000300"),
+            s.replace("1790000300", "-0"),
+        ] {
+            assert!(!agree(&text), "{text}");
+            assert!(parse_claims_json(text.as_bytes()).is_err(), "{text}");
+        }
+        let escaped = s.replace("user-1", "user\\u002d1");
+        assert_eq!(
+            parse_claims_json(escaped.as_bytes()).unwrap().sub(),
+            "user-1"
+        );
+    }
+
+    /// Every single-byte edit of the fixture (replace, insert, delete with a byte that
+    /// matters to JSON) must leave the fast path agreeing with the strict parser.
+    #[test]
+    fn fast_path_agrees_with_the_strict_parser_on_every_edit() {
+        let edits: &[u8] = b"\"\\,:{}[]01-9.eE+ \n\tax\x1f\x7f";
+        let (mut accepted, mut declined) = (0, 0);
+        for base in [
+            serde_json::to_string(&fixture()).unwrap(),
+            serde_json::to_string_pretty(&with("aud", json!(["a", "b"]))).unwrap(),
+        ] {
+            let b = base.as_bytes();
+            for i in 0..b.len() {
+                let mut candidates = vec![[&b[..i], &b[i + 1..]].concat()];
+                for &e in edits {
+                    candidates.push([&b[..i], &[e], &b[i + 1..]].concat());
+                    candidates.push([&b[..i], &[e], &b[i..]].concat());
+                }
+                for c in candidates {
+                    let Ok(text) = std::str::from_utf8(&c) else {
+                        continue;
+                    };
+                    if agree(text) {
+                        accepted += 1;
+                    } else {
+                        declined += 1;
+                    }
+                }
+            }
+        }
+        // Both outcomes occur, so the comparison above was exercised.
+        assert!(
+            accepted > 1000 && declined > 1000,
+            "{accepted} / {declined}"
+        );
+    }
+
+    #[test]
     fn not_an_object() {
-        for bad in ["[]", "null", "1", "\"x\"", "{} {}", "{"] {
+        for bad in ["[]", "null", "1", "\"x\"", "{} {}", "{", "{}", ""] {
+            assert!(!agree(bad), "{bad}");
             assert!(parse_claims_json(bad.as_bytes()).is_err(), "{bad}");
         }
     }

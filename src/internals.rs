@@ -35,6 +35,33 @@ pub fn parse_claims_json(bytes: &[u8]) -> Result<(), AuthError> {
     crate::claims::parse_claims_json(bytes).map(|_| ())
 }
 
+/// Run the claims fast path and the strict parser on the same bytes and report how
+/// they relate. Panics if the fast path accepts what the strict parser refuses, or
+/// parses it differently: that would make the fast path a second, laxer judge.
+pub fn claims_fast_path_agrees(bytes: &[u8]) -> FastPath {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return FastPath::Declined;
+    };
+    let strict = crate::claims::parse_strict(text);
+    match crate::claims::fast::parse(text.to_owned()) {
+        Err(_) => FastPath::Declined,
+        Ok(fast) => match strict {
+            Ok(strict) if strict == fast => FastPath::Agreed,
+            Ok(strict) => panic!("fast path parsed differently: {fast:?} vs {strict:?}"),
+            Err(e) => panic!("fast path accepted what the strict parser refuses: {e}"),
+        },
+    }
+}
+
+/// What [`claims_fast_path_agrees`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FastPath {
+    /// The fast path left the input to the strict parser.
+    Declined,
+    /// The fast path accepted the input, and the strict parser parsed it the same way.
+    Agreed,
+}
+
 /// Parse a JWKS document accepting only ES256, as the default verifier does.
 /// Returns how many usable keys it holds; `0` when the document is refused as a whole.
 pub fn parse_jwks(body: &[u8]) -> usize {

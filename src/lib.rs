@@ -45,7 +45,7 @@ pub use jwks::{
     HttpFetcherBuilder, JwksFetcher,
 };
 pub use layer::MandateLayer;
-pub use mandate::{ChainHop, Mandate, SubjectType};
+pub use mandate::{Chain, ChainHop, ChainIter, Mandate, StrIter, StrList, SubjectType};
 pub use requirements::{DEFAULT_MAX_HOPS, Requirements};
 pub use verifier::{
     DEFAULT_JWKS_COOLDOWN, DEFAULT_JWKS_MAX_STALENESS, DEFAULT_JWKS_TTL, DEFAULT_LEEWAY,

@@ -27,56 +27,448 @@ impl SubjectType {
     }
 }
 
-/// One hop of a delegation chain (`delegation_chain[i]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChainHop {
-    pub(crate) application_id: String,
-    pub(crate) agent_session_id: Option<String>,
-    pub(crate) delegation_edge_id: Option<String>,
+/// Where a string claim sits in [`Claims::text`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub(crate) start: u32,
+    pub(crate) len: u32,
 }
 
-impl ChainHop {
-    /// The application at this hop.
-    pub fn application_id(&self) -> &str {
-        &self.application_id
-    }
-    /// The governed agent session at this hop, if any.
-    pub fn agent_session_id(&self) -> Option<&str> {
-        self.agent_session_id.as_deref()
-    }
-    /// The delegation edge leaving this hop, if any.
-    pub fn delegation_edge_id(&self) -> Option<&str> {
-        self.delegation_edge_id.as_deref()
-    }
+impl Span {
+    /// Marks an absent optional string inside a chain hop.
+    pub(crate) const NONE: Span = Span {
+        start: u32::MAX,
+        len: 0,
+    };
+}
+
+/// A run of [`Claims::items`]: the strings of one list claim, or three spans per
+/// delegation hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Items {
+    pub(crate) start: u32,
+    pub(crate) end: u32,
 }
 
 /// The claims of a mandate, as parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Strings are spans into one buffer, and list items and chain hops are runs of one
+/// span table, so a parsed mandate costs two allocations however many claims it has.
+/// On the fast path the buffer is the decoded payload itself.
+#[derive(Clone)]
 pub(crate) struct Claims {
-    pub(crate) iss: String,
-    pub(crate) sub: String,
-    pub(crate) aud: Vec<String>,
+    pub(crate) text: String,
+    pub(crate) items: Vec<Span>,
+    pub(crate) iss: Span,
+    pub(crate) sub: Span,
+    pub(crate) aud: Items,
     pub(crate) exp: u64,
     pub(crate) iat: u64,
     pub(crate) nbf: Option<u64>,
-    pub(crate) jti: String,
-    pub(crate) zone_id: String,
-    pub(crate) client_id: String,
-    pub(crate) sid: String,
-    pub(crate) root_sid: String,
-    pub(crate) token_use: String,
+    pub(crate) jti: Span,
+    pub(crate) zone_id: Span,
+    pub(crate) client_id: Span,
+    pub(crate) sid: Span,
+    pub(crate) root_sid: Span,
+    pub(crate) token_use: Span,
     pub(crate) sub_type: SubjectType,
-    pub(crate) scope: Option<String>,
-    pub(crate) target: Vec<String>,
-    pub(crate) agent_session_id: Option<String>,
-    pub(crate) delegation_edge_id: Option<String>,
-    pub(crate) source_session_id: Option<String>,
-    pub(crate) target_session_id: Option<String>,
-    pub(crate) delegation_path: Vec<String>,
-    pub(crate) delegation_chain: Option<Vec<ChainHop>>,
+    pub(crate) scope: Option<Span>,
+    pub(crate) target: Items,
+    pub(crate) agent_session_id: Option<Span>,
+    pub(crate) delegation_edge_id: Option<Span>,
+    pub(crate) source_session_id: Option<Span>,
+    pub(crate) target_session_id: Option<Span>,
+    pub(crate) delegation_path: Items,
+    /// Three spans per hop: application, agent session, delegation edge.
+    pub(crate) delegation_chain: Option<Items>,
     pub(crate) hop_count: Option<u64>,
     pub(crate) delegation_graph_epoch: Option<u64>,
     pub(crate) extra: Map<String, Value>,
+}
+
+impl Claims {
+    fn s(&self, sp: Span) -> &str {
+        &self.text[sp.start as usize..sp.start as usize + sp.len as usize]
+    }
+    fn opt(&self, sp: Option<Span>) -> Option<&str> {
+        sp.map(|sp| self.s(sp))
+    }
+    fn list(&self, r: Items) -> StrList<'_> {
+        StrList {
+            text: &self.text,
+            spans: &self.items[r.start as usize..r.end as usize],
+        }
+    }
+    pub(crate) fn iss(&self) -> &str {
+        self.s(self.iss)
+    }
+    pub(crate) fn sub(&self) -> &str {
+        self.s(self.sub)
+    }
+    pub(crate) fn aud(&self) -> StrList<'_> {
+        self.list(self.aud)
+    }
+    pub(crate) fn jti(&self) -> &str {
+        self.s(self.jti)
+    }
+    pub(crate) fn zone_id(&self) -> &str {
+        self.s(self.zone_id)
+    }
+    pub(crate) fn client_id(&self) -> &str {
+        self.s(self.client_id)
+    }
+    pub(crate) fn sid(&self) -> &str {
+        self.s(self.sid)
+    }
+    pub(crate) fn root_sid(&self) -> &str {
+        self.s(self.root_sid)
+    }
+    pub(crate) fn token_use(&self) -> &str {
+        self.s(self.token_use)
+    }
+    pub(crate) fn scope(&self) -> Option<&str> {
+        self.opt(self.scope)
+    }
+    pub(crate) fn target(&self) -> StrList<'_> {
+        self.list(self.target)
+    }
+    pub(crate) fn agent_session_id(&self) -> Option<&str> {
+        self.opt(self.agent_session_id)
+    }
+    pub(crate) fn delegation_edge_id(&self) -> Option<&str> {
+        self.opt(self.delegation_edge_id)
+    }
+    pub(crate) fn source_session_id(&self) -> Option<&str> {
+        self.opt(self.source_session_id)
+    }
+    pub(crate) fn target_session_id(&self) -> Option<&str> {
+        self.opt(self.target_session_id)
+    }
+    pub(crate) fn delegation_path(&self) -> StrList<'_> {
+        self.list(self.delegation_path)
+    }
+    /// The chain, or `None` when the claim is absent (an empty chain is `Some`).
+    pub(crate) fn chain(&self) -> Option<Chain<'_>> {
+        self.delegation_chain.map(|r| Chain {
+            text: &self.text,
+            spans: &self.items[r.start as usize..r.end as usize],
+        })
+    }
+}
+
+/// Claims are equal when every claim is: the layout of the buffer does not matter.
+impl PartialEq for Claims {
+    fn eq(&self, o: &Self) -> bool {
+        self.iss() == o.iss()
+            && self.sub() == o.sub()
+            && self.aud() == o.aud()
+            && (self.exp, self.iat, self.nbf) == (o.exp, o.iat, o.nbf)
+            && self.jti() == o.jti()
+            && self.zone_id() == o.zone_id()
+            && self.client_id() == o.client_id()
+            && self.sid() == o.sid()
+            && self.root_sid() == o.root_sid()
+            && self.token_use() == o.token_use()
+            && self.sub_type == o.sub_type
+            && self.scope() == o.scope()
+            && self.target() == o.target()
+            && self.agent_session_id() == o.agent_session_id()
+            && self.delegation_edge_id() == o.delegation_edge_id()
+            && self.source_session_id() == o.source_session_id()
+            && self.target_session_id() == o.target_session_id()
+            && self.delegation_path() == o.delegation_path()
+            && self.chain() == o.chain()
+            && (self.hop_count, self.delegation_graph_epoch)
+                == (o.hop_count, o.delegation_graph_epoch)
+            && self.extra == o.extra
+    }
+}
+
+impl Eq for Claims {}
+
+impl fmt::Debug for Claims {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Claims")
+            .field("iss", &self.iss())
+            .field("sub", &self.sub())
+            .field("aud", &self.aud())
+            .field("exp", &self.exp)
+            .field("iat", &self.iat)
+            .field("nbf", &self.nbf)
+            .field("jti", &self.jti())
+            .field("zone_id", &self.zone_id())
+            .field("client_id", &self.client_id())
+            .field("sid", &self.sid())
+            .field("root_sid", &self.root_sid())
+            .field("use", &self.token_use())
+            .field("sub_type", &self.sub_type)
+            .field("scope", &self.scope())
+            .field("target", &self.target())
+            .field("agent_session_id", &self.agent_session_id())
+            .field("delegation_edge_id", &self.delegation_edge_id())
+            .field("source_session_id", &self.source_session_id())
+            .field("target_session_id", &self.target_session_id())
+            .field("delegation_path", &self.delegation_path())
+            .field("delegation_chain", &self.chain())
+            .field("hop_count", &self.hop_count)
+            .field("delegation_graph_epoch", &self.delegation_graph_epoch)
+            .field("extra", &self.extra)
+            .finish()
+    }
+}
+
+/// A list claim (`aud`, `target`, `delegation_path`): borrowed strings, in order.
+///
+/// Like a slice: [`len`](Self::len), [`get`](Self::get), [`iter`](Self::iter),
+/// [`contains`](Self::contains), and it compares equal to arrays and slices of `&str`.
+///
+/// ```
+/// # #[tokio::main] async fn main() {
+/// # use caracal_verifier::{Requirements, Verifier, testing::TestIssuer};
+/// # let sts = TestIssuer::start("zone-1").await.unwrap();
+/// # let v = Verifier::builder().issuer(sts.issuer_url()).audience("resource://api")
+/// #     .zone("zone-1").build().unwrap();
+/// let token = sts.mandate().targets(["resource://api", "resource://files"]).sign();
+/// let m = v.verify(&token, &Requirements::new()).await.unwrap();
+/// assert_eq!(m.targets(), ["resource://api", "resource://files"]);
+/// assert!(m.targets().contains("resource://files"));
+/// assert_eq!(m.targets().iter().last(), Some("resource://files"));
+/// # }
+/// ```
+#[derive(Clone, Copy)]
+pub struct StrList<'a> {
+    text: &'a str,
+    spans: &'a [Span],
+}
+
+impl<'a> StrList<'a> {
+    /// Number of items.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+    /// Whether there are no items.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+    /// The item at `index`.
+    pub fn get(&self, index: usize) -> Option<&'a str> {
+        self.spans.get(index).map(|&sp| span_str(self.text, sp))
+    }
+    /// Whether some item is exactly `item`.
+    pub fn contains(&self, item: &str) -> bool {
+        self.iter().any(|s| s == item)
+    }
+    /// The items, in order.
+    pub fn iter(&self) -> StrIter<'a> {
+        StrIter {
+            text: self.text,
+            spans: self.spans.iter(),
+        }
+    }
+}
+
+impl<'a> IntoIterator for StrList<'a> {
+    type Item = &'a str;
+    type IntoIter = StrIter<'a>;
+    fn into_iter(self) -> StrIter<'a> {
+        self.iter()
+    }
+}
+
+impl fmt::Debug for StrList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl PartialEq for StrList<'_> {
+    fn eq(&self, o: &Self) -> bool {
+        self.len() == o.len() && self.iter().eq(o.iter())
+    }
+}
+
+impl Eq for StrList<'_> {}
+
+impl<S: AsRef<str>> PartialEq<[S]> for StrList<'_> {
+    fn eq(&self, o: &[S]) -> bool {
+        self.len() == o.len() && self.iter().zip(o).all(|(a, b)| a == b.as_ref())
+    }
+}
+
+impl<S: AsRef<str>, const N: usize> PartialEq<[S; N]> for StrList<'_> {
+    fn eq(&self, o: &[S; N]) -> bool {
+        *self == o[..]
+    }
+}
+
+impl<S: AsRef<str>> PartialEq<Vec<S>> for StrList<'_> {
+    fn eq(&self, o: &Vec<S>) -> bool {
+        *self == o[..]
+    }
+}
+
+/// Iterator over a [`StrList`].
+#[derive(Clone)]
+pub struct StrIter<'a> {
+    text: &'a str,
+    spans: std::slice::Iter<'a, Span>,
+}
+
+impl<'a> Iterator for StrIter<'a> {
+    type Item = &'a str;
+    fn next(&mut self) -> Option<&'a str> {
+        self.spans.next().map(|&sp| span_str(self.text, sp))
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.spans.size_hint()
+    }
+}
+
+impl DoubleEndedIterator for StrIter<'_> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        self.spans.next_back().map(|&sp| span_str(self.text, sp))
+    }
+}
+
+impl ExactSizeIterator for StrIter<'_> {}
+
+impl fmt::Debug for StrIter<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.clone()).finish()
+    }
+}
+
+fn span_str(text: &str, sp: Span) -> &str {
+    &text[sp.start as usize..sp.start as usize + sp.len as usize]
+}
+
+fn opt_span_str(text: &str, sp: Span) -> Option<&str> {
+    (sp != Span::NONE).then(|| span_str(text, sp))
+}
+
+/// One hop of a delegation chain (`delegation_chain[i]`), borrowed from its mandate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainHop<'a> {
+    application_id: &'a str,
+    agent_session_id: Option<&'a str>,
+    delegation_edge_id: Option<&'a str>,
+}
+
+impl<'a> ChainHop<'a> {
+    /// The application at this hop.
+    pub fn application_id(&self) -> &'a str {
+        self.application_id
+    }
+    /// The governed agent session at this hop, if any.
+    pub fn agent_session_id(&self) -> Option<&'a str> {
+        self.agent_session_id
+    }
+    /// The delegation edge leaving this hop, if any.
+    pub fn delegation_edge_id(&self) -> Option<&'a str> {
+        self.delegation_edge_id
+    }
+}
+
+/// A mandate's delegation chain, root first: like a slice of [`ChainHop`]s.
+#[derive(Clone, Copy)]
+pub struct Chain<'a> {
+    text: &'a str,
+    /// Three per hop.
+    spans: &'a [Span],
+}
+
+/// The chain of a mandate without `delegation_chain`.
+const NO_CHAIN: Chain<'static> = Chain {
+    text: "",
+    spans: &[],
+};
+
+impl<'a> Chain<'a> {
+    /// Number of hops.
+    pub fn len(&self) -> usize {
+        self.spans.len() / 3
+    }
+    /// Whether the chain has no hops.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+    /// The hop at `index` (0 is the root).
+    pub fn get(&self, index: usize) -> Option<ChainHop<'a>> {
+        let at = index.checked_mul(3)?;
+        self.spans.get(at..at + 3).map(|h| hop(self.text, h))
+    }
+    /// The last hop: the presenting application.
+    pub fn last(&self) -> Option<ChainHop<'a>> {
+        self.len().checked_sub(1).and_then(|i| self.get(i))
+    }
+    /// The hops, root first.
+    pub fn iter(&self) -> ChainIter<'a> {
+        ChainIter {
+            text: self.text,
+            hops: self.spans.chunks_exact(3),
+        }
+    }
+}
+
+fn hop<'a>(text: &'a str, h: &[Span]) -> ChainHop<'a> {
+    ChainHop {
+        application_id: span_str(text, h[0]),
+        agent_session_id: opt_span_str(text, h[1]),
+        delegation_edge_id: opt_span_str(text, h[2]),
+    }
+}
+
+impl<'a> IntoIterator for Chain<'a> {
+    type Item = ChainHop<'a>;
+    type IntoIter = ChainIter<'a>;
+    fn into_iter(self) -> ChainIter<'a> {
+        self.iter()
+    }
+}
+
+impl fmt::Debug for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl PartialEq for Chain<'_> {
+    fn eq(&self, o: &Self) -> bool {
+        self.len() == o.len() && self.iter().eq(o.iter())
+    }
+}
+
+impl Eq for Chain<'_> {}
+
+/// Iterator over a [`Chain`].
+#[derive(Clone)]
+pub struct ChainIter<'a> {
+    text: &'a str,
+    hops: std::slice::ChunksExact<'a, Span>,
+}
+
+impl<'a> Iterator for ChainIter<'a> {
+    type Item = ChainHop<'a>;
+    fn next(&mut self) -> Option<ChainHop<'a>> {
+        self.hops.next().map(|h| hop(self.text, h))
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.hops.size_hint()
+    }
+}
+
+impl DoubleEndedIterator for ChainIter<'_> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        self.hops.next_back().map(|h| hop(self.text, h))
+    }
+}
+
+impl ExactSizeIterator for ChainIter<'_> {}
+
+impl fmt::Debug for ChainIter<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.clone()).finish()
+    }
 }
 
 pub(crate) struct MandateInner {
@@ -100,15 +492,15 @@ impl fmt::Debug for Mandate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.0.claims;
         f.debug_struct("Mandate")
-            .field("sub", &c.sub)
-            .field("client_id", &c.client_id)
-            .field("zone_id", &c.zone_id)
-            .field("sid", &c.sid)
-            .field("jti", &c.jti)
+            .field("sub", &c.sub())
+            .field("client_id", &c.client_id())
+            .field("zone_id", &c.zone_id())
+            .field("sid", &c.sid())
+            .field("jti", &c.jti())
             .field("exp", &c.exp)
-            .field("scope", &c.scope)
-            .field("agent_session_id", &c.agent_session_id)
-            .field("delegation_edge_id", &c.delegation_edge_id)
+            .field("scope", &c.scope())
+            .field("agent_session_id", &c.agent_session_id())
+            .field("delegation_edge_id", &c.delegation_edge_id())
             .field("hop_count", &self.hops())
             .finish_non_exhaustive()
     }
@@ -120,19 +512,19 @@ impl Mandate {
     }
     /// `iss`: the issuing STS.
     pub fn issuer(&self) -> &str {
-        &self.c().iss
+        self.c().iss()
     }
     /// `sub`: the subject.
     pub fn subject(&self) -> &str {
-        &self.c().sub
+        self.c().sub()
     }
     /// `sub_type`.
     pub fn subject_type(&self) -> SubjectType {
         self.c().sub_type
     }
     /// `aud`, always as a list.
-    pub fn audience(&self) -> &[String] {
-        &self.c().aud
+    pub fn audience(&self) -> StrList<'_> {
+        self.c().aud()
     }
     /// `exp`, seconds since the Unix epoch.
     pub fn expires_at(&self) -> u64 {
@@ -148,37 +540,36 @@ impl Mandate {
     }
     /// `jti`: the token id.
     pub fn jti(&self) -> &str {
-        &self.c().jti
+        self.c().jti()
     }
     /// `zone_id`.
     pub fn zone_id(&self) -> &str {
-        &self.c().zone_id
+        self.c().zone_id()
     }
     /// `client_id`: the application presenting the mandate.
     pub fn client_id(&self) -> &str {
-        &self.c().client_id
+        self.c().client_id()
     }
     /// `sid`: the authority record id of this STS exchange.
     pub fn sid(&self) -> &str {
-        &self.c().sid
+        self.c().sid()
     }
     /// `root_sid`: the root authority record of the exchange ancestry.
     pub fn root_sid(&self) -> &str {
-        &self.c().root_sid
+        self.c().root_sid()
     }
     /// `use`.
     pub fn token_use(&self) -> &str {
-        &self.c().token_use
+        self.c().token_use()
     }
     /// The raw `scope` string, when present.
     pub fn scope(&self) -> Option<&str> {
-        self.c().scope.as_deref()
+        self.c().scope()
     }
     /// The scope tokens (RFC 6749 §3.3, space separated).
     pub fn scopes(&self) -> impl Iterator<Item = &str> + '_ {
         self.c()
-            .scope
-            .as_deref()
+            .scope()
             .unwrap_or("")
             .split(' ')
             .filter(|s| !s.is_empty())
@@ -188,32 +579,32 @@ impl Mandate {
         !scope.is_empty() && self.scopes().any(|s| s == scope)
     }
     /// `target`: the resources the mandate is bound to.
-    pub fn targets(&self) -> &[String] {
-        &self.c().target
+    pub fn targets(&self) -> StrList<'_> {
+        self.c().target()
     }
     /// `agent_session_id`: the governed agent session, when non-empty.
     pub fn agent_session_id(&self) -> Option<&str> {
-        self.c().agent_session_id.as_deref()
+        self.c().agent_session_id()
     }
     /// `delegation_edge_id`: the delegation, when non-empty.
     pub fn delegation_edge_id(&self) -> Option<&str> {
-        self.c().delegation_edge_id.as_deref()
+        self.c().delegation_edge_id()
     }
     /// `source_session_id`.
     pub fn source_session_id(&self) -> Option<&str> {
-        self.c().source_session_id.as_deref()
+        self.c().source_session_id()
     }
     /// `target_session_id`.
     pub fn target_session_id(&self) -> Option<&str> {
-        self.c().target_session_id.as_deref()
+        self.c().target_session_id()
     }
     /// `delegation_path`: delegation edge ids from the root.
-    pub fn delegation_path(&self) -> &[String] {
-        &self.c().delegation_path
+    pub fn delegation_path(&self) -> StrList<'_> {
+        self.c().delegation_path()
     }
     /// `delegation_chain`, empty when absent.
-    pub fn delegation_chain(&self) -> &[ChainHop] {
-        self.c().delegation_chain.as_deref().unwrap_or(&[])
+    pub fn delegation_chain(&self) -> Chain<'_> {
+        self.c().chain().unwrap_or(NO_CHAIN)
     }
     /// `hop_count` as sent.
     pub fn hop_count(&self) -> Option<u64> {
@@ -224,7 +615,7 @@ impl Mandate {
         let edges = self
             .delegation_chain()
             .iter()
-            .filter(|h| h.delegation_edge_id.is_some())
+            .filter(|h| h.delegation_edge_id().is_some())
             .count() as u64;
         self.c().hop_count.unwrap_or(0).max(edges)
     }

@@ -286,16 +286,16 @@ impl Verifier {
     fn check_claims(&self, c: &Claims, now: u64) -> Result<(), AuthError> {
         let inner = &*self.inner;
         self.check_times(c, now)?;
-        if c.iss != inner.issuer {
+        if c.iss() != inner.issuer {
             return Err(AuthError::invalid(InvalidReason::Issuer));
         }
-        if !c.aud.contains(&inner.audience) {
+        if !c.aud().contains(&inner.audience) {
             return Err(AuthError::invalid(InvalidReason::Audience));
         }
-        if c.token_use != inner.token_use {
+        if c.token_use() != inner.token_use {
             return Err(AuthError::invalid(InvalidReason::Use));
         }
-        if c.zone_id != inner.zone {
+        if c.zone_id() != inner.zone {
             return Err(AuthError::ZoneInvalid);
         }
         Ok(())
@@ -347,8 +347,7 @@ impl Verifier {
 
 /// Every anchor of a mandate, fingerprinted and de-duplicated.
 fn anchors_of(c: &Claims) -> Box<[Anchor]> {
-    let mut out: Vec<Anchor> =
-        Vec::with_capacity(4 + 2 * c.delegation_chain.as_ref().map_or(0, Vec::len));
+    let mut out: Vec<Anchor> = Vec::with_capacity(4 + 2 * c.chain().map_or(0, |h| h.len()));
     let mut push = |id: Option<&str>, kind: AnchorKind| {
         if let Some(id) = id {
             let fp = fingerprint(id);
@@ -357,13 +356,13 @@ fn anchors_of(c: &Claims) -> Box<[Anchor]> {
             }
         }
     };
-    push(Some(&c.sid), AnchorKind::Sid);
-    push(Some(&c.root_sid), AnchorKind::RootSid);
-    push(c.agent_session_id.as_deref(), AnchorKind::AgentSession);
-    push(c.delegation_edge_id.as_deref(), AnchorKind::DelegationEdge);
-    for hop in c.delegation_chain.iter().flatten() {
-        push(hop.agent_session_id.as_deref(), AnchorKind::ChainSession);
-        push(hop.delegation_edge_id.as_deref(), AnchorKind::ChainEdge);
+    push(Some(c.sid()), AnchorKind::Sid);
+    push(Some(c.root_sid()), AnchorKind::RootSid);
+    push(c.agent_session_id(), AnchorKind::AgentSession);
+    push(c.delegation_edge_id(), AnchorKind::DelegationEdge);
+    for hop in c.chain().into_iter().flatten() {
+        push(hop.agent_session_id(), AnchorKind::ChainSession);
+        push(hop.delegation_edge_id(), AnchorKind::ChainEdge);
     }
     out.into_boxed_slice()
 }

@@ -146,7 +146,10 @@ async fn contract_fixture_verifies_when_signed() {
     assert_eq!(m.target_session_id(), Some("session-child"));
     assert_eq!(m.delegation_path(), ["delegation-1"]);
     assert_eq!(m.delegation_chain().len(), 2);
-    assert_eq!(m.delegation_chain()[0].application_id(), "app-parent");
+    assert_eq!(
+        m.delegation_chain().get(0).unwrap().application_id(),
+        "app-parent"
+    );
     assert_eq!(m.hop_count(), Some(1));
     assert_eq!(m.hops(), 1);
     assert_eq!(m.delegation_graph_epoch(), Some(7));

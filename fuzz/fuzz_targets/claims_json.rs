@@ -2,14 +2,17 @@
 //!
 //! Properties: no panic or stack overflow on any input; every failure is
 //! `invalid_token`/`claims`; and the parser is never more lenient than serde_json:
-//! whatever it accepts is a JSON object serde_json also accepts.
+//! whatever it accepts is a JSON object serde_json also accepts. The allocation-free
+//! fast path never accepts what the strict serde parser refuses, and parses what it
+//! accepts exactly as the strict parser does (`claims_fast_path_agrees` panics if not).
 #![no_main]
 
-use caracal_verifier::internals::parse_claims_json;
+use caracal_verifier::internals::{claims_fast_path_agrees, parse_claims_json};
 use caracal_verifier::{ErrorCode, InvalidReason};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    claims_fast_path_agrees(data);
     match parse_claims_json(data) {
         Ok(()) => {
             let value: serde_json::Value =
