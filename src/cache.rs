@@ -195,7 +195,7 @@ mod tests {
             claims,
             kid: "k".into(),
             alg: Algorithm::ES256,
-            anchors: Box::new([]),
+            anchors: Vec::new(),
         }))
     }
 

@@ -476,7 +476,7 @@ pub(crate) struct MandateInner {
     pub(crate) kid: String,
     pub(crate) alg: Algorithm,
     /// Keyed fingerprints of every revocation anchor, computed once per token.
-    pub(crate) anchors: Box<[crate::revocation::Anchor]>,
+    pub(crate) anchors: Vec<crate::revocation::Anchor>,
 }
 
 /// A verified mandate. Only the verifier constructs one; cloning is cheap.

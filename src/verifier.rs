@@ -346,7 +346,7 @@ impl Verifier {
 }
 
 /// Every anchor of a mandate, fingerprinted and de-duplicated.
-fn anchors_of(c: &Claims) -> Box<[Anchor]> {
+fn anchors_of(c: &Claims) -> Vec<Anchor> {
     let mut out: Vec<Anchor> = Vec::with_capacity(4 + 2 * c.chain().map_or(0, |h| h.len()));
     let mut push = |id: Option<&str>, kind: AnchorKind| {
         if let Some(id) = id {
@@ -364,7 +364,8 @@ fn anchors_of(c: &Claims) -> Box<[Anchor]> {
         push(hop.agent_session_id(), AnchorKind::ChainSession);
         push(hop.delegation_edge_id(), AnchorKind::ChainEdge);
     }
-    out.into_boxed_slice()
+    // Kept as allocated: shrinking to fit would reallocate on most mandates.
+    out
 }
 
 /// Settings for a [`Verifier`]. `issuer`, `audience` and `zone` are required; every
