@@ -198,7 +198,9 @@ pub(crate) enum SkipReason {
 
 /// Parse a JWKS document. Returns the usable keys by kid and what was skipped.
 /// Usable keys by kid.
-pub(crate) type KeyMap = HashMap<Box<str>, Arc<VerifyKey>>;
+/// Keys by `kid`. Built from the issuer's keyset only (a request's `kid` is looked up,
+/// never inserted), so a fast seeded hash is enough.
+pub(crate) type KeyMap = HashMap<Box<str>, Arc<VerifyKey>, foldhash::fast::RandomState>;
 
 pub(crate) fn parse_jwks(
     body: &[u8],
@@ -222,7 +224,7 @@ pub(crate) fn parse_jwks(
         *kid_counts.entry(kid).or_default() += 1;
     }
     let mut skipped = Vec::new();
-    let mut keys: HashMap<Box<str>, Arc<VerifyKey>> = HashMap::new();
+    let mut keys = KeyMap::default();
     for entry in entries {
         let kid = entry.get("kid").and_then(Value::as_str);
         if kid.is_some_and(|k| kid_counts.get(k).copied().unwrap_or(0) > 1) {

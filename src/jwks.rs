@@ -319,8 +319,42 @@ impl KeyCache {
             .map_err(unavailable)
     }
 
+    /// The hot path of [`key_for`](Self::key_for): the keyset is within its TTL (no
+    /// refresh due) and holds `kid`. Looked up under the read lock, without taking a
+    /// reference to the keyset.
+    fn fresh_key(&self, kid: &str) -> Option<Arc<VerifyKey>> {
+        let now = self.now_ms();
+        let current = self
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let set = current.as_ref()?;
+        if now.saturating_sub(set.fetched_at_ms) > self.fresh_ms() {
+            return None;
+        }
+        set.keys.get(kid).cloned()
+    }
+
+    /// The age below which keys need no refresh and are never too stale.
+    fn fresh_ms(&self) -> u64 {
+        duration_ms(self.cfg.ttl.min(self.cfg.max_staleness))
+    }
+
+    /// Whether the keyset is within its TTL (no refresh due, nothing to refuse).
+    fn within_ttl(&self) -> bool {
+        let now = self.now_ms();
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|set| now.saturating_sub(set.fetched_at_ms) <= self.fresh_ms())
+    }
+
     /// The key for `kid`, fetching or refreshing as the cache state requires.
     pub(crate) async fn key_for(self: &Arc<Self>, kid: &str) -> Result<Arc<VerifyKey>, AuthError> {
+        if let Some(key) = self.fresh_key(kid) {
+            return Ok(key);
+        }
         let set = self.current().await?;
         if let Some(key) = set.keys.get(kid) {
             return Ok(key.clone());
@@ -341,6 +375,9 @@ impl KeyCache {
     /// mandate must not outlive the keyset's maximum staleness, and a stream of cache
     /// hits must still drive the TTL refresh that notices removed keys.
     pub(crate) async fn ensure_fresh(self: &Arc<Self>) -> Result<(), AuthError> {
+        if self.within_ttl() {
+            return Ok(());
+        }
         self.current().await.map(|_| ())
     }
 
