@@ -227,12 +227,18 @@ struct Attempts {
 }
 
 /// Per issuer-and-zone keyset cache.
+/// [`KeyCache::current_fetched_ms`] before the first keyset.
+const NO_KEYS: u64 = u64::MAX;
+
 pub(crate) struct KeyCache {
     url: String,
     fetcher: Arc<dyn JwksFetcher>,
     cfg: KeyCacheConfig,
     clock: SharedClock,
     current: RwLock<Option<Arc<KeySet>>>,
+    /// `fetched_at_ms` of `current`, or [`NO_KEYS`]: lets a cache hit check freshness
+    /// with one atomic load instead of the lock every worker shares.
+    current_fetched_ms: AtomicU64,
     attempts: Mutex<Attempts>,
     /// Serialises fetches: the single flight.
     flight: tokio::sync::Mutex<()>,
@@ -269,6 +275,7 @@ impl KeyCache {
             cfg,
             clock,
             current: RwLock::new(None),
+            current_fetched_ms: AtomicU64::new(NO_KEYS),
             attempts: Mutex::new(Attempts::default()),
             flight: tokio::sync::Mutex::new(()),
             refreshing: AtomicBool::new(false),
@@ -342,12 +349,8 @@ impl KeyCache {
 
     /// Whether the keyset is within its TTL (no refresh due, nothing to refuse).
     fn within_ttl(&self) -> bool {
-        let now = self.now_ms();
-        self.current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_ref()
-            .is_some_and(|set| now.saturating_sub(set.fetched_at_ms) <= self.fresh_ms())
+        let at = self.current_fetched_ms.load(Ordering::Acquire);
+        at != NO_KEYS && self.now_ms().saturating_sub(at) <= self.fresh_ms()
     }
 
     /// The key for `kid`, fetching or refreshing as the cache state requires.
@@ -541,6 +544,8 @@ impl KeyCache {
             seq,
         });
         *cur = Some(set.clone());
+        self.current_fetched_ms
+            .store(started_ms.min(NO_KEYS - 1), Ordering::Release);
         set
     }
 }

@@ -473,7 +473,9 @@ impl fmt::Debug for ChainIter<'_> {
 
 pub(crate) struct MandateInner {
     pub(crate) claims: Claims,
-    pub(crate) kid: String,
+    /// The key that verified the signature: a mandate dies with it (cache hits check
+    /// that it was not retired from the keyset).
+    pub(crate) key: Arc<crate::jwk::VerifyKey>,
     pub(crate) alg: Algorithm,
     /// Keyed fingerprints of every revocation anchor, computed once per token.
     pub(crate) anchors: Vec<crate::revocation::Anchor>,
@@ -629,7 +631,7 @@ impl Mandate {
     }
     /// The `kid` of the key that verified the signature.
     pub fn key_id(&self) -> &str {
-        &self.0.kid
+        self.0.key.kid()
     }
     /// The algorithm that verified the signature.
     pub fn algorithm(&self) -> Algorithm {

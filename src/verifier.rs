@@ -8,7 +8,7 @@ use crate::cache::{DEFAULT_CACHE_BYTES, DEFAULT_CACHE_ENTRIES, MandateCache};
 use crate::claims::parse_payload;
 use crate::clock::{Clock, SharedClock, SystemClock};
 use crate::error::{AnchorKind, AuthError, ConfigError, InvalidReason};
-use crate::jwk::{Algorithm, VerifyKey};
+use crate::jwk::Algorithm;
 use crate::jwks::{
     DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, HttpFetcher, JwksFetcher, KeyCache,
     KeyCacheConfig,
@@ -202,22 +202,21 @@ impl Verifier {
                 limit: inner.max_token_bytes,
             });
         }
-        if let Some((cache, hit)) = inner
-            .cache
-            .as_ref()
-            .and_then(|c| Some((c, c.get(token, now)?)))
+        if let Some(cache) = &inner.cache
+            && let Some(hit) = cache.get(token, now)
         {
-            if !hit.key.is_retired() {
-                self.check_times(&hit.mandate.0.claims, now)?;
+            let key = &hit.0.key;
+            if !key.is_retired() {
+                self.check_times(&hit.0.claims, now)?;
                 inner.keys.ensure_fresh().await?;
                 // The refresh that may just have run can have retired the key.
-                if !hit.key.is_retired() {
-                    return Ok(hit.mandate.clone());
+                if !key.is_retired() {
+                    return Ok(hit);
                 }
             }
             cache.remove(token);
         }
-        let (mandate, key) = self.verify_cold(token, now).await?;
+        let mandate = self.verify_cold(token, now).await?;
         if let Some(cache) = &inner.cache {
             let c = &mandate.0.claims;
             // `exp` is attacker-influenced only within a valid signature, but an STS bug
@@ -227,16 +226,12 @@ impl Verifier {
                 .exp
                 .saturating_add(inner.leeway)
                 .min(now.saturating_add(MAX_CACHE_TTL_SECS));
-            cache.insert(token, mandate.clone(), key, expires_at, now);
+            cache.insert(token, mandate.clone(), expires_at, now);
         }
         Ok(mandate)
     }
 
-    async fn verify_cold(
-        &self,
-        token: &str,
-        now: u64,
-    ) -> Result<(Mandate, Arc<VerifyKey>), AuthError> {
+    async fn verify_cold(&self, token: &str, now: u64) -> Result<Mandate, AuthError> {
         let inner = &*self.inner;
         let parts = token::split(token)?;
         let header = token::parse_header_memo(parts.header)?;
@@ -260,13 +255,12 @@ impl Verifier {
         let claims = parse_payload(parts.payload)?;
         self.check_claims(&claims, now)?;
         let anchors = anchors_of(&claims);
-        let mandate = Mandate(Arc::new(MandateInner {
+        Ok(Mandate(Arc::new(MandateInner {
             claims,
-            kid: key.kid().to_owned(),
+            key,
             alg,
             anchors,
-        }));
-        Ok((mandate, key))
+        })))
     }
 
     fn check_times(&self, c: &Claims, now: u64) -> Result<(), AuthError> {
