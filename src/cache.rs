@@ -107,10 +107,22 @@ impl MandateCache {
         let s = shard
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        s.map
+        let hit = s
+            .map
             .get(&h)
             .filter(|c| *c.token == *token && c.expires_at > now)
-            .map(|c| c.mandate.clone())
+            .map(|c| c.mandate.clone());
+        if hit.is_none() {
+            // A miss is followed, once the token verifies, by an insert that reads this
+            // token's doorkeeper slot. Touch it now: the load overlaps the signature
+            // check instead of stalling the insert on a cache miss.
+            std::hint::black_box(self.doorkeeper(h).load(Ordering::Relaxed));
+        }
+        hit
+    }
+
+    fn doorkeeper(&self, h: u64) -> &AtomicU64 {
+        &self.seen_once[(h as usize) & (self.seen_once.len() - 1)]
     }
 
     pub(crate) fn insert(&self, token: &str, mandate: Mandate, expires_at: u64, now: u64) {
@@ -120,8 +132,7 @@ impl MandateCache {
         }
         let (h, shard) = self.locate(token);
         // Admit on the second sighting only.
-        let slot = &self.seen_once[(h as usize) & (self.seen_once.len() - 1)];
-        if slot.swap(h, Ordering::Relaxed) != h {
+        if self.doorkeeper(h).swap(h, Ordering::Relaxed) != h {
             return;
         }
         let entry = Arc::new(Cached {
