@@ -4,7 +4,7 @@
 //! Run: `cargo bench --all-features --bench verify`
 //! Quote medians and ratios from one run: the machines are noisy.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, ParsedPublicKey};
 use base64::Engine as _;
@@ -19,6 +19,9 @@ use common::*;
 /// Revoked anchors in the cold-path verifiers, so the revocation lookup probes a
 /// populated set (an empty set is skipped).
 const COLD_REVOKED: usize = 10_000;
+
+/// Tokens cycled by the cache-resident new-token pairing.
+const HOT_POOL: usize = 1024;
 
 /// Goal 1: a new token through `verify()` against the raw ES256 check of the same
 /// token(s).
@@ -55,9 +58,11 @@ fn cold_path(c: &mut Criterion) {
     jwt_validation.set_issuer(&[s.sts.issuer_url()]);
     jwt_validation.set_audience(&["resource://api"]);
 
-    // Distinct tokens, more than the iterations of one benchmark, so each call sees a
-    // token it has not seen before. The raw check gets them pre-split and pre-decoded.
-    let pool: Vec<String> = (0..130_000).map(|_| token(&s)).collect();
+    // Distinct tokens, more than the iterations of one benchmark including its warm-up
+    // (about 125,000 at 40 us), so each call sees a token its verifier has not seen:
+    // a token seen twice would be admitted to the cache, and that insert is not the
+    // cold path. The raw check gets them pre-split and pre-decoded.
+    let pool: Vec<String> = (0..200_000).map(|_| token(&s)).collect();
     let raw_pool: Vec<(&str, Vec<u8>)> = pool
         .iter()
         .map(|t| {
@@ -92,11 +97,89 @@ fn cold_path(c: &mut Criterion) {
             now(v_cache.verify(&pool[i], &route)).unwrap()
         })
     });
+    // The same pairing over 1,024 tokens that stay in the CPU caches (as a token just
+    // read off a socket does), cache off so each call does the full work.
+    let mut r = 0usize;
+    g.bench_function("raw_aws_lc_es256_verify_1024_tokens", |b| {
+        b.iter(|| {
+            r = (r + 1) % HOT_POOL;
+            let (input, sig) = &raw_pool[r];
+            raw_key.verify_sig(input.as_bytes(), sig).unwrap()
+        })
+    });
+    let mut i = 0usize;
+    g.bench_function("verify_1024_tokens_cache_off", |b| {
+        b.iter(|| {
+            i = (i + 1) % HOT_POOL;
+            now(v_nocache.verify(&pool[i], &route)).unwrap()
+        })
+    });
     g.bench_function("jsonwebtoken_decode_same_token", |b| {
         b.iter(|| jsonwebtoken::decode::<Value>(&tok, &jwt_key, &jwt_validation).unwrap())
     });
     g.finish();
+
+    // The same comparisons, paired: each iteration times the raw check and then
+    // `verify()` back to back and records only the difference, so the drift between
+    // benchmarks (a few percent on these machines) cancels. The reported time is our
+    // overhead per token; divide by the raw check's median for the ratio.
+    let mut g = c.benchmark_group("cold_overhead");
+    g.measurement_time(Duration::from_secs(5));
+    g.warm_up_time(Duration::from_secs(1));
+    g.bench_function("same_token_cache_off", |b| {
+        b.iter_custom(|iters| {
+            paired(iters, |_| {
+                let t0 = Instant::now();
+                raw_key.verify_sig(input.as_bytes(), &sig).unwrap();
+                let t1 = Instant::now();
+                now(v_nocache.verify(&tok, &route)).unwrap();
+                (t1 - t0, t1.elapsed())
+            })
+        })
+    });
+    // Raw and verify take different tokens of the pool, so neither runs on a signature
+    // the other just primed the branch predictor with. A verifier of its own, so every
+    // token is new to its cache (the pool outnumbers the iterations).
+    let v_fresh = verifier(&s, true);
+    for i in 0..COLD_REVOKED {
+        v_fresh.revocations().revoke(&format!("revoked-{i:06}"));
+    }
+    let half = pool.len() / 2;
+    let mut i = 0usize;
+    g.bench_function("new_tokens", |b| {
+        b.iter_custom(|iters| {
+            paired(iters, |_| {
+                i = (i + 1) % pool.len();
+                let (input, sig) = &raw_pool[(i + half) % pool.len()];
+                let t0 = Instant::now();
+                raw_key.verify_sig(input.as_bytes(), sig).unwrap();
+                let t1 = Instant::now();
+                now(v_fresh.verify(&pool[i], &route)).unwrap();
+                (t1 - t0, t1.elapsed())
+            })
+        })
+    });
+    g.finish();
 }
+
+/// Runs `f` (which returns the raw check's time and `verify()`'s) and returns the
+/// summed difference for `iters` iterations. Each sample runs at least
+/// [`MIN_PAIRS`] pairs (scaled back to `iters`), so per-signature variation of the
+/// ECDSA check averages out; a sample whose sum is not positive counts as 1 ns per
+/// iteration (rounding against us).
+fn paired(iters: u64, mut f: impl FnMut(u64) -> (Duration, Duration)) -> Duration {
+    let runs = iters.max(MIN_PAIRS);
+    let mut diff: i128 = 0;
+    for k in 0..runs {
+        let (raw, ours) = f(k);
+        diff += ours.as_nanos() as i128 - raw.as_nanos() as i128;
+    }
+    let per_iter = (diff / i128::from(runs)).max(1);
+    Duration::from_nanos(u64::try_from(per_iter * i128::from(iters)).unwrap_or(u64::MAX))
+}
+
+/// Fewest raw/verify pairs timed per sample by [`paired`].
+const MIN_PAIRS: u64 = 64;
 
 fn warm_path(c: &mut Criterion) {
     let s = setup(1);
