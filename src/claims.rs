@@ -72,6 +72,71 @@ pub(crate) fn parse_strict(text: &str) -> Result<Claims, AuthError> {
         .map_err(|_| claims_error())
 }
 
+/// The claims of the contract, by name. Both parsers dispatch on it, and a claim's
+/// discriminant is its bit in their duplicate mask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    Iss,
+    Sub,
+    Aud,
+    Exp,
+    Iat,
+    Nbf,
+    Jti,
+    ZoneId,
+    ClientId,
+    Sid,
+    RootSid,
+    Use,
+    SubType,
+    Scope,
+    Target,
+    AgentSessionId,
+    DelegationEdgeId,
+    SourceSessionId,
+    TargetSessionId,
+    DelegationPath,
+    DelegationChain,
+    HopCount,
+    DelegationGraphEpoch,
+}
+
+impl Claim {
+    #[inline]
+    fn from_name(name: &[u8]) -> Option<Claim> {
+        Some(match name {
+            b"iss" => Claim::Iss,
+            b"sub" => Claim::Sub,
+            b"aud" => Claim::Aud,
+            b"exp" => Claim::Exp,
+            b"iat" => Claim::Iat,
+            b"nbf" => Claim::Nbf,
+            b"jti" => Claim::Jti,
+            b"zone_id" => Claim::ZoneId,
+            b"client_id" => Claim::ClientId,
+            b"sid" => Claim::Sid,
+            b"root_sid" => Claim::RootSid,
+            b"use" => Claim::Use,
+            b"sub_type" => Claim::SubType,
+            b"scope" => Claim::Scope,
+            b"target" => Claim::Target,
+            b"agent_session_id" => Claim::AgentSessionId,
+            b"delegation_edge_id" => Claim::DelegationEdgeId,
+            b"source_session_id" => Claim::SourceSessionId,
+            b"target_session_id" => Claim::TargetSessionId,
+            b"delegation_path" => Claim::DelegationPath,
+            b"delegation_chain" => Claim::DelegationChain,
+            b"hop_count" => Claim::HopCount,
+            b"delegation_graph_epoch" => Claim::DelegationGraphEpoch,
+            _ => return None,
+        })
+    }
+
+    fn bit(self) -> u32 {
+        1 << self as u32
+    }
+}
+
 /// The fast path: one pass over the bytes of an STS-minted payload.
 pub(crate) mod fast {
     use super::*;
@@ -107,37 +172,6 @@ pub(crate) mod fast {
             .iter()
             .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
         (b[i + n] == b'"').then_some(i + n)
-    }
-
-    /// The bit of a contract claim, by name.
-    #[inline]
-    fn claim_bit(k: &[u8]) -> Option<u32> {
-        Some(match k {
-            b"iss" => 0,
-            b"sub" => 1,
-            b"aud" => 2,
-            b"exp" => 3,
-            b"iat" => 4,
-            b"nbf" => 5,
-            b"jti" => 6,
-            b"zone_id" => 7,
-            b"client_id" => 8,
-            b"sid" => 9,
-            b"root_sid" => 10,
-            b"use" => 11,
-            b"sub_type" => 12,
-            b"scope" => 13,
-            b"target" => 14,
-            b"agent_session_id" => 15,
-            b"delegation_edge_id" => 16,
-            b"source_session_id" => 17,
-            b"target_session_id" => 18,
-            b"delegation_path" => 19,
-            b"delegation_chain" => 20,
-            b"hop_count" => 21,
-            b"delegation_graph_epoch" => 22,
-            _ => return None,
-        })
     }
 
     struct Scan<'a> {
@@ -382,48 +416,48 @@ pub(crate) mod fast {
                 return None;
             }
             // Claims outside the contract go to the strict parser.
-            let bit = claim_bit(s.bytes(k))?;
-            if known & (1 << bit) != 0 {
+            let claim = Claim::from_name(s.bytes(k))?;
+            if known & claim.bit() != 0 {
                 return None;
             }
-            match bit {
-                0 => {
+            match claim {
+                Claim::Iss => {
                     iss = Some(s.non_empty()?);
                 }
-                1 => {
+                Claim::Sub => {
                     sub = Some(s.non_empty()?);
                 }
-                2 => {
+                Claim::Aud => {
                     aud = Some(s.audience()?);
                 }
-                3 => {
+                Claim::Exp => {
                     exp = Some(s.uint().filter(|&v| v > 0)?);
                 }
-                4 => {
+                Claim::Iat => {
                     iat = Some(s.uint().filter(|&v| v > 0)?);
                 }
-                5 => {
+                Claim::Nbf => {
                     nbf = Some(s.uint()?);
                 }
-                6 => {
+                Claim::Jti => {
                     jti = Some(s.non_empty()?);
                 }
-                7 => {
+                Claim::ZoneId => {
                     zone_id = Some(s.non_empty()?);
                 }
-                8 => {
+                Claim::ClientId => {
                     client_id = Some(s.non_empty()?);
                 }
-                9 => {
+                Claim::Sid => {
                     sid = Some(s.non_empty()?);
                 }
-                10 => {
+                Claim::RootSid => {
                     root_sid = Some(s.non_empty()?);
                 }
-                11 => {
+                Claim::Use => {
                     token_use = Some(s.string()?);
                 }
-                12 => {
+                Claim::SubType => {
                     let v = s.string()?;
                     sub_type = Some(match s.bytes(v) {
                         b"user" => SubjectType::User,
@@ -431,39 +465,38 @@ pub(crate) mod fast {
                         _ => return None,
                     });
                 }
-                13 => {
+                Claim::Scope => {
                     scope = Some(s.string()?);
                 }
-                14 => {
+                Claim::Target => {
                     target = s.list(true)?;
                 }
-                15 => {
+                Claim::AgentSessionId => {
                     agent_session_id = s.opt_string()?;
                 }
-                16 => {
+                Claim::DelegationEdgeId => {
                     delegation_edge_id = s.opt_string()?;
                 }
-                17 => {
+                Claim::SourceSessionId => {
                     source_session_id = s.opt_string()?;
                 }
-                18 => {
+                Claim::TargetSessionId => {
                     target_session_id = s.opt_string()?;
                 }
-                19 => {
+                Claim::DelegationPath => {
                     delegation_path = s.list(false)?;
                 }
-                20 => {
+                Claim::DelegationChain => {
                     delegation_chain = Some(s.chain()?);
                 }
-                21 => {
+                Claim::HopCount => {
                     hop_count = Some(s.uint()?);
                 }
-                22 => {
+                Claim::DelegationGraphEpoch => {
                     delegation_graph_epoch = Some(s.uint()?);
                 }
-                _ => return None,
             }
-            known |= 1 << bit;
+            known |= claim.bit();
             if s.eat(b',') {
                 continue;
             }
@@ -698,115 +731,92 @@ impl<'de> Visitor<'de> for ClaimsSeed {
         // Known claims are tracked by bit, so only unknown ones need the key list.
         let mut known: u32 = 0;
         while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
-            let bit = match &*k {
-                "iss" => {
+            let Some(claim) = Claim::from_name(k.as_bytes()) else {
+                let v = map.next_value_seed(StrictValue)?;
+                let name = k.clone().into_owned();
+                seen.insert::<A::Error>(k)?;
+                extra.insert(name, v);
+                continue;
+            };
+            match claim {
+                Claim::Iss => {
                     iss = Some(non_empty(map.next_value()?, "iss")?);
-                    0
                 }
-                "sub" => {
+                Claim::Sub => {
                     sub = Some(non_empty(map.next_value()?, "sub")?);
-                    1
                 }
-                "aud" => {
+                Claim::Aud => {
                     aud = Some(map.next_value_seed(AudienceSeed)?);
-                    2
                 }
-                "exp" => {
+                Claim::Exp => {
                     exp = Some(positive(map.next_value()?, "exp")?);
-                    3
                 }
-                "iat" => {
+                Claim::Iat => {
                     iat = Some(positive(map.next_value()?, "iat")?);
-                    4
                 }
-                "nbf" => {
+                Claim::Nbf => {
                     nbf = Some(map.next_value::<u64>()?);
-                    5
                 }
-                "jti" => {
+                Claim::Jti => {
                     jti = Some(non_empty(map.next_value()?, "jti")?);
-                    6
                 }
-                "zone_id" => {
+                Claim::ZoneId => {
                     zone_id = Some(non_empty(map.next_value()?, "zone_id")?);
-                    7
                 }
-                "client_id" => {
+                Claim::ClientId => {
                     client_id = Some(non_empty(map.next_value()?, "client_id")?);
-                    8
                 }
-                "sid" => {
+                Claim::Sid => {
                     sid = Some(non_empty(map.next_value()?, "sid")?);
-                    9
                 }
-                "root_sid" => {
+                Claim::RootSid => {
                     root_sid = Some(non_empty(map.next_value()?, "root_sid")?);
-                    10
                 }
-                "use" => {
+                Claim::Use => {
                     token_use = Some(map.next_value::<String>()?);
-                    11
                 }
-                "sub_type" => {
+                Claim::SubType => {
                     sub_type = Some(match &*map.next_value::<Key<'de>>()?.0 {
                         "user" => SubjectType::User,
                         "application" => SubjectType::Application,
                         _ => return Err(de::Error::custom("unknown sub_type")),
                     });
-                    12
                 }
-                "scope" => {
+                Claim::Scope => {
                     scope = Some(map.next_value::<String>()?);
-                    13
                 }
-                "target" => {
+                Claim::Target => {
                     target = map.next_value_seed(StringList { unique: true })?;
-                    14
                 }
-                "agent_session_id" => {
+                Claim::AgentSessionId => {
                     agent_session_id = opt_string(map.next_value()?);
-                    15
                 }
-                "delegation_edge_id" => {
+                Claim::DelegationEdgeId => {
                     delegation_edge_id = opt_string(map.next_value()?);
-                    16
                 }
-                "source_session_id" => {
+                Claim::SourceSessionId => {
                     source_session_id = opt_string(map.next_value()?);
-                    17
                 }
-                "target_session_id" => {
+                Claim::TargetSessionId => {
                     target_session_id = opt_string(map.next_value()?);
-                    18
                 }
-                "delegation_path" => {
+                Claim::DelegationPath => {
                     delegation_path = map.next_value_seed(StringList { unique: false })?;
-                    19
                 }
-                "delegation_chain" => {
+                Claim::DelegationChain => {
                     delegation_chain = Some(map.next_value_seed(ChainSeed)?);
-                    20
                 }
-                "hop_count" => {
+                Claim::HopCount => {
                     hop_count = Some(map.next_value::<u64>()?);
-                    21
                 }
-                "delegation_graph_epoch" => {
+                Claim::DelegationGraphEpoch => {
                     delegation_graph_epoch = Some(map.next_value::<u64>()?);
-                    22
                 }
-                _ => {
-                    let v = map.next_value_seed(StrictValue)?;
-                    let name = k.clone().into_owned();
-                    seen.insert::<A::Error>(k)?;
-                    extra.insert(name, v);
-                    continue;
-                }
-            };
-            if known & (1 << bit) != 0 {
+            }
+            if known & claim.bit() != 0 {
                 return Err(de::Error::custom("duplicate claim"));
             }
-            known |= 1 << bit;
+            known |= claim.bit();
         }
 
         fn req<T, E: de::Error>(v: Option<T>, name: &'static str) -> Result<T, E> {
