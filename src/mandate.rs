@@ -88,7 +88,7 @@ pub(crate) struct Claims {
 
 impl Claims {
     fn s(&self, sp: Span) -> &str {
-        &self.text[sp.start as usize..sp.start as usize + sp.len as usize]
+        span_str(&self.text, sp)
     }
     fn opt(&self, sp: Option<Span>) -> Option<&str> {
         sp.map(|sp| self.s(sp))
