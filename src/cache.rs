@@ -49,6 +49,10 @@ struct Shard {
     bytes: usize,
 }
 
+/// A token's hash: it picks the shard, the map key and the doorkeeper slot.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Slot(u64);
+
 pub(crate) struct MandateCache {
     shards: Box<[RwLock<Shard>]>,
     /// Hashes of tokens seen once (direct-mapped; a collision only delays admission).
@@ -92,19 +96,25 @@ impl MandateCache {
         }
     }
 
-    fn locate(&self, token: &str) -> (u64, &RwLock<Shard>) {
+    /// Where `token` sits: hashed once per request, then used by the lookup and by
+    /// the insert or removal that follows it.
+    pub(crate) fn slot(&self, token: &str) -> Slot {
         let tail = &token.as_bytes()[token.len().saturating_sub(HASHED_TAIL)..];
-        let h = self.hasher.hash_one(tail);
-        (h, &self.shards[(h >> 60) as usize % SHARDS])
+        Slot(self.hasher.hash_one(tail))
+    }
+
+    fn shard(&self, Slot(h): Slot) -> &RwLock<Shard> {
+        &self.shards[(h >> 60) as usize % SHARDS]
     }
 
     /// The mandate for exactly this token, if it is cached and not past its lifetime.
     ///
     /// Only the mandate's reference count is touched: a hit on a popular token is one
     /// shared read lock and one atomic increment.
-    pub(crate) fn get(&self, token: &str, now: u64) -> Option<Mandate> {
-        let (h, shard) = self.locate(token);
-        let s = shard
+    pub(crate) fn get_at(&self, slot: Slot, token: &str, now: u64) -> Option<Mandate> {
+        let Slot(h) = slot;
+        let s = self
+            .shard(slot)
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let hit = s
@@ -125,12 +135,19 @@ impl MandateCache {
         &self.seen_once[(h as usize) & (self.seen_once.len() - 1)]
     }
 
-    pub(crate) fn insert(&self, token: &str, mandate: Mandate, expires_at: u64, now: u64) {
+    pub(crate) fn insert_at(
+        &self,
+        slot: Slot,
+        token: &str,
+        mandate: Mandate,
+        expires_at: u64,
+        now: u64,
+    ) {
         let size = entry_bytes(token);
         if size > self.max_bytes {
             return;
         }
-        let (h, shard) = self.locate(token);
+        let Slot(h) = slot;
         // Admit on the second sighting only.
         if self.doorkeeper(h).swap(h, Ordering::Relaxed) != h {
             return;
@@ -140,7 +157,8 @@ impl MandateCache {
             mandate,
             expires_at,
         });
-        let mut s = shard
+        let mut s = self
+            .shard(slot)
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if s.map.len() >= self.max_entries || s.bytes + size > self.max_bytes {
@@ -157,9 +175,10 @@ impl MandateCache {
         s.bytes += size;
     }
 
-    pub(crate) fn remove(&self, token: &str) {
-        let (h, shard) = self.locate(token);
-        let mut s = shard
+    pub(crate) fn remove_at(&self, slot: Slot, token: &str) {
+        let Slot(h) = slot;
+        let mut s = self
+            .shard(slot)
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if s.map.get(&h).is_some_and(|c| *c.token == *token)
@@ -167,6 +186,21 @@ impl MandateCache {
         {
             s.bytes -= entry_bytes(&old.token);
         }
+    }
+
+    #[cfg(test)]
+    fn get(&self, token: &str, now: u64) -> Option<Mandate> {
+        self.get_at(self.slot(token), token, now)
+    }
+
+    #[cfg(test)]
+    fn insert(&self, token: &str, mandate: Mandate, expires_at: u64, now: u64) {
+        self.insert_at(self.slot(token), token, mandate, expires_at, now)
+    }
+
+    #[cfg(test)]
+    fn remove(&self, token: &str) {
+        self.remove_at(self.slot(token), token)
     }
 
     #[cfg(test)]

@@ -202,8 +202,10 @@ impl Verifier {
                 limit: inner.max_token_bytes,
             });
         }
-        if let Some(cache) = &inner.cache
-            && let Some(hit) = cache.get(token, now)
+        // The token is hashed once for the lookup and the insert or removal after it.
+        let cached = inner.cache.as_ref().map(|c| (c, c.slot(token)));
+        if let Some((cache, slot)) = cached
+            && let Some(hit) = cache.get_at(slot, token, now)
         {
             let key = &hit.0.key;
             if !key.is_retired() {
@@ -214,10 +216,10 @@ impl Verifier {
                     return Ok(hit);
                 }
             }
-            cache.remove(token);
+            cache.remove_at(slot, token);
         }
         let mandate = self.verify_cold(token, now).await?;
-        if let Some(cache) = &inner.cache {
+        if let Some((cache, slot)) = cached {
             let c = &mandate.0.claims;
             // `exp` is attacker-influenced only within a valid signature, but an STS bug
             // could still send a far-future value: saturate, and never keep an entry
@@ -226,7 +228,7 @@ impl Verifier {
                 .exp
                 .saturating_add(inner.leeway)
                 .min(now.saturating_add(MAX_CACHE_TTL_SECS));
-            cache.insert(token, mandate.clone(), expires_at, now);
+            cache.insert_at(slot, token, mandate.clone(), expires_at, now);
         }
         Ok(mandate)
     }
