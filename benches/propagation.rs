@@ -19,125 +19,25 @@
 //! Without `--bench` (e.g. `cargo test --benches`) it runs 10 rounds as a smoke test;
 //! other criterion-style arguments are ignored.
 
-use std::future::Future;
-use std::net::TcpListener;
-use std::pin::pin;
-use std::process::{Child, Command, Stdio};
 use std::sync::Barrier;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use caracal_verifier::redis::RedisRevocations;
-use caracal_verifier::revocation::{SESSIONS_REVOKE_STREAM, StreamKey, sign_fields};
+use caracal_verifier::revocation::{SESSIONS_REVOKE_STREAM, sign_fields};
 use caracal_verifier::testing::TestIssuer;
 use caracal_verifier::{ErrorCode, Requirements, Verifier};
 
-const KEY_HEX: &str = "4a7f1c0e9b2d38a65f0c1e7d92b4a3c8d5e6f70819a2b3c4d5e6f708192a3b4c";
+mod common;
+use common::now;
+
+// The Redis tests' helpers: a real `redis-server` on a free loopback port, killed on
+// drop, and the stream key.
+#[path = "../tests/redis_common/mod.rs"]
+mod redis_common;
+use redis_common::{RedisServer, stream_key};
 
 /// The longest a checker waits for the revocation before the run fails.
 const DEADLINE: Duration = Duration::from_secs(10);
-
-const INSTALL_HINT: &str = "redis-server is not on PATH. The propagation benchmark runs a real \
-     server: install it (Debian/Ubuntu: `apt-get install redis-server`, macOS: \
-     `brew install redis`) and run it again";
-
-/// Drive a future that completes without waiting (warm keys, no I/O).
-fn now<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(v) => v,
-        Poll::Pending => panic!("verification suspended: keys not warm?"),
-    }
-}
-
-/// A `redis-server` child process on a loopback port, killed on drop.
-struct RedisServer {
-    port: u16,
-    child: Child,
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral loopback port")
-}
-
-impl RedisServer {
-    /// Start a server on a free port, retrying when another process takes it first.
-    async fn start() -> Self {
-        for _ in 0..10 {
-            let port = free_port();
-            if let Some(child) = spawn_on(port).await {
-                return RedisServer { port, child };
-            }
-        }
-        panic!("redis-server failed to start on 10 different ports");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-/// Spawn `redis-server` on `port` and wait until that very process answers.
-async fn spawn_on(port: u16) -> Option<Child> {
-    let spawned = Command::new("redis-server")
-        .args(["--port", &port.to_string()])
-        .args(["--bind", "127.0.0.1"])
-        .args(["--save", ""])
-        .args(["--appendonly", "no"])
-        .args(["--daemonize", "no"])
-        .args(["--loglevel", "warning"])
-        .arg("--dir")
-        .arg(std::env::temp_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{INSTALL_HINT}"),
-        Err(e) => panic!("cannot run redis-server: {e}"),
-    };
-    let url = format!("redis://127.0.0.1:{port}");
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(5) {
-        if child.try_wait().ok().flatten().is_some() {
-            return None; // It exited: most likely the port was taken.
-        }
-        if let Some(pid) = server_pid(&url).await {
-            if pid == child.id() {
-                return Some(child);
-            }
-            break; // Someone else's server answers on this port.
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
-
-async fn server_pid(url: &str) -> Option<u32> {
-    let client = redis::Client::open(url).ok()?;
-    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-    let info: String = redis::cmd("INFO")
-        .arg("server")
-        .query_async(&mut conn)
-        .await
-        .ok()?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("process_id:"))
-        .and_then(|p| p.trim().parse().ok())
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
@@ -188,7 +88,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("a Tokio runtime");
-    let key = StreamKey::from_hex(KEY_HEX).unwrap();
+    let key = stream_key();
     let (_redis, sts, replicas, mut conn) = rt.block_on(async {
         let redis = RedisServer::start().await;
         let sts = TestIssuer::start("zone-1")
