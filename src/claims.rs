@@ -43,6 +43,8 @@ pub(crate) fn parse_payload(segment: &str) -> Result<Claims, AuthError> {
     claims_from_json(decode_segment(segment)?)
 }
 
+/// The claims parser on JSON bytes (the verifier decodes into [`parse_payload`]).
+#[cfg(any(test, feature = "__internals"))]
 pub(crate) fn parse_claims_json(bytes: &[u8]) -> Result<Claims, AuthError> {
     claims_from_json(bytes.to_vec())
 }
