@@ -1,6 +1,6 @@
 //! The in-process revocation mirror: revoked anchors with a TTL, and per-zone epochs.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -32,14 +32,51 @@ pub(crate) struct Anchor {
 
 type FpMap = HashMap<u64, u32, BuildIdentity>;
 
+/// Anchors still to expire, bucketed by their expiry second. An anchor whose expiry
+/// was extended stays in its old bucket too; expiry skips such stale entries.
+type ExpiryQueue = BTreeMap<u32, Vec<u64>>;
+
+/// The most expired anchors one revocation or check removes: expiry is incremental,
+/// so no request and no event pays for an O(n) pass under the lock.
+const EXPIRE_STEP: usize = 256;
+
 struct State {
     /// Fingerprint → expiry (seconds since the Unix epoch).
     anchors: FpMap,
+    expiry: ExpiryQueue,
     epochs: HashMap<Box<str>, u64>,
-    /// Sweep expired entries when the map reaches this size (amortised O(1) per insert).
-    sweep_at: usize,
-    /// The set hit `max_anchors` with nothing expired: checks fail closed.
-    overflowed: bool,
+}
+
+impl State {
+    /// Remove up to `budget` expired anchors, oldest first. Returns how many were
+    /// removed from the set.
+    fn expire(&mut self, now: u64, mut budget: usize) -> usize {
+        let mut removed = 0;
+        while budget > 0 {
+            let Some(mut bucket) = self.expiry.first_entry() else {
+                break;
+            };
+            let until = *bucket.key();
+            if u64::from(until) > now {
+                break;
+            }
+            let fps = bucket.get_mut();
+            while budget > 0 {
+                let Some(fp) = fps.pop() else { break };
+                budget -= 1;
+                // Revoked again for longer: the entry lives on (its newer bucket
+                // will expire it).
+                if self.anchors.get(&fp) == Some(&until) {
+                    self.anchors.remove(&fp);
+                    removed += 1;
+                }
+            }
+            if fps.is_empty() {
+                bucket.remove();
+            }
+        }
+        removed
+    }
 }
 
 struct Inner {
@@ -76,7 +113,7 @@ impl fmt::Debug for RevocationSet {
             .field("anchors", &s.anchors.len())
             .field("zones", &s.epochs.len())
             .field("ttl", &self.inner.ttl)
-            .field("overflowed", &s.overflowed)
+            .field("over_capacity", &(s.anchors.len() > self.inner.max_anchors))
             .finish()
     }
 }
@@ -105,9 +142,13 @@ impl RevocationSetBuilder {
         self
     }
 
-    /// The most anchors held at once. Default 4,000,000 (about 150 MB). When the set
-    /// is full and nothing has expired, checks fail closed with
-    /// `revocation_unavailable` rather than forget a revocation.
+    /// The capacity: how many anchors the set holds before it fails closed. Default
+    /// 4,000,000 (about 150 MB). It is a soft bound: a revocation that arrives when
+    /// the set is full is still recorded, because forgetting it would widen authority.
+    /// While the set holds more anchors than this, every check fails closed with 503
+    /// `revocation_unavailable`, until enough entries expire (expiry is incremental,
+    /// a bounded number per event or check). Memory therefore grows past the bound
+    /// only by what signed events add beyond it.
     pub fn max_anchors(mut self, max: usize) -> Self {
         self.max_anchors = max.max(1);
         self
@@ -130,9 +171,8 @@ impl RevocationSetBuilder {
             inner: Arc::new(Inner {
                 state: RwLock::new(State {
                     anchors: FpMap::default(),
+                    expiry: ExpiryQueue::new(),
                     epochs: HashMap::new(),
-                    sweep_at: 1024,
-                    overflowed: false,
                 }),
                 clock: self.clock,
                 ttl: self.ttl,
@@ -194,42 +234,32 @@ impl RevocationSet {
         let now = self.now_secs();
         let until =
             u32::try_from(now.saturating_add(ttl.as_secs()).max(now + 1)).unwrap_or(u32::MAX);
+        let max = self.inner.max_anchors;
         let mut s = self.write();
         for &fp in fps {
-            if !s.anchors.contains_key(&fp)
-                && s.anchors.len() >= s.sweep_at.min(self.inner.max_anchors)
-            {
-                Self::sweep_locked(&mut s, now, self.inner.max_anchors);
-                if s.anchors.len() >= self.inner.max_anchors {
-                    tracing::error!(
-                        max_anchors = self.inner.max_anchors,
-                        "revocation set is full; failing closed until entries expire"
-                    );
-                    s.overflowed = true;
-                    continue;
-                }
-            }
             let e = s.anchors.entry(fp).or_insert(0);
-            *e = (*e).max(until);
+            if *e < until {
+                *e = until;
+                s.expiry.entry(until).or_default().push(fp);
+            }
+        }
+        // Reclaim a bounded batch of expired entries per event.
+        s.expire(now, EXPIRE_STEP.max(2 * fps.len()));
+        if s.anchors.len() > max {
+            tracing::error!(
+                anchors = s.anchors.len(),
+                max_anchors = max,
+                "revocation set is over capacity; failing closed until entries expire"
+            );
         }
     }
 
-    fn sweep_locked(s: &mut State, now: u64, max: usize) -> usize {
-        let before = s.anchors.len();
-        s.anchors.retain(|_, until| u64::from(*until) > now);
-        s.sweep_at = (s.anchors.len() * 2).max(1024);
-        if s.anchors.len() < max {
-            s.overflowed = false;
-        }
-        before - s.anchors.len()
-    }
-
-    /// Drop expired entries now; returns how many. Lookups ignore expired entries
-    /// anyway, so this only reclaims memory. It also runs on its own as the set grows.
+    /// Drop every expired entry now; returns how many. Lookups ignore expired entries
+    /// anyway, and expiry also runs incrementally with each event, so this only
+    /// reclaims memory sooner. It costs O(expired), not O(len).
     pub fn sweep(&self) -> usize {
         let now = self.now_secs();
-        let mut s = self.write();
-        Self::sweep_locked(&mut s, now, self.inner.max_anchors)
+        self.write().expire(now, usize::MAX)
     }
 
     /// Whether an anchor id is currently revoked.
@@ -299,7 +329,20 @@ impl RevocationSet {
 
     /// Whether the set can be trusted: no feed is attached, or the feed is fresh.
     pub fn is_current(&self) -> bool {
-        self.inner.feed.get().is_none_or(|f| f.is_fresh()) && !self.read().overflowed
+        self.inner.feed.get().is_none_or(|f| f.is_fresh()) && !self.over_capacity()
+    }
+
+    /// Whether the set holds more anchors than its capacity, after expiring a bounded
+    /// batch of old entries.
+    fn over_capacity(&self) -> bool {
+        let max = self.inner.max_anchors;
+        if self.read().anchors.len() <= max {
+            return false;
+        }
+        let now = self.now_secs();
+        let mut s = self.write();
+        s.expire(now, EXPIRE_STEP);
+        s.anchors.len() > max
     }
 
     /// Check a mandate's anchors and epoch. One read lock, one probe per anchor.
@@ -313,9 +356,13 @@ impl RevocationSet {
         if let Some(feed) = self.inner.feed.get() {
             feed.check()?;
         }
-        let s = self.read();
-        if s.overflowed {
-            return Err(AuthError::RevocationUnavailable);
+        let mut s = self.read();
+        if s.anchors.len() > self.inner.max_anchors {
+            drop(s);
+            if self.over_capacity() {
+                return Err(AuthError::RevocationUnavailable);
+            }
+            s = self.read();
         }
         if !s.anchors.is_empty() {
             for a in anchors {
@@ -402,25 +449,64 @@ mod tests {
     }
 
     #[test]
-    fn full_set_fails_closed_until_entries_expire() {
+    fn a_full_set_keeps_every_revocation_and_fails_closed_until_entries_expire() {
         let clock = ManualClock::new(Duration::from_secs(1_000_000));
         let set = RevocationSet::builder()
             .max_anchors(2)
             .ttl(Duration::from_secs(10))
             .clock(clock.clone())
             .build();
-        set.revoke("a");
-        set.revoke("b");
-        assert!(set.check(&[], "z", None, clock.now().as_secs()).is_ok());
+        set.revoke_for("a", Duration::from_secs(5));
+        set.revoke_for("b", Duration::from_secs(5));
+        let now = || clock.now().as_secs();
+        assert!(set.check(&[], "z", None, now()).is_ok());
+        assert!(set.is_current());
+        // Over capacity: the revocation is still recorded, and checks fail closed.
         set.revoke("c");
+        assert!(set.is_revoked("c"));
+        assert_eq!(set.len(), 3);
+        assert!(!set.is_current());
         assert_eq!(
-            set.check(&[], "z", None, clock.now().as_secs()),
+            set.check(&[], "z", None, now()),
             Err(AuthError::RevocationUnavailable)
         );
+        // `a` and `b` expire; `c` is still enforced and the set is usable again.
+        clock.advance(Duration::from_secs(6));
+        assert!(set.check(&[], "z", None, now()).is_ok());
+        assert!(set.is_current());
+        assert!(set.is_revoked("c"));
+        assert_eq!(
+            set.check(&anchors(&[("c", AnchorKind::Sid)]), "z", None, now()),
+            Err(AuthError::SessionRevoked {
+                anchor: AnchorKind::Sid
+            })
+        );
+        assert_eq!(set.len(), 1);
+    }
+
+    #[test]
+    fn expiry_is_incremental_and_skips_extended_entries() {
+        let clock = ManualClock::new(Duration::from_secs(1_000_000));
+        let set = RevocationSet::builder()
+            .ttl(Duration::from_secs(10))
+            .clock(clock.clone())
+            .build();
+        for i in 0..(3 * EXPIRE_STEP) {
+            set.revoke(&format!("old-{i}"));
+        }
+        set.revoke_for("kept", Duration::from_secs(10));
+        set.revoke_for("kept", Duration::from_secs(100));
         clock.advance(Duration::from_secs(11));
-        set.revoke("d");
-        assert!(set.check(&[], "z", None, clock.now().as_secs()).is_ok());
-        assert!(set.is_revoked("d"));
+        // One event reclaims a bounded batch, not everything.
+        set.revoke("new");
+        let left = set.len();
+        assert!(left > EXPIRE_STEP, "{left}");
+        assert!(left < 3 * EXPIRE_STEP + 2, "{left}");
+        // A full sweep removes the rest; the extended entry survives its old bucket.
+        set.sweep();
+        assert_eq!(set.len(), 2);
+        assert!(set.is_revoked("kept"));
+        assert!(set.is_revoked("new"));
     }
 
     #[test]
