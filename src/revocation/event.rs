@@ -191,6 +191,60 @@ pub enum EventError {
     /// An epoch that is not a decimal integer.
     #[error("malformed epoch")]
     BadEpoch,
+    /// A field name outside the contract's character set (`[A-Za-z0-9_.-]`, 1 to 64
+    /// bytes). `=` or a line break in a name would let the canonical form be re-split.
+    #[error("field name outside the contract's character set")]
+    BadFieldName,
+    /// A field value containing `\r` or `\n`, which would let the canonical form be
+    /// re-split into other fields.
+    #[error("line break in a field value")]
+    LineBreakInValue,
+    /// More fields than the feed's bound.
+    #[error("too many fields")]
+    TooManyFields,
+    /// More bytes (names and values together) than the feed's bound.
+    #[error("entry too large")]
+    TooLarge,
+}
+
+/// The longest field name accepted.
+pub const MAX_FIELD_NAME_BYTES: usize = 64;
+
+/// Whether `name` is in the contract's field-name character set: 1 to 64 bytes of
+/// `[A-Za-z0-9_.-]`. Every contract field (`zone_id`, `session_id`, `_sig`, …) is.
+pub fn is_valid_field_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_FIELD_NAME_BYTES
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+/// Reject a field list whose canonical form could be read as other fields: a name
+/// outside the character set, a value with a line break, or a repeated name. Linear
+/// in the number of fields.
+fn check_shape<K: AsRef<str>, V: AsRef<str>>(fields: &[(K, V)]) -> Result<(), EventError> {
+    for (k, v) in fields {
+        if !is_valid_field_name(k.as_ref()) {
+            return Err(EventError::BadFieldName);
+        }
+        if v.as_ref().bytes().any(|c| c == b'\r' || c == b'\n') {
+            return Err(EventError::LineBreakInValue);
+        }
+    }
+    if fields.len() <= 16 {
+        for (i, (k, _)) in fields.iter().enumerate() {
+            if fields[..i].iter().any(|(o, _)| o.as_ref() == k.as_ref()) {
+                return Err(EventError::DuplicateField);
+            }
+        }
+    } else {
+        let mut seen = std::collections::HashSet::with_capacity(fields.len());
+        if !fields.iter().all(|(k, _)| seen.insert(k.as_ref())) {
+            return Err(EventError::DuplicateField);
+        }
+    }
+    Ok(())
 }
 
 /// A parsed, authenticated event.
@@ -222,11 +276,7 @@ fn check_and_get<'a, K: AsRef<str>, V: AsRef<str>>(
     fields: &'a [(K, V)],
     key: Option<&StreamKey>,
 ) -> Result<impl Fn(&str) -> Option<&'a str>, EventError> {
-    for (i, (k, _)) in fields.iter().enumerate() {
-        if fields[..i].iter().any(|(o, _)| o.as_ref() == k.as_ref()) {
-            return Err(EventError::DuplicateField);
-        }
-    }
+    check_shape(fields)?;
     if let Some(key) = key {
         verify_fields(key, stream, fields)?;
     }
@@ -487,6 +537,67 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn messages_that_could_be_re_split_are_dropped_even_when_signed() {
+        let key = StreamKey::from_hex(KEY).unwrap();
+        let signed = |pairs: &[(&str, &str)]| {
+            let mut f: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let sig = sign_fields(&key, SESSIONS_REVOKE_STREAM, &f);
+            f.push(("_sig".into(), sig));
+            RevocationEvent::parse_revocation(SESSIONS_REVOKE_STREAM, &f, Some(&key))
+        };
+        // A value with a line break reads, once canonicalised, as extra fields.
+        assert_eq!(
+            signed(&[("zone_id", "z"), ("sid", "s"), ("reason", "x\nsid=victim")]),
+            Err(EventError::LineBreakInValue)
+        );
+        assert_eq!(
+            signed(&[("zone_id", "z"), ("sid", "s\r")]),
+            Err(EventError::LineBreakInValue)
+        );
+        for name in [
+            "sid=victim",
+            "a\nb",
+            "",
+            "caf\u{e9}",
+            "a b",
+            &"n".repeat(65),
+        ] {
+            assert_eq!(
+                signed(&[("zone_id", "z"), ("sid", "s"), (name, "v")]),
+                Err(EventError::BadFieldName),
+                "{name:?}"
+            );
+        }
+        assert!(signed(&[("zone_id", "z"), ("sid", "s"), ("x-Trace.id_2", "v")]).is_ok());
+        // Without a key the same shapes are refused too.
+        assert_eq!(
+            RevocationEvent::parse_revocation(
+                SESSIONS_REVOKE_STREAM,
+                &[("zone_id", "z"), ("sid", "s\nroot_sid=r")],
+                None
+            ),
+            Err(EventError::LineBreakInValue)
+        );
+    }
+
+    #[test]
+    fn duplicate_detection_is_linear_for_long_field_lists() {
+        let names: Vec<String> = (0..10_000).map(|i| format!("f{i}")).collect();
+        let mut fields: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+        fields.push(("zone_id", "z"));
+        fields.push(("sid", "s"));
+        assert!(RevocationEvent::parse_revocation(SESSIONS_REVOKE_STREAM, &fields, None).is_ok());
+        fields.push(("f9999", "again"));
+        assert_eq!(
+            RevocationEvent::parse_revocation(SESSIONS_REVOKE_STREAM, &fields, None),
+            Err(EventError::DuplicateField)
+        );
     }
 
     #[test]

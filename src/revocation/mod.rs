@@ -18,8 +18,9 @@ mod feed;
 mod set;
 
 pub use event::{
-    ANCHOR_FIELDS, DELEGATIONS_INVALIDATE_STREAM, EventError, RevocationEvent,
-    SESSIONS_REVOKE_STREAM, StreamKey, canonical_form, sign_fields, verify_fields,
+    ANCHOR_FIELDS, DELEGATIONS_INVALIDATE_STREAM, EventError, MAX_FIELD_NAME_BYTES,
+    RevocationEvent, SESSIONS_REVOKE_STREAM, StreamKey, canonical_form, is_valid_field_name,
+    sign_fields, verify_fields,
 };
 #[cfg(feature = "redis")]
 pub(crate) use feed::FeedHealth;
