@@ -517,6 +517,12 @@ async fn a_restart_is_detected_even_when_the_new_ids_look_continuous() {
     .await;
 
     server.restart().await;
+    // The feed polls while an entry ahead of the clock sits in its stream, so it may
+    // take a poll interval to notice the lost connection.
+    eventually("the feed notices the lost connection", async || {
+        !v.revocation_feed().unwrap().status().unwrap().connected
+    })
+    .await;
     // The new server's stream ends beyond the feed's cursor, so only the changed run
     // id reveals that the entry below the cursor is new.
     let mut p = server.publisher().await;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::consumer::{Consumer, Settings};
+use super::consumer::{Connect, Consumer, Limits, Settings};
 use super::handle::FeedHandle;
 use crate::clock::SharedClock;
 use crate::error::ConfigError;
@@ -20,6 +20,12 @@ pub const DEFAULT_BLOCK_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_RECONNECT_MIN: Duration = Duration::from_millis(50);
 /// The default longest reconnection delay (2 s).
 pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(2);
+/// The default most fields in one stream entry (64). Caracal's events carry under ten.
+pub const DEFAULT_MAX_ENTRY_FIELDS: usize = 64;
+/// The default most bytes of names and values in one stream entry (16 KiB).
+pub const DEFAULT_MAX_ENTRY_BYTES: usize = 16 * 1024;
+/// The default most bytes of one reply from Redis (1 MiB).
+pub const DEFAULT_MAX_REPLY_BYTES: usize = 1024 * 1024;
 
 /// Settings of the Redis revocation feed: where to read, how to authenticate events,
 /// and how long the mirror may go without a successful read.
@@ -53,6 +59,9 @@ pub struct RedisRevocations {
     block_timeout: Option<Duration>,
     reconnect_min: Duration,
     reconnect_max: Duration,
+    max_entry_fields: usize,
+    max_entry_bytes: usize,
+    max_reply_bytes: usize,
 }
 
 impl fmt::Debug for RedisRevocations {
@@ -68,6 +77,9 @@ impl fmt::Debug for RedisRevocations {
             .field("catch_up", &self.catch_up)
             .field("block_timeout", &self.effective_block_timeout())
             .field("reconnect", &(self.reconnect_min..=self.reconnect_max))
+            .field("max_entry_fields", &self.max_entry_fields)
+            .field("max_entry_bytes", &self.max_entry_bytes)
+            .field("max_reply_bytes", &self.max_reply_bytes)
             .finish()
     }
 }
@@ -96,9 +108,11 @@ fn env_flag(get: &dyn Fn(&str) -> Option<String>, var: &'static str) -> Result<b
 }
 
 impl RedisRevocations {
-    /// A feed reading from the Redis server at `url` (`redis://[user:password@]host[:port][/db]`).
-    /// TLS (`rediss://`) needs a TLS feature of the `redis` crate, which this crate
-    /// does not turn on; enable it in your own `Cargo.toml`. Every other setting has
+    /// A feed reading from the Redis server at `url` (`redis://[user:password@]host[:port][/db]`
+    /// or `redis+unix:///path`). TLS (`rediss://`) needs a TLS feature of the `redis`
+    /// crate, which this crate does not turn on; enable it in your own `Cargo.toml`.
+    /// Over TLS the reply size bound ([`max_reply_bytes`](Self::max_reply_bytes)) is
+    /// not enforced, because the connection is then the `redis` crate's own. Every other setting has
     /// the default stated on its setter; a [`stream_key`](Self::stream_key) is required
     /// unless unsigned events are explicitly accepted.
     pub fn new(url: impl Into<String>) -> Self {
@@ -114,6 +128,9 @@ impl RedisRevocations {
             block_timeout: None,
             reconnect_min: DEFAULT_RECONNECT_MIN,
             reconnect_max: DEFAULT_RECONNECT_MAX,
+            max_entry_fields: DEFAULT_MAX_ENTRY_FIELDS,
+            max_entry_bytes: DEFAULT_MAX_ENTRY_BYTES,
+            max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
         }
     }
 
@@ -126,6 +143,9 @@ impl RedisRevocations {
     /// | `STREAMS_HMAC_KEY` | [`stream_key`](Self::stream_key), hex, at least 32 bytes |
     /// | `CARACAL_REVOCATION_MAX_STALENESS_SECS` | [`max_staleness`](Self::max_staleness), default 30 |
     /// | `CARACAL_REVOCATION_ALLOW_UNSIGNED` | `1`/`true`: [`dangerous_accept_unsigned`](Self::dangerous_accept_unsigned), used only when no key is set |
+    /// | `CARACAL_REVOCATION_MAX_ENTRY_FIELDS` | [`max_entry_fields`](Self::max_entry_fields), default 64 |
+    /// | `CARACAL_REVOCATION_MAX_ENTRY_BYTES` | [`max_entry_bytes`](Self::max_entry_bytes), default 16384 |
+    /// | `CARACAL_REVOCATION_MAX_REPLY_BYTES` | [`max_reply_bytes`](Self::max_reply_bytes), default 1048576 |
     ///
     /// Without `STREAMS_HMAC_KEY` and without the opt-in, this is an error naming
     /// `STREAMS_HMAC_KEY`: a feed that trusts anyone who can write to the stream has
@@ -159,18 +179,27 @@ impl RedisRevocations {
                 });
             }
         }
-        match get("CARACAL_REVOCATION_MAX_STALENESS_SECS")
-            .as_deref()
-            .map(str::trim)
-        {
-            None | Some("") => {}
-            Some(v) => {
-                let secs: u64 = v.parse().map_err(|_| ConfigError::Env {
-                    var: "CARACAL_REVOCATION_MAX_STALENESS_SECS",
+        let number = |var: &'static str| -> Result<Option<u64>, ConfigError> {
+            match get(var).as_deref().map(str::trim) {
+                None | Some("") => Ok(None),
+                Some(v) => v.parse().map(Some).map_err(|_| ConfigError::Env {
+                    var,
                     reason: "not a valid number".into(),
-                })?;
-                feed = feed.max_staleness(Duration::from_secs(secs));
+                }),
             }
+        };
+        let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        if let Some(secs) = number("CARACAL_REVOCATION_MAX_STALENESS_SECS")? {
+            feed = feed.max_staleness(Duration::from_secs(secs));
+        }
+        if let Some(n) = number("CARACAL_REVOCATION_MAX_ENTRY_FIELDS")? {
+            feed = feed.max_entry_fields(size(n));
+        }
+        if let Some(n) = number("CARACAL_REVOCATION_MAX_ENTRY_BYTES")? {
+            feed = feed.max_entry_bytes(size(n));
+        }
+        if let Some(n) = number("CARACAL_REVOCATION_MAX_REPLY_BYTES")? {
+            feed = feed.max_reply_bytes(size(n));
         }
         Ok(Some(feed))
     }
@@ -258,6 +287,33 @@ impl RedisRevocations {
         self
     }
 
+    /// The most fields one stream entry may have. Default 64. A larger entry is
+    /// dropped and counted without being parsed into fields.
+    pub fn max_entry_fields(mut self, n: usize) -> Self {
+        self.max_entry_fields = n;
+        self
+    }
+
+    /// The most bytes of field names and values one stream entry may have. Default
+    /// 16 KiB; Caracal's events are a few hundred bytes. A larger entry is dropped and
+    /// counted.
+    pub fn max_entry_bytes(mut self, n: usize) -> Self {
+        self.max_entry_bytes = n;
+        self
+    }
+
+    /// The most bytes of one reply from Redis. Default 1 MiB. A writer to the stream
+    /// chooses how large an entry is; the feed's connection counts the bytes of each
+    /// reply and breaks once they pass this bound, then reads through a server-side
+    /// script (`EVAL`) that replaces entries over the entry bounds by a marker, for
+    /// 60 s. The feed's memory for one reply therefore stays within a small multiple
+    /// of this bound, whatever sits in the stream. Must be at least 64 KiB and hold
+    /// one entry of the maximum size.
+    pub fn max_reply_bytes(mut self, n: usize) -> Self {
+        self.max_reply_bytes = n;
+        self
+    }
+
     fn effective_block_timeout(&self) -> Duration {
         self.block_timeout
             .unwrap_or_else(|| DEFAULT_BLOCK_TIMEOUT.min(self.max_staleness / 3))
@@ -299,6 +355,27 @@ impl RedisRevocations {
                 "must differ from revoke_stream",
             ));
         }
+        if self.max_entry_fields < 4 {
+            return Err(ConfigError::invalid(
+                "max_entry_fields",
+                "must be at least 4 (zone_id, an anchor, reason and _sig)",
+            ));
+        }
+        if self.max_entry_bytes < 512 {
+            return Err(ConfigError::invalid(
+                "max_entry_bytes",
+                "must be at least 512",
+            ));
+        }
+        let widest_entry = self
+            .max_entry_bytes
+            .saturating_add(self.max_entry_fields * 32 + 64);
+        if self.max_reply_bytes < (64 * 1024).max(widest_entry) {
+            return Err(ConfigError::invalid(
+                "max_reply_bytes",
+                "must be at least 64 KiB and hold one entry of max_entry_bytes",
+            ));
+        }
         if self.reconnect_min < Duration::from_millis(1) || self.reconnect_min > self.reconnect_max
         {
             return Err(ConfigError::invalid(
@@ -309,23 +386,38 @@ impl RedisRevocations {
         Ok(())
     }
 
-    /// Validate, attach the feed's health to `set` and start the consumer task on the
-    /// current Tokio runtime.
+    /// Validate, attach the feed's health to `set` and start the consumer on its own
+    /// thread and single-threaded runtime: parsing stream entries and checking their
+    /// signatures never runs on a worker that serves requests, and building the
+    /// verifier needs no runtime.
     pub(crate) fn spawn(
         self,
         set: RevocationSet,
         clock: SharedClock,
     ) -> Result<FeedHandle, ConfigError> {
+        use ::redis::IntoConnectionInfo;
         self.validate()?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            ConfigError::invalid(
-                "redis_revocations",
-                "the feed starts a task: build the verifier inside a Tokio runtime",
-            )
-        })?;
         // Never echo the URL: it may carry a password.
-        let client = ::redis::Client::open(self.url.as_str())
-            .map_err(|_| ConfigError::invalid("redis_url", "not a valid Redis URL"))?;
+        let bad_url = || ConfigError::invalid("redis_url", "not a valid Redis URL");
+        let info = self
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|_| bad_url())?;
+        let connect = match info.addr() {
+            ::redis::ConnectionAddr::Tcp(host, port) => Connect::Tcp {
+                host: host.clone(),
+                port: *port,
+            },
+            #[cfg(unix)]
+            ::redis::ConnectionAddr::Unix(path) => Connect::Unix(path.clone()),
+            _ => Connect::Client(::redis::Client::open(self.url.as_str()).map_err(|_| bad_url())?),
+        };
+        if matches!(connect, Connect::Client(_)) {
+            tracing::warn!(
+                "revocation feed over TLS: the reply size bound (max_reply_bytes) is not enforced"
+            );
+        }
         let health = FeedHealth::new(clock, self.max_staleness, self.fail_open);
         set.attach_feed(health.clone()).map_err(|_| {
             ConfigError::invalid(
@@ -348,7 +440,8 @@ impl RedisRevocations {
         }
         let block = self.effective_block_timeout();
         let consumer = Consumer::new(Settings {
-            client,
+            connect,
+            redis: info.redis_settings().clone(),
             key,
             revoke_stream: self.revoke_stream,
             epoch_stream: self.epoch_stream,
@@ -356,12 +449,42 @@ impl RedisRevocations {
             block,
             reconnect_min: self.reconnect_min,
             reconnect_max: self.reconnect_max,
+            limits: Limits {
+                max_fields: self.max_entry_fields,
+                max_bytes: self.max_entry_bytes,
+                max_reply_bytes: self.max_reply_bytes,
+            },
             set,
             health: health.clone(),
         });
         let (stop, stopped) = watch::channel(false);
-        let task = runtime.spawn(consumer.run(stopped));
-        Ok(FeedHandle::new(health, stop, task))
+        let (done, finished) = watch::channel(false);
+        std::thread::Builder::new()
+            .name("caracal-revocation-feed".into())
+            .spawn(move || {
+                // Signals the end however the thread ends.
+                struct Done(watch::Sender<bool>);
+                impl Drop for Done {
+                    fn drop(&mut self) {
+                        let _ = self.0.send(true);
+                    }
+                }
+                let _done = Done(done);
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime.block_on(consumer.run(stopped)),
+                    // The feed never turns fresh: verification fails closed.
+                    Err(e) => {
+                        tracing::error!(error = %e, "revocation feed cannot start its runtime")
+                    }
+                }
+            })
+            .map_err(|_| {
+                ConfigError::invalid("redis_revocations", "cannot start the feed's thread")
+            })?;
+        Ok(FeedHandle::new(health, stop, finished))
     }
 }
 
@@ -511,15 +634,58 @@ mod tests {
     }
 
     #[test]
-    fn spawn_outside_a_runtime_is_a_config_error() {
+    fn the_feed_runs_on_its_own_thread_without_a_runtime() {
         let set = RevocationSet::new();
-        let err = RedisRevocations::new("redis://127.0.0.1:1")
+        let feed = RedisRevocations::new("redis://127.0.0.1:1")
             .stream_key(key())
             .spawn(set.clone(), Arc::new(SystemClock))
-            .unwrap_err();
-        assert!(err.to_string().contains("Tokio runtime"), "{err}");
-        // Nothing was attached: the set is still usable by another feed.
-        assert!(set.feed_status().is_none());
+            .unwrap();
+        assert!(feed.is_running());
+        assert!(set.feed_status().is_some_and(|s| !s.fresh));
+        drop(feed);
+        assert!(!set.is_current());
+    }
+
+    #[test]
+    fn entry_and_reply_bounds_are_validated_and_read_from_the_environment() {
+        let base = || RedisRevocations::new("redis://127.0.0.1:1").stream_key(key());
+        let setting = |feed: RedisRevocations| match feed.validate().unwrap_err() {
+            ConfigError::Invalid { setting, .. } => setting,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(setting(base().max_entry_fields(3)), "max_entry_fields");
+        assert_eq!(setting(base().max_entry_bytes(100)), "max_entry_bytes");
+        assert_eq!(setting(base().max_reply_bytes(1000)), "max_reply_bytes");
+        assert_eq!(
+            setting(base().max_entry_bytes(2 << 20).max_reply_bytes(1 << 20)),
+            "max_reply_bytes"
+        );
+        let env = lookup(&[
+            ("CARACAL_REDIS_URL", "redis://127.0.0.1:6379"),
+            ("STREAMS_HMAC_KEY", KEY),
+            ("CARACAL_REVOCATION_MAX_ENTRY_FIELDS", "16"),
+            ("CARACAL_REVOCATION_MAX_ENTRY_BYTES", "4096"),
+            ("CARACAL_REVOCATION_MAX_REPLY_BYTES", "262144"),
+        ]);
+        let feed = RedisRevocations::from_lookup(&env).unwrap().unwrap();
+        assert_eq!(
+            (
+                feed.max_entry_fields,
+                feed.max_entry_bytes,
+                feed.max_reply_bytes
+            ),
+            (16, 4096, 262_144)
+        );
+        assert!(feed.validate().is_ok());
+        let bad = lookup(&[
+            ("CARACAL_REDIS_URL", "redis://127.0.0.1:6379"),
+            ("STREAMS_HMAC_KEY", KEY),
+            ("CARACAL_REVOCATION_MAX_ENTRY_BYTES", "lots"),
+        ]);
+        assert_eq!(
+            env_var(RedisRevocations::from_lookup(&bad).unwrap_err()),
+            "CARACAL_REVOCATION_MAX_ENTRY_BYTES"
+        );
     }
 
     #[tokio::test]

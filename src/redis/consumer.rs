@@ -1,5 +1,26 @@
-//! The consumer task: catch-up, tailing with `XREAD BLOCK`, reconnection and
-//! restart detection.
+//! The consumer task: catch-up, tailing, reconnection, and the checks that keep a
+//! hostile writer from steering it.
+//!
+//! Invariants, each against a writer to Redis who lacks the stream key:
+//!
+//! - **The read position never passes the server's clock.** An entry whose id is
+//!   ahead of the server's `TIME` was written with an explicit id; the feed handles it
+//!   but keeps its position before it, and re-scans from there every poll interval
+//!   instead of blocking past it. So a far-future id cannot hide the events the
+//!   server numbers after a `DEL`.
+//! - **Resets and lost history are noticed on a healthy connection.** After every
+//!   read the feed compares each stream's `last-generated-id`, `entries-added` and
+//!   `max-deleted-entry-id` (`XINFO STREAM`) with what it has read. A stream that was
+//!   deleted, recreated or whose ids went backwards is re-read from the catch-up
+//!   start; history deleted before the feed read it is a gap, counted and logged.
+//!   Either way the feed is not fresh (requests get 503) until it has caught up.
+//! - **No reply is larger than the budget.** The connection counts the bytes of each
+//!   reply and breaks once they pass `max_reply_bytes`; the feed then reads through a
+//!   server-side script that replaces oversized entries by a marker, for
+//!   [`SCREEN_HOLD`], and drops and counts them. Entries within the budget are still
+//!   checked against the per-entry bounds before any map is built.
+//! - **Nothing here runs on a request's worker.** The task runs on its own thread
+//!   and runtime (see `config.rs`).
 
 use std::fmt;
 use std::hash::BuildHasher;
@@ -7,22 +28,101 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ::redis::aio::MultiplexedConnection;
-use ::redis::{AsyncConnectionConfig, RedisError, Value};
+use ::redis::{AsyncConnectionConfig, Cmd, ErrorKind, RedisConnectionInfo, RedisError, Value};
 use tokio::sync::watch;
 
-use super::reply::{self, StreamId, Unexpected};
+use super::capped::{Capped, ReplyBudget};
+use super::reply::{self, RawEntry, StreamId, StreamMeta, Unexpected};
 use crate::revocation::{EventError, FeedHealth, RevocationEvent, RevocationSet, StreamKey};
 
-/// Entries asked for per stream and per read.
-const PAGE: usize = 1000;
+/// Entries asked for per stream and per plain read.
+const PAGE: usize = 128;
 /// The most time a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long past the block timeout a read may take before the connection counts as hung.
 const RESPONSE_MARGIN: Duration = Duration::from_secs(2);
+/// How often streams are re-scanned while they cannot be tailed with a blocking read
+/// (an entry ahead of the server clock sits in them, or replies are being screened).
+const POLL: Duration = Duration::from_millis(100);
+/// How long the feed keeps reading through the screening script after a reply went
+/// over the budget.
+pub(crate) const SCREEN_HOLD: Duration = Duration::from_secs(60);
+/// The most entries ahead of the server clock re-read per scan. Past it the feed can
+/// no longer see the end of the stream and stays not fresh.
+const MAX_AHEAD: usize = 1024;
+/// The budget of replies that carry no entries (`TIME`, `INFO`, `XINFO` through the
+/// script).
+const SMALL_REPLY: usize = 64 * 1024;
+
+/// Bounds on what one stream entry and one reply may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub(crate) max_fields: usize,
+    pub(crate) max_bytes: usize,
+    pub(crate) max_reply_bytes: usize,
+}
+
+impl Limits {
+    /// Entries per screened read: as many as fit the reply budget at their maximum size.
+    fn screened_page(&self) -> usize {
+        let per_entry = self.max_bytes + self.max_fields * 2 * 16 + 64;
+        (self.max_reply_bytes / per_entry).clamp(1, PAGE)
+    }
+}
+
+/// Reads up to `ARGV[2]` entries after `ARGV[1]` and replaces the fields of every
+/// entry with more than `ARGV[3]` fields or `ARGV[4]` bytes by the marker `oversize`,
+/// so the reply stays within the budget whatever the writer stored.
+const SCREEN_SCRIPT: &str = r"
+local r = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
+local maxf = tonumber(ARGV[3]) * 2
+local maxb = tonumber(ARGV[4])
+for i = 1, #r do
+  local f = r[i][2]
+  local over = #f > maxf
+  if not over then
+    local b = 0
+    for j = 1, #f do
+      b = b + #f[j]
+      if b > maxb then over = true break end
+    end
+  end
+  if over then r[i] = {r[i][1], 'oversize'} end
+end
+return r
+";
+
+/// `XINFO STREAM` without the first and last entries, which may be oversized.
+const META_SCRIPT: &str = r"
+local t = redis.pcall('XINFO', 'STREAM', KEYS[1])
+if t['err'] then return t end
+local out = {}
+for i = 1, #t, 2 do
+  local k = t[i]
+  if k == 'last-generated-id' or k == 'max-deleted-entry-id' or k == 'entries-added' then
+    out[#out + 1] = k
+    out[#out + 1] = t[i + 1]
+  end
+end
+return out
+";
+
+/// How to reach the server.
+pub(crate) enum Connect {
+    /// A plain TCP connection, counted by [`Capped`].
+    Tcp { host: String, port: u16 },
+    /// A Unix socket, counted by [`Capped`].
+    #[cfg(unix)]
+    Unix(std::path::PathBuf),
+    /// Through the `redis` crate's own connector (TLS, when the application enabled a
+    /// TLS feature of the `redis` crate). Replies are not counted.
+    Client(::redis::Client),
+}
 
 /// Everything the task needs, validated by [`RedisRevocations`](super::RedisRevocations).
 pub(crate) struct Settings {
-    pub(crate) client: ::redis::Client,
+    pub(crate) connect: Connect,
+    pub(crate) redis: RedisConnectionInfo,
     pub(crate) key: Option<StreamKey>,
     pub(crate) revoke_stream: String,
     pub(crate) epoch_stream: String,
@@ -30,6 +130,7 @@ pub(crate) struct Settings {
     pub(crate) block: Duration,
     pub(crate) reconnect_min: Duration,
     pub(crate) reconnect_max: Duration,
+    pub(crate) limits: Limits,
     pub(crate) set: RevocationSet,
     pub(crate) health: Arc<FeedHealth>,
 }
@@ -40,13 +141,52 @@ enum Kind {
     Epoch,
 }
 
-/// One tailed stream and the id of the last entry handled (applied or dropped).
-struct Cursor {
+/// One tailed stream.
+struct Stream {
     name: String,
     kind: Kind,
-    last: Option<StreamId>,
-    /// Whether an entry of this stream was ever read (so its absence means loss).
+    /// Every entry up to here has been handled, and the server's clock has passed it.
+    pos: Option<StreamId>,
+    /// The highest id handled beyond `pos`: entries ahead of the server clock.
+    ahead: Option<StreamId>,
+    /// Whether the scan could not reach the stream's end past entries ahead of the clock.
+    blind: bool,
+    /// Whether an entry of this stream was read since its last reset.
     seen: bool,
+    /// `entries-added` at the last check (Redis 7.0+); it only rises within a stream.
+    added: Option<u64>,
+    /// The largest deleted id already reported as a gap.
+    gap_ack: StreamId,
+}
+
+impl Stream {
+    fn new(name: String, kind: Kind) -> Self {
+        Self {
+            name,
+            kind,
+            pos: None,
+            ahead: None,
+            blind: false,
+            seen: false,
+            added: None,
+            gap_ack: StreamId::ZERO,
+        }
+    }
+
+    /// The highest id handled.
+    fn high(&self) -> StreamId {
+        self.pos.max(self.ahead).unwrap_or(StreamId::ZERO)
+    }
+
+    /// Start again from `start`, forgetting what was read.
+    fn reset(&mut self, start: StreamId) {
+        self.pos = Some(start);
+        self.ahead = None;
+        self.blind = false;
+        self.seen = false;
+        self.added = None;
+        self.gap_ack = StreamId::ZERO;
+    }
 }
 
 /// Why a connection was abandoned.
@@ -54,6 +194,15 @@ enum FeedError {
     Redis(RedisError),
     Reply(Unexpected),
     Hung,
+    /// A reply went over the budget; the connection is broken.
+    OverBudget,
+    /// The server refused a command the feed needs (ACL, renamed, disabled).
+    Refused {
+        command: &'static str,
+        error: RedisError,
+    },
+    /// The server does not report what gap detection needs.
+    Unsupported(&'static str),
 }
 
 impl From<RedisError> for FeedError {
@@ -68,8 +217,19 @@ impl fmt::Display for FeedError {
             FeedError::Redis(e) => fmt::Display::fmt(e, f),
             FeedError::Reply(e) => fmt::Display::fmt(e, f),
             FeedError::Hung => f.write_str("no reply within the response timeout"),
+            FeedError::OverBudget => f.write_str("a reply exceeded max_reply_bytes"),
+            FeedError::Refused { command, error } => {
+                write!(f, "the server refused {command}: {error}")
+            }
+            FeedError::Unsupported(what) => f.write_str(what),
         }
     }
+}
+
+/// Whether an error is the server saying no (as opposed to the link failing).
+fn is_refusal(e: &RedisError) -> bool {
+    !(e.is_io_error() || e.is_connection_dropped() || e.is_timeout())
+        && matches!(e.kind(), ErrorKind::Server(_) | ErrorKind::Extension)
 }
 
 /// Exponential backoff with jitter: each delay is drawn from `[d/2, d]`, and `d`
@@ -104,46 +264,72 @@ impl Backoff {
     }
 }
 
+/// A connection and the budget of the reply in flight.
+struct Conn {
+    inner: MultiplexedConnection,
+    budget: Option<Arc<ReplyBudget>>,
+    timeout: Duration,
+}
+
+impl Conn {
+    /// Send one command whose reply may take up to `budget` bytes.
+    async fn query(&mut self, cmd: &Cmd, budget: usize) -> Result<Value, FeedError> {
+        if let Some(b) = &self.budget {
+            b.arm(budget);
+        }
+        let reply = tokio::time::timeout(self.timeout, cmd.query_async::<Value>(&mut self.inner))
+            .await
+            .map_err(|_| FeedError::Hung)?;
+        match reply {
+            Ok(v) => Ok(v),
+            Err(_) if self.budget.as_ref().is_some_and(|b| b.tripped()) => {
+                Err(FeedError::OverBudget)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
 pub(crate) struct Consumer {
-    client: ::redis::Client,
+    connect: Connect,
+    redis: RedisConnectionInfo,
     key: Option<StreamKey>,
-    cursors: [Cursor; 2],
+    streams: [Stream; 2],
     catch_up: Duration,
     block: Duration,
     backoff: Backoff,
+    limits: Limits,
     set: RevocationSet,
     health: Arc<FeedHealth>,
     /// The server's `run_id` at the last sync; a change means it restarted.
     run_id: Option<String>,
-    caught_up: bool,
+    /// The server's clock at the last `TIME`, and when it was read here.
+    server_clock: Option<(u64, Instant)>,
+    /// Read through the screening script until then.
+    screened_until: Option<Instant>,
+    caught_up_once: bool,
 }
 
 impl Consumer {
     pub(crate) fn new(s: Settings) -> Self {
         Self {
-            client: s.client,
+            connect: s.connect,
+            redis: s.redis,
             key: s.key,
-            cursors: [
-                Cursor {
-                    name: s.revoke_stream,
-                    kind: Kind::Revoke,
-                    last: None,
-                    seen: false,
-                },
-                Cursor {
-                    name: s.epoch_stream,
-                    kind: Kind::Epoch,
-                    last: None,
-                    seen: false,
-                },
+            streams: [
+                Stream::new(s.revoke_stream, Kind::Revoke),
+                Stream::new(s.epoch_stream, Kind::Epoch),
             ],
             catch_up: s.catch_up,
             block: s.block,
             backoff: Backoff::new(s.reconnect_min, s.reconnect_max),
+            limits: s.limits,
             set: s.set,
             health: s.health,
             run_id: None,
-            caught_up: false,
+            server_clock: None,
+            screened_until: None,
+            caught_up_once: false,
         }
     }
 
@@ -168,16 +354,73 @@ impl Consumer {
             let (err, was_live) = self.session(&mut failures, &mut down_since).await;
             self.health.mark_disconnected();
             failures = failures.saturating_add(1);
-            if was_live {
-                down_since = Some(Instant::now());
-                tracing::warn!(error = %err, "revocation feed lost its Redis connection; failing closed until it reconnects");
-            } else if failures == 1 || failures.is_multiple_of(30) {
-                tracing::warn!(error = %err, attempts = failures, "revocation feed cannot reach Redis");
-            } else {
-                tracing::debug!(error = %err, attempts = failures, "revocation feed cannot reach Redis");
+            match &err {
+                FeedError::OverBudget => {
+                    self.screened_until = Some(Instant::now() + SCREEN_HOLD);
+                    tracing::warn!(
+                        max_reply_bytes = self.limits.max_reply_bytes,
+                        "revocation stream reply over the size bound (an oversized entry); \
+                         reading through the screening script"
+                    );
+                    // Not the server's fault: reconnect at once.
+                    self.backoff.reset();
+                }
+                FeedError::Refused { .. } | FeedError::Unsupported(_) => {
+                    if failures == 1 || failures.is_multiple_of(30) {
+                        tracing::error!(
+                            error = %err,
+                            "revocation feed cannot run its safety checks on this server; \
+                             failing closed (see the README for the ACL the feed needs)"
+                        );
+                    }
+                }
+                _ if was_live => {
+                    down_since = Some(Instant::now());
+                    tracing::warn!(error = %err, "revocation feed lost its Redis connection; failing closed until it reconnects");
+                }
+                _ if failures == 1 || failures.is_multiple_of(30) => {
+                    tracing::warn!(error = %err, attempts = failures, "revocation feed cannot reach Redis");
+                }
+                _ => {
+                    tracing::debug!(error = %err, attempts = failures, "revocation feed cannot reach Redis");
+                }
             }
             tokio::time::sleep(self.backoff.next_delay()).await;
         }
+    }
+
+    async fn connect(&self) -> Result<Conn, FeedError> {
+        let timeout = self.block + RESPONSE_MARGIN * 2;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(self.block + RESPONSE_MARGIN));
+        let budget = Arc::new(ReplyBudget::default());
+        budget.arm(SMALL_REPLY);
+        let (inner, budget) = match &self.connect {
+            Connect::Tcp { host, port } => {
+                let tcp = within(tokio::net::TcpStream::connect((host.as_str(), *port))).await?;
+                let _ = tcp.set_nodelay(true);
+                let conn = open(&self.redis, Capped::new(tcp, budget.clone()), config).await?;
+                (conn, Some(budget))
+            }
+            #[cfg(unix)]
+            Connect::Unix(path) => {
+                let unix = within(tokio::net::UnixStream::connect(path)).await?;
+                let conn = open(&self.redis, Capped::new(unix, budget.clone()), config).await?;
+                (conn, Some(budget))
+            }
+            Connect::Client(client) => (
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?,
+                None,
+            ),
+        };
+        Ok(Conn {
+            inner,
+            budget,
+            timeout,
+        })
     }
 
     /// One connection's life: connect, sync, then tail until an error. Returns the
@@ -187,24 +430,16 @@ impl Consumer {
         failures: &mut u32,
         down_since: &mut Option<Instant>,
     ) -> (FeedError, bool) {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(self.block + RESPONSE_MARGIN));
-        let mut conn = match self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-        {
+        let mut conn = match self.connect().await {
             Ok(c) => c,
-            Err(e) => return (e.into(), false),
+            Err(e) => return (e, false),
         };
         if let Err(e) = self.sync(&mut conn).await {
             return (e, false);
         }
         self.health.mark_read_ok();
-        if !self.caught_up {
-            self.caught_up = true;
-            self.health.mark_caught_up();
+        if !self.caught_up_once {
+            self.caught_up_once = true;
             tracing::info!(
                 applied = self.health.status().applied,
                 "revocation feed caught up with retained history"
@@ -218,208 +453,442 @@ impl Consumer {
         *failures = 0;
         self.backoff.reset();
         loop {
-            let block_ms = u64::try_from(self.block.as_millis()).unwrap_or(u64::MAX);
-            let mut cmd = ::redis::cmd("XREAD");
-            cmd.arg("BLOCK").arg(block_ms);
-            if let Err(e) = self.read(&mut conn, cmd, true).await {
+            if let Err(e) = self.tail(&mut conn).await {
+                return (e, true);
+            }
+            if let Err(e) = self.check(&mut conn).await {
                 return (e, true);
             }
             self.health.mark_read_ok();
         }
     }
 
-    /// Bring the cursors up to date after (re)connecting: detect a restarted or
-    /// emptied server, then replay everything after the cursors without blocking.
-    async fn sync(&mut self, conn: &mut MultiplexedConnection) -> Result<(), FeedError> {
+    /// Bring the streams up to date after (re)connecting: detect a restarted server,
+    /// deleted or recreated streams and lost history, then replay everything after
+    /// the read positions without blocking.
+    async fn sync(&mut self, conn: &mut Conn) -> Result<(), FeedError> {
         let run_id = self.server_run_id(conn).await?;
-        let start = StreamId::at(
-            self.server_time_ms(conn)
-                .await?
-                .saturating_sub(u64::try_from(self.catch_up.as_millis()).unwrap_or(u64::MAX)),
-        );
+        self.refresh_time(conn).await?;
+        let start = self.catch_up_start();
         let restarted = matches!((&self.run_id, &run_id), (Some(a), Some(b)) if a != b);
         if restarted {
             tracing::warn!(
                 "Redis restarted (run id changed); replaying the retained history so no event is missed"
             );
         }
-        for i in 0..self.cursors.len() {
-            let Some(last) = self.cursors[i].last else {
-                self.cursors[i].last = Some(start);
-                continue;
-            };
-            let reset = restarted || self.needs_reset(conn, i, last).await?;
-            if reset {
-                self.cursors[i].last = Some(start);
+        for s in &mut self.streams {
+            if s.pos.is_none() || restarted {
+                s.reset(start);
             }
+        }
+        if restarted {
+            self.health.record_reset();
         }
         if run_id.is_some() {
             self.run_id = run_id;
         }
-        // Page through without blocking until every stream returns a short page.
-        let live = self.caught_up;
+        self.check(conn).await
+    }
+
+    /// Compare each stream with what the server reports, react to resets and gaps,
+    /// and read until every stream is caught up. Runs after every read.
+    async fn check(&mut self, conn: &mut Conn) -> Result<(), FeedError> {
+        self.refresh_time(conn).await?;
+        let mut behind = false;
+        for i in 0..self.streams.len() {
+            let meta = self.stream_meta(conn, i).await?;
+            behind |= self.inspect(i, meta)?;
+        }
+        if behind {
+            self.health.set_caught_up(false);
+        }
+        self.scan_all(conn).await?;
+        let blind = self.streams.iter().any(|s| s.blind);
+        self.health.set_caught_up(!blind);
+        Ok(())
+    }
+
+    /// Judge one stream's metadata. Returns whether it must be caught up again.
+    fn inspect(&mut self, i: usize, meta: Option<StreamMeta>) -> Result<bool, FeedError> {
+        let start = self.catch_up_start();
+        let s = &mut self.streams[i];
+        let Some(meta) = meta else {
+            if s.seen {
+                tracing::warn!(stream = %s.name, "revocation stream was deleted; following it from the start when it returns");
+                s.reset(start);
+                self.health.record_reset();
+                return Ok(true);
+            }
+            return Ok(false);
+        };
+        let mut behind = false;
+        let recreated = matches!((s.added, meta.entries_added), (Some(a), Some(b)) if b < a);
+        if meta.last_generated < s.high() || recreated {
+            tracing::warn!(
+                stream = %s.name,
+                read = %s.high(),
+                newest = %meta.last_generated,
+                "revocation stream was deleted, recreated or lost data (its ids went backwards); \
+                 re-reading it from the catch-up start"
+            );
+            s.reset(start);
+            self.health.record_reset();
+            behind = true;
+        }
+        s.added = meta.entries_added;
+        let Some(deleted) = meta.max_deleted else {
+            return Err(FeedError::Unsupported(
+                "XINFO STREAM reports no max-deleted-entry-id (Redis 7.0 or later is \
+                 required to detect trimmed history)",
+            ));
+        };
+        if deleted > s.high() && deleted > s.gap_ack {
+            // Entries after what this feed read were trimmed or deleted before it read
+            // them: their revocations are lost to this replica.
+            tracing::error!(
+                stream = %s.name,
+                read = %s.high(),
+                deleted_up_to = %deleted,
+                "revocation stream history was deleted before the feed read it (a gap); \
+                 failing closed until the retained history is read"
+            );
+            s.gap_ack = deleted;
+            self.health.record_gap();
+            behind = true;
+        }
+        Ok(behind)
+    }
+
+    /// Read every stream without blocking until each returns a short page.
+    async fn scan_all(&mut self, conn: &mut Conn) -> Result<(), FeedError> {
+        for i in 0..self.streams.len() {
+            self.scan(conn, i).await?;
+        }
+        Ok(())
+    }
+
+    /// Read one stream from its position to its end, page by page. Entries ahead of
+    /// the server clock are read again on every scan (the position stays before
+    /// them); past [`MAX_AHEAD`] of them the stream is marked blind.
+    async fn scan(&mut self, conn: &mut Conn, i: usize) -> Result<(), FeedError> {
+        let mut from = self.streams[i].pos.unwrap_or(StreamId::ZERO);
+        let mut ahead_read = 0usize;
         loop {
-            let counts = self.read(conn, ::redis::cmd("XREAD"), live).await?;
-            if counts.iter().all(|&n| n < PAGE) {
+            let page = self.read_page(conn, i, from).await?;
+            ahead_read += page.ahead;
+            if let Some(last) = page.last {
+                from = last;
+            }
+            if ahead_read > MAX_AHEAD {
+                if !self.streams[i].blind {
+                    tracing::error!(
+                        stream = %self.streams[i].name,
+                        "revocation stream holds more than {MAX_AHEAD} entries with ids ahead of \
+                         the server clock (written with explicit ids); the feed cannot see past \
+                         them and fails closed. Remove them (XTRIM MINID / XDEL) to recover"
+                    );
+                }
+                self.streams[i].blind = true;
+                return Ok(());
+            }
+            if page.len < page.asked {
+                self.streams[i].blind = false;
                 return Ok(());
             }
         }
     }
 
-    /// Whether a stream must be re-read from the catch-up start because it now ends
-    /// before our cursor: it was deleted, or the server lost data and its ids went
-    /// backwards. Reading on from our cursor would skip every new event numbered
-    /// below it.
-    async fn needs_reset(
-        &self,
-        conn: &mut MultiplexedConnection,
-        i: usize,
-        last: StreamId,
-    ) -> Result<bool, FeedError> {
-        let name = &self.cursors[i].name;
-        let reply = ::redis::cmd("XINFO")
-            .arg("STREAM")
-            .arg(name)
-            .query_async::<Value>(conn)
-            .await;
-        let newest = match reply {
-            Ok(v) => reply::last_generated_id(&v).ok_or(FeedError::Reply(Unexpected("XINFO")))?,
-            Err(e) if e.detail().is_some_and(|d| d.contains("no such key")) => StreamId::ZERO,
-            Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
-                return Err(e.into());
-            }
-            Err(e) => {
-                // E.g. XINFO denied by an ACL. Reading on is still safe unless the
-                // ids went backwards, which a run id change usually reveals.
-                tracing::debug!(stream = %name, error = %e, "XINFO STREAM failed; skipping the id check");
-                return Ok(false);
-            }
-        };
-        if newest == StreamId::ZERO && !self.cursors[i].seen {
-            // Never had entries: nothing can have been lost.
-            return Ok(true);
-        }
-        if newest < last {
-            tracing::warn!(
-                stream = %name,
-                cursor = %last,
-                newest = %newest,
-                "stream ids went backwards (stream deleted or data lost); re-reading it from the catch-up start"
-            );
-            return Ok(true);
-        }
-        Ok(false)
-    }
-
-    async fn server_run_id(
-        &self,
-        conn: &mut MultiplexedConnection,
-    ) -> Result<Option<String>, FeedError> {
-        match ::redis::cmd("INFO")
-            .arg("server")
-            .query_async::<Value>(conn)
-            .await
-        {
-            Ok(v) => Ok(reply::run_id(&v).map(str::to_owned)),
-            Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
-                Err(e.into())
-            }
-            // INFO may be renamed or denied; the XINFO check still runs.
-            Err(e) => {
-                tracing::debug!(error = %e, "INFO server failed; restart detection relies on stream ids");
-                Ok(None)
-            }
-        }
-    }
-
-    /// The server's clock: stream ids are its milliseconds, so the catch-up window
-    /// is measured on it rather than on this host's clock.
-    async fn server_time_ms(&self, conn: &mut MultiplexedConnection) -> Result<u64, FeedError> {
-        let v = ::redis::cmd("TIME").query_async::<Value>(conn).await?;
-        reply::time_ms(&v).ok_or(FeedError::Reply(Unexpected("TIME")))
-    }
-
-    /// Send `XREAD [BLOCK ms] COUNT n STREAMS a b <id a> <id b>` and handle every
-    /// entry. Returns how many entries each stream returned.
-    async fn read(
+    /// Read and handle one page of stream `i` after `from`.
+    async fn read_page(
         &mut self,
-        conn: &mut MultiplexedConnection,
-        mut cmd: ::redis::Cmd,
-        live: bool,
-    ) -> Result<[usize; 2], FeedError> {
-        cmd.arg("COUNT").arg(PAGE).arg("STREAMS");
-        for c in &self.cursors {
-            cmd.arg(&c.name);
-        }
-        for c in &self.cursors {
-            cmd.arg(c.last.unwrap_or(StreamId::ZERO).to_string());
-        }
-        // The connection's response timeout covers this too; the outer bound only
-        // guards against a reply that never completes.
-        let deadline = self.block + RESPONSE_MARGIN * 2;
-        let v = match tokio::time::timeout(deadline, cmd.query_async::<Value>(conn)).await {
-            Ok(r) => r?,
-            Err(_) => return Err(FeedError::Hung),
+        conn: &mut Conn,
+        i: usize,
+        from: StreamId,
+    ) -> Result<Page, FeedError> {
+        let name = self.streams[i].name.clone();
+        let (v, page) = if self.screened() {
+            let page = self.limits.screened_page();
+            let mut cmd = ::redis::cmd("EVAL");
+            cmd.arg(SCREEN_SCRIPT)
+                .arg(1)
+                .arg(&name)
+                .arg(from.to_string())
+                .arg(page)
+                .arg(self.limits.max_fields)
+                .arg(self.limits.max_bytes);
+            let v = conn
+                .query(&cmd, self.limits.max_reply_bytes)
+                .await
+                .map_err(|e| refused("EVAL (the screening script)", e))?;
+            (v, page)
+        } else {
+            let mut cmd = ::redis::cmd("XREAD");
+            cmd.arg("COUNT")
+                .arg(PAGE)
+                .arg("STREAMS")
+                .arg(&name)
+                .arg(from.to_string());
+            (conn.query(&cmd, self.limits.max_reply_bytes).await?, PAGE)
         };
+        let entries = if self.screened() {
+            reply::entries(&v).map_err(FeedError::Reply)?
+        } else {
+            match reply::xread(&v).map_err(FeedError::Reply)?.pop() {
+                Some((n, e)) if n == name => e,
+                Some(_) => return Err(FeedError::Reply(Unexpected("XREAD"))),
+                None => Vec::new(),
+            }
+        };
+        let last = entries.last().map(|e| e.id);
+        if entries.first().is_some_and(|e| e.id <= from) {
+            return Err(FeedError::Reply(Unexpected("XREAD")));
+        }
+        if let Some(last) = last {
+            self.cover_time(conn, last).await?;
+        }
+        let live = self.caught_up_once;
+        for e in &entries {
+            self.handle(i, e, live);
+        }
+        let pos = self.streams[i].pos;
+        Ok(Page {
+            len: entries.len(),
+            asked: page,
+            last,
+            ahead: entries.iter().filter(|e| Some(e.id) > pos).count(),
+        })
+    }
+
+    /// Wait for new entries and handle them.
+    async fn tail(&mut self, conn: &mut Conn) -> Result<(), FeedError> {
+        if self.screened() || self.streams.iter().any(|s| s.ahead.is_some() || s.blind) {
+            // A blocking read from the position would return the entries ahead of the
+            // clock at once; poll instead.
+            tokio::time::sleep(POLL.min(self.block)).await;
+            return Ok(());
+        }
+        let block_ms = u64::try_from(self.block.as_millis()).unwrap_or(u64::MAX);
+        let mut cmd = ::redis::cmd("XREAD");
+        cmd.arg("BLOCK")
+            .arg(block_ms)
+            .arg("COUNT")
+            .arg(PAGE)
+            .arg("STREAMS");
+        for s in &self.streams {
+            cmd.arg(&s.name);
+        }
+        for s in &self.streams {
+            cmd.arg(s.pos.unwrap_or(StreamId::ZERO).to_string());
+        }
+        let v = conn.query(&cmd, self.limits.max_reply_bytes).await?;
         let streams = reply::xread(&v).map_err(FeedError::Reply)?;
-        let mut counts = [0; 2];
+        if let Some(last) = streams
+            .iter()
+            .filter_map(|(_, e)| e.last())
+            .map(|e| e.id)
+            .max()
+        {
+            self.cover_time(conn, last).await?;
+        }
         for (name, entries) in streams {
             // XREAD answers only for the streams asked and only after the given ids.
-            // Anything else would be read again and again: refuse it, and back off.
             let i = self
-                .cursors
+                .streams
                 .iter()
-                .position(|c| c.name == name)
+                .position(|s| s.name == name)
                 .ok_or(FeedError::Reply(Unexpected("XREAD")))?;
-            let before = self.cursors[i].last;
-            counts[i] = entries.len();
-            for entry in &entries {
-                self.handle(i, entry, live);
-            }
-            if !entries.is_empty() && self.cursors[i].last == before {
+            let from = self.streams[i].pos.unwrap_or(StreamId::ZERO);
+            if entries.first().is_some_and(|e| e.id <= from) {
                 return Err(FeedError::Reply(Unexpected("XREAD")));
             }
+            for e in &entries {
+                self.handle(i, e, true);
+            }
         }
-        Ok(counts)
+        Ok(())
     }
 
-    /// Apply or drop one entry, then move the cursor past it: a poison message never
-    /// stalls the stream.
-    fn handle(&mut self, i: usize, entry: &reply::RawEntry<'_>, live: bool) {
-        let cursor = &self.cursors[i];
-        let Some(id) = entry.id else {
-            self.health.record_dropped();
-            tracing::warn!(stream = %cursor.name, error = "malformed id", "dropped revocation stream message");
-            return;
-        };
-        if cursor.last.is_some_and(|last| id <= last) {
+    /// Apply or drop one entry, then move the read position past it if the server's
+    /// clock has passed its id; otherwise remember it as read ahead.
+    fn handle(&mut self, i: usize, entry: &RawEntry<'_>, live: bool) {
+        let id = entry.id;
+        let within = id.ms <= self.server_now_ms();
+        let s = &self.streams[i];
+        if s.pos.is_some_and(|p| id <= p) {
             return;
         }
-        let parsed = reply::fields(entry.fields)
+        // Entries ahead of the clock are read on every scan; report each once.
+        let first_sighting = s.ahead.is_none_or(|a| id > a);
+        let limits = self.limits;
+        let parsed = reply::fields(entry.fields, limits.max_fields, limits.max_bytes)
             .map_err(DropReason::Fields)
             .and_then(|fields| {
                 let key = self.key.as_ref();
-                match cursor.kind {
-                    Kind::Revoke => RevocationEvent::parse_revocation(&cursor.name, &fields, key),
-                    Kind::Epoch => RevocationEvent::parse_epoch(&cursor.name, &fields, key),
+                match s.kind {
+                    Kind::Revoke => RevocationEvent::parse_revocation(&s.name, &fields, key),
+                    Kind::Epoch => RevocationEvent::parse_epoch(&s.name, &fields, key),
                 }
                 .map_err(DropReason::Event)
             });
         match parsed {
             Ok(event) => {
                 self.set.apply(&event);
-                // Replayed history would report its age as lag; only live events count.
-                self.health.record_applied(live.then_some(id.ms));
-                tracing::trace!(stream = %cursor.name, %id, "applied revocation stream event");
+                if first_sighting {
+                    // Replayed history would report its age as lag; only live events count.
+                    self.health.record_applied(live.then_some(id.ms));
+                    tracing::trace!(stream = %s.name, %id, "applied revocation stream event");
+                }
             }
-            Err(reason) => {
+            Err(reason) if first_sighting => {
                 self.health.record_dropped();
                 // Only the kind of fault: never field values, which include `_sig`.
-                tracing::warn!(stream = %cursor.name, %id, error = %reason, "dropped revocation stream message");
+                tracing::warn!(stream = %s.name, %id, error = %reason, "dropped revocation stream message");
             }
+            Err(_) => {}
         }
-        self.cursors[i].last = Some(id);
-        self.cursors[i].seen = true;
+        let s = &mut self.streams[i];
+        s.seen = true;
+        if within {
+            s.pos = Some(id);
+            if s.ahead.is_some_and(|a| a <= id) {
+                s.ahead = None;
+            }
+        } else {
+            if s.ahead.is_none() {
+                tracing::warn!(
+                    stream = %s.name,
+                    %id,
+                    "revocation stream entry with an id ahead of the server clock \
+                     (written with an explicit id); not moving the read position past it"
+                );
+            }
+            s.ahead = s.ahead.max(Some(id));
+        }
+    }
+
+    fn screened(&self) -> bool {
+        self.screened_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    fn server_now_ms(&self) -> u64 {
+        self.server_clock.map_or(0, |(ms, at)| {
+            ms.saturating_add(u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX))
+        })
+    }
+
+    /// The start of the catch-up window on the server's clock.
+    fn catch_up_start(&self) -> StreamId {
+        StreamId::at(
+            self.server_now_ms()
+                .saturating_sub(u64::try_from(self.catch_up.as_millis()).unwrap_or(u64::MAX)),
+        )
+    }
+
+    /// Re-read the server clock if `id` looks ahead of it: the entry may just be newer
+    /// than the last reading.
+    async fn cover_time(&mut self, conn: &mut Conn, id: StreamId) -> Result<(), FeedError> {
+        if id.ms > self.server_now_ms() {
+            self.refresh_time(conn).await?;
+        }
+        Ok(())
+    }
+
+    /// The server's clock: stream ids are its milliseconds, so positions and the
+    /// catch-up window are judged on it rather than on this host's clock.
+    async fn refresh_time(&mut self, conn: &mut Conn) -> Result<(), FeedError> {
+        let v = conn
+            .query(&::redis::cmd("TIME"), SMALL_REPLY)
+            .await
+            .map_err(|e| refused("TIME", e))?;
+        let ms = reply::time_ms(&v).ok_or(FeedError::Reply(Unexpected("TIME")))?;
+        self.server_clock = Some((ms, Instant::now()));
+        Ok(())
+    }
+
+    /// `XINFO STREAM` of stream `i`, or `None` when it does not exist.
+    async fn stream_meta(
+        &mut self,
+        conn: &mut Conn,
+        i: usize,
+    ) -> Result<Option<StreamMeta>, FeedError> {
+        let name = &self.streams[i].name;
+        let (cmd, command) = if self.screened() {
+            let mut cmd = ::redis::cmd("EVAL");
+            cmd.arg(META_SCRIPT).arg(1).arg(name);
+            (cmd, "EVAL (the stream metadata script)")
+        } else {
+            let mut cmd = ::redis::cmd("XINFO");
+            cmd.arg("STREAM").arg(name);
+            (cmd, "XINFO STREAM")
+        };
+        // Plain XINFO carries the first and last entries: allow a full reply.
+        match conn.query(&cmd, self.limits.max_reply_bytes).await {
+            Ok(v) => reply::stream_meta(&v)
+                .map(Some)
+                .ok_or(FeedError::Reply(Unexpected("XINFO"))),
+            Err(FeedError::Redis(e)) if e.detail().is_some_and(|d| d.contains("no such key")) => {
+                Ok(None)
+            }
+            Err(e) => Err(refused(command, e)),
+        }
+    }
+
+    async fn server_run_id(&self, conn: &mut Conn) -> Result<Option<String>, FeedError> {
+        match conn
+            .query(::redis::cmd("INFO").arg("server"), SMALL_REPLY)
+            .await
+        {
+            Ok(v) => Ok(reply::run_id(&v).map(str::to_owned)),
+            // INFO may be renamed or denied; the stream checks still catch data loss.
+            Err(FeedError::Redis(e)) if is_refusal(&e) => {
+                tracing::debug!(error = %e, "INFO server failed; restart detection relies on stream ids");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Await a connection step within [`CONNECT_TIMEOUT`].
+async fn within<T>(step: impl Future<Output = Result<T, std::io::Error>>) -> Result<T, FeedError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, step).await {
+        Ok(r) => r.map_err(|e| FeedError::Redis(e.into())),
+        Err(_) => Err(FeedError::Hung),
+    }
+}
+
+/// Set up a Redis connection (`HELLO`/`AUTH`/`SELECT`) over `stream`, and drive it on
+/// the feed's runtime.
+async fn open<S>(
+    redis: &RedisConnectionInfo,
+    stream: S,
+    config: AsyncConnectionConfig,
+) -> Result<MultiplexedConnection, FeedError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let setup = MultiplexedConnection::new_with_config(redis, stream, config);
+    let (conn, driver) = tokio::time::timeout(CONNECT_TIMEOUT, setup)
+        .await
+        .map_err(|_| FeedError::Hung)??;
+    tokio::spawn(driver);
+    Ok(conn)
+}
+
+/// What one page read returned.
+struct Page {
+    len: usize,
+    asked: usize,
+    last: Option<StreamId>,
+    /// Entries left ahead of the read position (ids ahead of the server clock).
+    ahead: usize,
+}
+
+/// Name the command when the server refused it.
+fn refused(command: &'static str, e: FeedError) -> FeedError {
+    match e {
+        FeedError::Redis(error) if is_refusal(&error) => FeedError::Refused { command, error },
+        e => e,
     }
 }
 
@@ -465,5 +934,21 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(50));
+    }
+
+    #[test]
+    fn a_screened_page_fits_the_reply_budget() {
+        let l = Limits {
+            max_fields: 64,
+            max_bytes: 16 * 1024,
+            max_reply_bytes: 1024 * 1024,
+        };
+        let n = l.screened_page();
+        assert!(n >= 1 && n * (l.max_bytes + l.max_fields * 2 * 16) <= l.max_reply_bytes);
+        let tiny = Limits {
+            max_reply_bytes: 10,
+            ..l
+        };
+        assert_eq!(tiny.screened_page(), 1);
     }
 }

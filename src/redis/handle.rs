@@ -1,23 +1,25 @@
 //! [`FeedHandle`]: the running consumer task, its health and its shutdown.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::revocation::{FeedHealth, FeedStatus};
 
 /// The running revocation feed, owned by the [`Verifier`](crate::Verifier) that
 /// started it; reach it with [`Verifier::revocation_feed`](crate::Verifier::revocation_feed).
 ///
-/// Dropping the handle (that is, the last clone of the verifier) stops the task.
+/// The consumer runs on its own thread (named `caracal-revocation-feed`) with a
+/// single-threaded Tokio runtime, so parsing and checking stream entries never takes
+/// a worker that serves requests. Dropping the handle (that is, the last clone of the
+/// verifier) tells it to stop.
 /// Once the feed has stopped, the revocation set it kept current counts as stale, so
 /// verification fails closed (unless the feed was configured to fail open).
 pub struct FeedHandle {
     health: Arc<FeedHealth>,
     stop: watch::Sender<bool>,
-    task: Mutex<Option<JoinHandle<()>>>,
+    finished: watch::Receiver<bool>,
 }
 
 impl fmt::Debug for FeedHandle {
@@ -33,12 +35,12 @@ impl FeedHandle {
     pub(crate) fn new(
         health: Arc<FeedHealth>,
         stop: watch::Sender<bool>,
-        task: JoinHandle<()>,
+        finished: watch::Receiver<bool>,
     ) -> Self {
         Self {
             health,
             stop,
-            task: Mutex::new(Some(task)),
+            finished,
         }
     }
 
@@ -53,11 +55,7 @@ impl FeedHandle {
 
     /// Whether the consumer task is still running.
     pub fn is_running(&self) -> bool {
-        self.task
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .is_some_and(|t| !t.is_finished())
+        !*self.finished.borrow()
     }
 
     /// Stop the consumer and wait for it to finish. Idempotent. Afterwards the feed is
@@ -66,16 +64,9 @@ impl FeedHandle {
     /// shutting down, after it stopped accepting requests.
     pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
-        let task = self
-            .task
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(task) = task {
-            // The task only ends by being told to stop; a join error means it was
-            // cancelled with its runtime, which stops it just as well.
-            let _ = task.await;
-        }
+        let mut finished = self.finished.clone();
+        // An error means the thread is gone, which is just as finished.
+        let _ = finished.wait_for(|done| *done).await;
         self.health.mark_disconnected();
     }
 }
@@ -83,14 +74,6 @@ impl FeedHandle {
 impl Drop for FeedHandle {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
-        if let Some(task) = self
-            .task
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
-            task.abort();
-        }
         // The set may outlive the verifier: it must not keep looking current.
         self.health.mark_disconnected();
     }

@@ -113,6 +113,7 @@
 //! lag and last-event time, and whose [`shutdown`](FeedHandle::shutdown) stops it.
 //! Dropping the last verifier clone stops it too.
 
+mod capped;
 mod config;
 mod consumer;
 mod handle;
@@ -120,7 +121,8 @@ mod replay;
 mod reply;
 
 pub use config::{
-    DEFAULT_BLOCK_TIMEOUT, DEFAULT_RECONNECT_MAX, DEFAULT_RECONNECT_MIN, RedisRevocations,
+    DEFAULT_BLOCK_TIMEOUT, DEFAULT_MAX_ENTRY_BYTES, DEFAULT_MAX_ENTRY_FIELDS,
+    DEFAULT_MAX_REPLY_BYTES, DEFAULT_RECONNECT_MAX, DEFAULT_RECONNECT_MIN, RedisRevocations,
 };
 pub use handle::FeedHandle;
 pub use replay::{DEFAULT_REPLAY_KEY_PREFIX, DEFAULT_REPLAY_TIMEOUT, RedisReplayGuard};

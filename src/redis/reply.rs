@@ -94,8 +94,29 @@ pub(crate) fn pairs(v: &Value) -> Option<Vec<(&Value, &Value)>> {
 
 /// One stream entry as XREAD returns it: its id and its raw field list.
 pub(crate) struct RawEntry<'a> {
-    pub(crate) id: Option<StreamId>,
+    pub(crate) id: StreamId,
     pub(crate) fields: &'a Value,
+}
+
+/// A list of `[id, fields]` entries, as `XRANGE`, `XREAD` and the screening script
+/// return them.
+pub(crate) fn entries(v: &Value) -> Result<Vec<RawEntry<'_>>, Unexpected> {
+    const CMD: Unexpected = Unexpected("stream entries");
+    if matches!(v, Value::Nil) {
+        return Ok(Vec::new());
+    }
+    array(v)
+        .ok_or(CMD)?
+        .iter()
+        .map(|e| match array(e) {
+            Some([id, fields]) => Ok(RawEntry {
+                // Redis generates well-formed ids; anything else is not a stream reply.
+                id: text(id).and_then(StreamId::parse).ok_or(CMD)?,
+                fields,
+            }),
+            _ => Err(CMD),
+        })
+        .collect()
 }
 
 /// The reply to `XREAD`: for each stream with entries, its name and entries. A nil
@@ -116,31 +137,21 @@ pub(crate) fn xread(v: &Value) -> Result<Vec<(&str, Vec<RawEntry<'_>>)>, Unexpec
     };
     streams
         .into_iter()
-        .map(|(name, entries)| {
-            let name = text(name).ok_or(CMD)?;
-            let entries = array(entries)
-                .ok_or(CMD)?
-                .iter()
-                .map(|e| match array(e) {
-                    Some([id, fields]) => Ok(RawEntry {
-                        id: text(id).and_then(StreamId::parse),
-                        fields,
-                    }),
-                    _ => Err(CMD),
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((name, entries))
-        })
+        .map(|(name, list)| Ok((text(name).ok_or(CMD)?, entries(list).map_err(|_| CMD)?)))
         .collect()
 }
 
-/// Why an entry's field list could not be read as text.
+/// Why an entry's field list was not read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FieldsError {
     /// Not an even list of strings (or a deleted entry's nil).
     Malformed,
     /// A name or value is not UTF-8.
     NotUtf8,
+    /// More fields than the bound.
+    TooManyFields,
+    /// More bytes than the bound, or stripped as such by the screening script.
+    TooLarge,
 }
 
 impl FieldsError {
@@ -148,12 +159,23 @@ impl FieldsError {
         match self {
             FieldsError::Malformed => "malformed entry",
             FieldsError::NotUtf8 => "non-utf-8 field",
+            FieldsError::TooManyFields => "too many fields",
+            FieldsError::TooLarge => "entry too large",
         }
     }
 }
 
-/// An entry's fields as `(name, value)` strings, in stream order.
-pub(crate) fn fields(v: &Value) -> Result<Vec<(&str, &str)>, FieldsError> {
+/// The marker the screening script leaves in place of an oversized entry's fields.
+pub(crate) const OVERSIZE_MARKER: &str = "oversize";
+
+/// An entry's fields as `(name, value)` strings, in stream order, if the entry holds
+/// at most `max_fields` fields and `max_bytes` bytes of names and values. The bounds
+/// are checked before anything is built, and each step is linear.
+pub(crate) fn fields(
+    v: &Value,
+    max_fields: usize,
+    max_bytes: usize,
+) -> Result<Vec<(&str, &str)>, FieldsError> {
     fn field(x: &Value) -> Result<&str, FieldsError> {
         match x {
             Value::BulkString(_)
@@ -163,11 +185,75 @@ pub(crate) fn fields(v: &Value) -> Result<Vec<(&str, &str)>, FieldsError> {
             _ => Err(FieldsError::Malformed),
         }
     }
-    pairs(v)
-        .ok_or(FieldsError::Malformed)?
+    fn len(x: &Value) -> usize {
+        match x {
+            Value::BulkString(b) => b.len(),
+            Value::SimpleString(s) => s.len(),
+            Value::VerbatimString { text, .. } => text.len(),
+            _ => 0,
+        }
+    }
+    if text(v) == Some(OVERSIZE_MARKER) {
+        return Err(FieldsError::TooLarge);
+    }
+    let n = match v {
+        Value::Map(m) => m.len(),
+        Value::Attribute { .. } => return fields(strip(v), max_fields, max_bytes),
+        _ => array(v).ok_or(FieldsError::Malformed)?.len() / 2,
+    };
+    if n > max_fields {
+        return Err(FieldsError::TooManyFields);
+    }
+    let pairs = pairs(v).ok_or(FieldsError::Malformed)?;
+    let mut bytes = 0usize;
+    for (k, v) in &pairs {
+        bytes = bytes.saturating_add(len(k)).saturating_add(len(v));
+        if bytes > max_bytes {
+            return Err(FieldsError::TooLarge);
+        }
+    }
+    pairs
         .into_iter()
         .map(|(k, v)| Ok((field(k)?, field(v)?)))
         .collect()
+}
+
+fn strip(v: &Value) -> &Value {
+    match v {
+        Value::Attribute { data, .. } => strip(data),
+        _ => v,
+    }
+}
+
+/// What the feed needs to know of a stream, from `XINFO STREAM` (or the screening
+/// script that returns only these fields).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StreamMeta {
+    pub(crate) last_generated: StreamId,
+    /// The largest id ever deleted (trimmed or `XDEL`ed); Redis 7.0 and later.
+    pub(crate) max_deleted: Option<StreamId>,
+    /// How many entries were ever added to this stream; Redis 7.0 and later.
+    pub(crate) entries_added: Option<u64>,
+}
+
+/// Parse the reply to `XINFO STREAM` (RESP2 or RESP3), or the metadata script's.
+pub(crate) fn stream_meta(v: &Value) -> Option<StreamMeta> {
+    let mut last_generated = None;
+    let mut max_deleted = None;
+    let mut entries_added = None;
+    for (k, v) in pairs(v)? {
+        match text(k) {
+            Some("last-generated-id") => last_generated = StreamId::parse(text(v)?),
+            Some("max-deleted-entry-id") => max_deleted = StreamId::parse(text(v)?),
+            Some("entries-added") => entries_added = integer(v),
+            _ => {}
+        }
+    }
+    Some(StreamMeta {
+        last_generated: last_generated?,
+        max_deleted,
+        entries_added,
+    })
 }
 
 /// `run_id` from the reply to `INFO server`.
@@ -189,14 +275,6 @@ pub(crate) fn time_ms(v: &Value) -> Option<u64> {
         ),
         _ => None,
     }
-}
-
-/// `last-generated-id` from the reply to `XINFO STREAM`.
-pub(crate) fn last_generated_id(v: &Value) -> Option<StreamId> {
-    pairs(v)?
-        .into_iter()
-        .find(|(k, _)| text(k) == Some("last-generated-id"))
-        .and_then(|(_, v)| StreamId::parse(text(v)?))
 }
 
 #[cfg(test)]
@@ -244,27 +322,47 @@ mod tests {
             assert_eq!(streams.len(), 1);
             assert_eq!(streams[0].0, "caracal.sessions.revoke");
             let e = &streams[0].1[0];
-            assert_eq!(e.id, Some(StreamId { ms: 1, seq: 1 }));
-            assert_eq!(fields(e.fields).unwrap(), [("zone_id", "z"), ("sid", "s")]);
+            assert_eq!(e.id, StreamId { ms: 1, seq: 1 });
+            assert_eq!(
+                fields(e.fields, 64, 1024).unwrap(),
+                [("zone_id", "z"), ("sid", "s")]
+            );
         }
         assert!(xread(&Value::Nil).unwrap().is_empty());
         assert!(xread(&Value::Int(3)).is_err());
+        let bad_id = Value::Array(vec![Value::Array(vec![
+            bulk("s"),
+            Value::Array(vec![Value::Array(vec![bulk("x-1"), Value::Array(vec![])])]),
+        ])]);
+        assert!(xread(&bad_id).is_err());
     }
 
     #[test]
     fn odd_or_binary_fields_are_refused() {
+        let f = |v: &Value| fields(v, 64, 1024).map(|f| f.len());
         assert_eq!(
-            fields(&Value::Array(vec![bulk("a")])),
+            f(&Value::Array(vec![bulk("a")])),
             Err(FieldsError::Malformed)
         );
-        assert_eq!(fields(&Value::Nil), Err(FieldsError::Malformed));
+        assert_eq!(f(&Value::Nil), Err(FieldsError::Malformed));
         assert_eq!(
-            fields(&Value::Array(vec![
+            f(&Value::Array(vec![
                 bulk("a"),
                 Value::BulkString(vec![0xff])
             ])),
             Err(FieldsError::NotUtf8)
         );
+        assert_eq!(f(&bulk(OVERSIZE_MARKER)), Err(FieldsError::TooLarge));
+    }
+
+    #[test]
+    fn entry_bounds_are_checked_before_building() {
+        let many = Value::Array((0..130).map(|i| bulk(&i.to_string())).collect());
+        assert_eq!(fields(&many, 64, 1 << 20), Err(FieldsError::TooManyFields));
+        assert_eq!(fields(&many, 65, 1 << 20).unwrap().len(), 65);
+        let big = Value::Array(vec![bulk("k"), bulk(&"v".repeat(2000))]);
+        assert_eq!(fields(&big, 64, 2000), Err(FieldsError::TooLarge));
+        assert_eq!(fields(&big, 64, 2001).unwrap().len(), 1);
     }
 
     #[test]
@@ -281,6 +379,27 @@ mod tests {
             bulk("last-generated-id"),
             bulk("9-2"),
         ]);
-        assert_eq!(last_generated_id(&xinfo), Some(StreamId { ms: 9, seq: 2 }));
+        assert_eq!(
+            stream_meta(&xinfo),
+            Some(StreamMeta {
+                last_generated: StreamId { ms: 9, seq: 2 },
+                max_deleted: None,
+                entries_added: None,
+            })
+        );
+        let xinfo7 = Value::Map(vec![
+            (bulk("last-generated-id"), bulk("9-2")),
+            (bulk("max-deleted-entry-id"), bulk("5-0")),
+            (bulk("entries-added"), Value::Int(12)),
+            (bulk("first-entry"), Value::Nil),
+        ]);
+        assert_eq!(
+            stream_meta(&xinfo7),
+            Some(StreamMeta {
+                last_generated: StreamId { ms: 9, seq: 2 },
+                max_deleted: Some(StreamId { ms: 5, seq: 0 }),
+                entries_added: Some(12),
+            })
+        );
     }
 }

@@ -23,6 +23,8 @@ pub(crate) struct FeedHealth {
     last_event_ms: AtomicU64,
     applied: AtomicU64,
     dropped: AtomicU64,
+    gaps: AtomicU64,
+    resets: AtomicU64,
     /// Milliseconds between an event's stream id time and when it was applied.
     lag_ms: AtomicU64,
 }
@@ -51,8 +53,15 @@ pub struct FeedStatus {
     pub lag: Duration,
     /// Events applied.
     pub applied: u64,
-    /// Messages dropped (unsigned, forged, malformed).
+    /// Messages dropped (unsigned, forged, malformed, over the entry bounds).
     pub dropped: u64,
+    /// Times stream history was deleted (trimmed, `XDEL`, emptied) before the feed
+    /// read it. Each gap may have lost revocations; the feed failed closed until it
+    /// had read the retained history again.
+    pub gaps: u64,
+    /// Times a stream was found deleted, recreated or with ids gone backwards (or the
+    /// server restarted), and was read again from the catch-up start.
+    pub resets: u64,
 }
 
 // Only the Redis feed (feature `redis`) drives the health today.
@@ -69,6 +78,8 @@ impl FeedHealth {
             last_event_ms: AtomicU64::new(0),
             applied: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            resets: AtomicU64::new(0),
             lag_ms: AtomicU64::new(0),
         })
     }
@@ -86,8 +97,18 @@ impl FeedHealth {
         self.connected.store(false, Ordering::Release);
     }
 
-    pub(crate) fn mark_caught_up(&self) {
-        self.caught_up.store(true, Ordering::Release);
+    /// Whether the feed has read everything retained since its position. A feed
+    /// behind (after a reset or a gap) is not fresh.
+    pub(crate) fn set_caught_up(&self, caught_up: bool) {
+        self.caught_up.store(caught_up, Ordering::Release);
+    }
+
+    pub(crate) fn record_gap(&self) {
+        self.gaps.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_reset(&self) {
+        self.resets.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn record_applied(&self, published_ms: Option<u64>) {
@@ -136,6 +157,8 @@ impl FeedHealth {
             lag: Duration::from_millis(self.lag_ms.load(Ordering::Relaxed)),
             applied: self.applied.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
+            gaps: self.gaps.load(Ordering::Relaxed),
+            resets: self.resets.load(Ordering::Relaxed),
         }
     }
 }
