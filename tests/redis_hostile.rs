@@ -533,24 +533,10 @@ async fn trimmed_stream_is_reported_as_a_gap() {
     let () = pipe.query_async(&mut p.conn).await.expect("MULTI/EXEC");
 
     eventually("the lost entry is counted as a gap", async || {
-        // TODO(gaps): `status(&v).gaps >= 1` once `FeedStatus::gaps` exists; until
-        // then the field is read from the status's `Debug`.
-        gaps(&status(&v)).is_some_and(|n| n >= 1)
+        status(&v).gaps >= 1
     })
     .await;
     eventually_recovers(&v, &sts).await;
-}
-
-/// `FeedStatus::gaps`, read from its `Debug` so the suite compiles before the field
-/// exists. `None` when there is no such field.
-// TODO(gaps): replace with `status.gaps` once `FeedStatus::gaps` exists.
-fn gaps(status: &FeedStatus) -> Option<u64> {
-    let debug = format!("{status:?}");
-    let rest = &debug[debug.find("gaps: ")? + "gaps: ".len()..];
-    let digits = rest
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(rest.len());
-    rest[..digits].parse().ok()
 }
 
 /// Attack: revoke an upstream delegation edge of a mandate that names its path only

@@ -155,6 +155,14 @@ struct Stream {
     seen: bool,
     /// `entries-added` at the last check (Redis 7.0+); it only rises within a stream.
     added: Option<u64>,
+    /// `entries-added` and `last-generated-id` of the check in progress.
+    pending: Option<(u64, StreamId)>,
+    /// First sightings since the last check with ids up to the pending check's
+    /// `last-generated-id`, and beyond it. Together with `entries-added` they show
+    /// entries that were added and deleted before the feed read them, which
+    /// trimming does not record in `max-deleted-entry-id`.
+    read_in_window: u64,
+    read_beyond_window: u64,
     /// The largest deleted id already reported as a gap.
     gap_ack: StreamId,
 }
@@ -169,6 +177,9 @@ impl Stream {
             blind: false,
             seen: false,
             added: None,
+            pending: None,
+            read_in_window: 0,
+            read_beyond_window: 0,
             gap_ack: StreamId::ZERO,
         }
     }
@@ -185,7 +196,34 @@ impl Stream {
         self.blind = false;
         self.seen = false;
         self.added = None;
+        self.pending = None;
+        self.read_in_window = 0;
+        self.read_beyond_window = 0;
         self.gap_ack = StreamId::ZERO;
+    }
+
+    /// Count a first sighting for the gap check.
+    fn count_read(&mut self, id: StreamId) {
+        match self.pending {
+            Some((_, end)) if id > end => self.read_beyond_window += 1,
+            _ => self.read_in_window += 1,
+        }
+    }
+
+    /// Close the check in progress: whether fewer entries were read than the server
+    /// added in the window (some were deleted before the feed read them).
+    fn close_window(&mut self) -> bool {
+        let Some((added_now, _)) = self.pending.take() else {
+            return false;
+        };
+        // A blind stream was not read to its end; it fails closed already.
+        let lost = !self.blind
+            && self
+                .added
+                .is_some_and(|before| self.read_in_window < added_now.saturating_sub(before));
+        self.added = Some(added_now);
+        self.read_in_window = std::mem::take(&mut self.read_beyond_window);
+        lost
     }
 }
 
@@ -352,7 +390,11 @@ impl Consumer {
         let mut down_since: Option<Instant> = None;
         loop {
             let (err, was_live) = self.session(&mut failures, &mut down_since).await;
-            self.health.mark_disconnected();
+            // An oversized reply is no Redis failure: the feed reconnects at once and
+            // stays fresh meanwhile, within max_staleness of its last good read.
+            if !matches!(err, FeedError::OverBudget) {
+                self.health.mark_disconnected();
+            }
             failures = failures.saturating_add(1);
             match &err {
                 FeedError::OverBudget => {
@@ -503,6 +545,15 @@ impl Consumer {
             self.health.set_caught_up(false);
         }
         self.scan_all(conn).await?;
+        for i in 0..self.streams.len() {
+            if self.streams[i].close_window() {
+                self.gap(i, "fewer entries were read than the server added");
+                self.scan(conn, i).await?;
+                // The re-read entries were first sightings again: start counting afresh.
+                let s = &mut self.streams[i];
+                s.read_in_window = std::mem::take(&mut s.read_beyond_window);
+            }
+        }
         let blind = self.streams.iter().any(|s| s.blind);
         self.health.set_caught_up(!blind);
         Ok(())
@@ -513,13 +564,17 @@ impl Consumer {
         let start = self.catch_up_start();
         let s = &mut self.streams[i];
         let Some(meta) = meta else {
-            if s.seen {
+            let deleted = s.seen;
+            if deleted {
                 tracing::warn!(stream = %s.name, "revocation stream was deleted; following it from the start when it returns");
                 s.reset(start);
                 self.health.record_reset();
-                return Ok(true);
             }
-            return Ok(false);
+            // Every entry a new stream will have is one to read.
+            s.added = Some(0);
+            s.read_in_window = 0;
+            s.read_beyond_window = 0;
+            return Ok(deleted);
         };
         let mut behind = false;
         let recreated = matches!((s.added, meta.entries_added), (Some(a), Some(b)) if b < a);
@@ -535,7 +590,10 @@ impl Consumer {
             self.health.record_reset();
             behind = true;
         }
-        s.added = meta.entries_added;
+        s.pending = meta.entries_added.map(|a| (a, meta.last_generated));
+        if s.pending.is_none() {
+            s.added = None;
+        }
         let Some(deleted) = meta.max_deleted else {
             return Err(FeedError::Unsupported(
                 "XINFO STREAM reports no max-deleted-entry-id (Redis 7.0 or later is \
@@ -545,18 +603,31 @@ impl Consumer {
         if deleted > s.high() && deleted > s.gap_ack {
             // Entries after what this feed read were trimmed or deleted before it read
             // them: their revocations are lost to this replica.
-            tracing::error!(
-                stream = %s.name,
-                read = %s.high(),
-                deleted_up_to = %deleted,
-                "revocation stream history was deleted before the feed read it (a gap); \
-                 failing closed until the retained history is read"
-            );
             s.gap_ack = deleted;
-            self.health.record_gap();
-            behind = true;
+            behind |= self.gap(i, "an entry after the read position was deleted");
         }
         Ok(behind)
+    }
+
+    /// Report lost history on stream `i` and start a full catch-up of it.
+    fn gap(&mut self, i: usize, how: &'static str) -> bool {
+        let start = self.catch_up_start();
+        let s = &mut self.streams[i];
+        // Entries after what this feed read were trimmed or deleted before it read
+        // them: their revocations are lost to this replica.
+        tracing::error!(
+            stream = %s.name,
+            read = %s.high(),
+            cause = how,
+            "revocation stream history was lost before the feed read it (a gap); \
+             failing closed until the retained history is read again"
+        );
+        s.pos = Some(start);
+        s.ahead = None;
+        s.blind = false;
+        self.health.record_gap();
+        self.health.set_caught_up(false);
+        true
     }
 
     /// Read every stream without blocking until each returns a short page.
@@ -748,6 +819,9 @@ impl Consumer {
         }
         let s = &mut self.streams[i];
         s.seen = true;
+        if first_sighting {
+            s.count_read(id);
+        }
         if within {
             s.pos = Some(id);
             if s.ahead.is_some_and(|a| a <= id) {
