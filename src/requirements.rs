@@ -109,8 +109,18 @@ impl Requirements {
     }
 
     /// Accept each mandate (`iss` + `jti`) once until it expires. A second
-    /// presentation is 401 `invalid_token` with reason `replayed`. Needs a replay
-    /// guard on the verifier; without one, verification fails closed.
+    /// presentation is 401 `invalid_token` with reason `replayed`.
+    ///
+    /// Uses are recorded by the verifier's replay guard
+    /// ([`VerifierBuilder::replay_guard`](crate::VerifierBuilder::replay_guard)) and
+    /// kept until the mandate's `exp` plus the leeway, by the verifier's clock. The
+    /// default guard is in memory and **per replica**: behind several replicas a
+    /// mandate can be used once on each, unless they share a `RedisReplayGuard`
+    /// (feature `redis`). The in-memory guard never forgets a live use to make room:
+    /// when it holds [`replay_capacity`](crate::VerifierBuilder::replay_capacity)
+    /// live mandates, new single-use mandates are refused with 503
+    /// `revocation_unavailable` and `Retry-After`. Any guard failure fails closed the
+    /// same way.
     pub fn single_use(mut self) -> Self {
         self.single_use = true;
         self

@@ -14,7 +14,7 @@ use crate::jwks::{
     KeyCacheConfig,
 };
 use crate::mandate::{Claims, Mandate, MandateInner};
-use crate::replay::{MemoryReplayGuard, ReplayGuard};
+use crate::replay::{DEFAULT_REPLAY_CAPACITY, MemoryReplayGuard, ReplayGuard};
 use crate::requirements::Requirements;
 use crate::revocation::{Anchor, RevocationSet, fingerprint};
 use crate::token::{self, HeaderAlg};
@@ -387,6 +387,7 @@ pub struct VerifierBuilder {
     cache_entries: u64,
     cache_bytes: u64,
     replay: Option<Arc<dyn ReplayGuard>>,
+    replay_capacity: Option<u64>,
     #[cfg(feature = "redis")]
     redis: Option<crate::redis::RedisRevocations>,
 }
@@ -423,6 +424,7 @@ impl Default for VerifierBuilder {
             cache_entries: DEFAULT_CACHE_ENTRIES,
             cache_bytes: DEFAULT_CACHE_BYTES,
             replay: None,
+            replay_capacity: None,
             #[cfg(feature = "redis")]
             redis: None,
         }
@@ -627,10 +629,28 @@ impl VerifierBuilder {
         self
     }
 
-    /// The store for [`Requirements::single_use`]. Default: in memory, for one
-    /// replica; use a shared store (Redis) when several replicas serve a route.
+    /// The store for [`Requirements::single_use`]. Default: a
+    /// [`MemoryReplayGuard`] of [`replay_capacity`](Self::replay_capacity) on this
+    /// verifier's clock, which remembers uses for one replica only; use a shared
+    /// store (`RedisReplayGuard`, feature `redis`) when several replicas serve a
+    /// single-use route.
     pub fn replay_guard(mut self, guard: impl ReplayGuard) -> Self {
         self.replay = Some(Arc::new(guard));
+        self
+    }
+
+    /// How many live single-use mandates the default in-memory guard records.
+    /// Default 1,000,000.
+    ///
+    /// A recorded mandate is kept until its `exp` plus the leeway, never evicted
+    /// earlier; when the guard is full, new single-use mandates are refused with 503
+    /// `revocation_unavailable` (and `Retry-After`) until recorded ones expire. Each
+    /// live entry costs about 200 bytes, so the default can grow to about 200 MB;
+    /// size it above (single-use requests per second × mandate lifetime). Must be
+    /// positive, and cannot be combined with [`replay_guard`](Self::replay_guard)
+    /// (size that guard yourself).
+    pub fn replay_capacity(mut self, capacity: u64) -> Self {
+        self.replay_capacity = Some(capacity);
         self
     }
 
@@ -695,12 +715,22 @@ impl VerifierBuilder {
                 .shared_clock(self.clock.clone())
                 .build()
         });
-        let replay = self.replay.unwrap_or_else(|| {
-            Arc::new(MemoryReplayGuard::with_clock_shared(
-                1_000_000,
+        let replay: Arc<dyn ReplayGuard> = match (self.replay, self.replay_capacity) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "replay_capacity",
+                    "applies only to the default in-memory guard, not to one set with replay_guard",
+                ));
+            }
+            (_, Some(0)) => {
+                return Err(ConfigError::invalid("replay_capacity", "must be positive"));
+            }
+            (Some(guard), None) => guard,
+            (None, capacity) => Arc::new(MemoryReplayGuard::with_clock_shared(
+                capacity.unwrap_or(DEFAULT_REPLAY_CAPACITY),
                 self.clock.clone(),
-            ))
-        });
+            )),
+        };
         #[cfg(feature = "redis")]
         let feed = match self.redis {
             Some(cfg) => Some(cfg.spawn(revocations.clone(), self.clock.clone())?),

@@ -832,3 +832,32 @@ async fn each_decision_emits_one_event_without_the_token() {
     }
     assert!(!out.to_ascii_lowercase().contains("authorization"));
 }
+
+#[tokio::test]
+async fn a_full_replay_guard_is_503_with_retry_after_over_http() {
+    let sts = TestIssuer::start(ZONE).await.expect("start issuer");
+    let verifier = Verifier::builder()
+        .issuer(sts.issuer_url())
+        .audience(AUDIENCE)
+        .zone(ZONE)
+        .replay_capacity(1)
+        .build()
+        .expect("valid verifier settings");
+    let addr = serve(Router::new().route(
+        "/once",
+        guarded(&verifier, Requirements::new().single_use()),
+    ))
+    .await;
+    let http = client();
+    let call =
+        |token: String| Reply::of(http.get(format!("http://{addr}/once")).bearer_auth(token));
+    let first = sts.mandate().sign();
+    assert_eq!(call(first.clone()).await.status, 200);
+    let full = call(sts.mandate().sign()).await;
+    full.assert_denied(503, "revocation_unavailable");
+    assert_eq!(full.header("retry-after"), Some("5"));
+    // The recorded mandate was not evicted to make room.
+    let replay = call(first).await;
+    replay.assert_denied(401, "invalid_token");
+    assert_eq!(replay.body["details"]["reason"], "replayed");
+}
