@@ -234,6 +234,7 @@ mod tests {
             key: crate::jwk::test_key(),
             alg: Algorithm::ES256,
             anchors: Vec::new(),
+            policy: crate::verifier::PolicyId::fresh(),
         }))
     }
 

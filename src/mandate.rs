@@ -479,6 +479,8 @@ pub(crate) struct MandateInner {
     pub(crate) alg: Algorithm,
     /// Keyed fingerprints of every revocation anchor, computed once per token.
     pub(crate) anchors: Vec<crate::revocation::Anchor>,
+    /// The policy it was verified under: stacked layers reuse it only under the same.
+    pub(crate) policy: crate::verifier::PolicyId,
 }
 
 /// A verified mandate. Only the verifier constructs one; cloning is cheap.

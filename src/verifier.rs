@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::cache::{DEFAULT_CACHE_BYTES, DEFAULT_CACHE_ENTRIES, MandateCache};
@@ -33,7 +34,30 @@ pub const DEFAULT_JWKS_MAX_STALENESS: Duration = Duration::from_secs(1800);
 /// The default minimum interval between JWKS fetch attempts (2 s).
 pub const DEFAULT_JWKS_COOLDOWN: Duration = Duration::from_secs(2);
 
+/// The verification policy a mandate was verified under. A [`MandateLayer`]
+/// reuses a mandate from the request extensions only when it carries its own
+/// verifier's policy.
+///
+/// The policy is everything that decides whether a token is accepted: issuer,
+/// audience, zone, `use`, leeway, size cap, algorithms, key source and revocation
+/// set. `build` gives each verifier a new id, and clones share it. Separately built
+/// verifiers never share one, even with equal settings: each has its own key
+/// cache, so their key sources are not the same object, and treating them as
+/// different is the safe answer.
+///
+/// [`MandateLayer`]: crate::layer::MandateLayer
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PolicyId(u64);
+
+impl PolicyId {
+    pub(crate) fn fresh() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        PolicyId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
 pub(crate) struct Inner {
+    policy: PolicyId,
     pub(crate) issuer: String,
     pub(crate) audience: String,
     pub(crate) zone: String,
@@ -44,7 +68,7 @@ pub(crate) struct Inner {
     keys: Arc<KeyCache>,
     pub(crate) revocations: RevocationSet,
     cache: Option<MandateCache>,
-    replay: Arc<dyn ReplayGuard>,
+    pub(crate) replay: Arc<dyn ReplayGuard>,
     pub(crate) clock: SharedClock,
     #[cfg(feature = "redis")]
     feed: Option<crate::redis::FeedHandle>,
@@ -262,6 +286,7 @@ impl Verifier {
             key,
             alg,
             anchors,
+            policy: inner.policy,
         })))
     }
 
@@ -295,6 +320,38 @@ impl Verifier {
             return Err(AuthError::ZoneInvalid);
         }
         Ok(())
+    }
+
+    /// Whether `mandate` was verified under this verifier's policy (by this verifier
+    /// or a clone of it), so a stacked layer may reuse it without verifying again.
+    pub(crate) fn verified_here(&self, mandate: &Mandate) -> bool {
+        mandate.0.policy == self.inner.policy
+    }
+
+    /// A verifier with the same policy and another replay guard: two layers that
+    /// share a policy but record single uses in different stores.
+    #[cfg(test)]
+    pub(crate) fn with_replay_guard_for_tests(&self, guard: impl ReplayGuard) -> Verifier {
+        let i = &*self.inner;
+        Verifier {
+            inner: Arc::new(Inner {
+                policy: i.policy,
+                issuer: i.issuer.clone(),
+                audience: i.audience.clone(),
+                zone: i.zone.clone(),
+                token_use: i.token_use.clone(),
+                leeway: i.leeway,
+                max_token_bytes: i.max_token_bytes,
+                algorithms: i.algorithms.clone(),
+                keys: Arc::clone(&i.keys),
+                revocations: i.revocations.clone(),
+                cache: None,
+                replay: Arc::new(guard),
+                clock: Arc::clone(&i.clock),
+                #[cfg(feature = "redis")]
+                feed: None,
+            }),
+        }
     }
 
     /// Check a verified mandate against revocation and a route's requirements.
@@ -738,6 +795,7 @@ impl VerifierBuilder {
         };
         Ok(Verifier {
             inner: Arc::new(Inner {
+                policy: PolicyId::fresh(),
                 issuer,
                 audience,
                 zone,
