@@ -101,8 +101,9 @@ impl Requirements {
         self
     }
 
-    /// The most delegation hops allowed: max(`hop_count`, edges in the chain).
-    /// Default 10. Denial: 403 `hop_count_exceeded`.
+    /// The most delegation hops allowed, counted as [`Mandate::hops`]: the largest
+    /// of `hop_count`, the edges in `delegation_chain` and the edges in
+    /// `delegation_path`. Default 10. Denial: 403 `hop_count_exceeded`.
     pub fn max_hops(mut self, hops: u32) -> Self {
         self.max_hops = hops;
         self

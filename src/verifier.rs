@@ -398,9 +398,12 @@ impl Verifier {
     }
 }
 
-/// Every anchor of a mandate, fingerprinted and de-duplicated.
+/// Every anchor of a mandate, fingerprinted and de-duplicated: the mandate's own
+/// identities, then every upstream identity (chain hops, `delegation_path` edges,
+/// `source_session_id`). An id found twice keeps the kind it was first found as.
 fn anchors_of(c: &Claims) -> Vec<Anchor> {
-    let mut out: Vec<Anchor> = Vec::with_capacity(4 + 2 * c.chain().map_or(0, |h| h.len()));
+    let mut out: Vec<Anchor> =
+        Vec::with_capacity(5 + 2 * c.chain().map_or(0, |h| h.len()) + c.delegation_path().len());
     let mut push = |id: Option<&str>, kind: AnchorKind| {
         if let Some(id) = id {
             let fp = fingerprint(id);
@@ -417,6 +420,10 @@ fn anchors_of(c: &Claims) -> Vec<Anchor> {
         push(hop.agent_session_id(), AnchorKind::ChainSession);
         push(hop.delegation_edge_id(), AnchorKind::ChainEdge);
     }
+    for edge in c.delegation_path().iter() {
+        push(Some(edge), AnchorKind::PathEdge);
+    }
+    push(c.source_session_id(), AnchorKind::SourceSession);
     // Kept as allocated: shrinking to fit would reallocate on most mandates.
     out
 }

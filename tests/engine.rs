@@ -1189,3 +1189,94 @@ fn replay_capacity_is_checked_at_build() {
     );
     b().replay_capacity(10).build().unwrap();
 }
+
+// ---------------------------------------------------------------------------
+// Upstream identities outside the chain
+
+#[tokio::test]
+async fn a_revoked_upstream_edge_in_the_path_kills_a_chainless_mandate() {
+    let e = env().await;
+    let token = e
+        .sts
+        .mandate()
+        .agent_session("session-child")
+        .claim("delegation_edge_id", json!("edge-3"))
+        .delegation_path(["edge-1", "edge-2", "edge-3"])
+        .sign();
+    let m = e.verifier.verify(&token, &none()).await.unwrap();
+    assert!(
+        m.delegation_chain().is_empty(),
+        "no chain to carry the edges"
+    );
+    e.verifier.revocations().revoke("edge-1");
+    let err = deny(&e, &token, &none()).await;
+    assert_eq!(
+        err,
+        AuthError::SessionRevoked {
+            anchor: AnchorKind::PathEdge
+        }
+    );
+    assert_eq!(
+        (err.code().as_str(), err.status().as_u16()),
+        ("session_revoked", 401)
+    );
+    assert_eq!(AnchorKind::PathEdge.as_str(), "delegation_path");
+}
+
+#[tokio::test]
+async fn a_revoked_source_session_kills_the_mandate() {
+    let e = env().await;
+    let token = e
+        .sts
+        .mandate()
+        .agent_session("session-child")
+        .source_session("session-parent")
+        .sign();
+    e.verifier.verify(&token, &none()).await.unwrap();
+    e.verifier.revocations().revoke("session-parent");
+    let err = deny(&e, &token, &none()).await;
+    assert_eq!(
+        err,
+        AuthError::SessionRevoked {
+            anchor: AnchorKind::SourceSession
+        }
+    );
+    assert_eq!(err.code().as_str(), "session_revoked");
+    assert_eq!(AnchorKind::SourceSession.as_str(), "source_session_id");
+}
+
+#[tokio::test]
+async fn hops_count_the_delegation_path() {
+    let e = env().await;
+    let path = ["edge-1", "edge-2", "edge-3", "edge-4"];
+    let understated = e.sts.mandate().delegation_path(path).hop_count(1).sign();
+    let m = e.verifier.verify(&understated, &none()).await.unwrap();
+    assert_eq!(m.hop_count(), Some(1));
+    assert_eq!(m.delegation_path().len(), 4);
+    assert_eq!(m.hops(), 4, "the path is longer than hop_count says");
+    let err = deny(&e, &understated, &Requirements::new().max_hops(3)).await;
+    assert_eq!(
+        err,
+        AuthError::HopCountExceeded { hops: 4, limit: 3 },
+        "{err:?}"
+    );
+    assert_eq!(err.code(), ErrorCode::HopCountExceeded);
+    e.verifier
+        .verify(&understated, &Requirements::new().max_hops(4))
+        .await
+        .unwrap();
+    // A path without hop_count or chain counts too.
+    let bare = e.sts.mandate().delegation_path(path).sign();
+    let m = e.verifier.verify(&bare, &none()).await.unwrap();
+    assert_eq!((m.hop_count(), m.hops()), (None, 4));
+    // The builder's delegation(n) keeps all three in agreement.
+    let m = e
+        .verifier
+        .verify(&e.sts.mandate().delegation(3).sign(), &none())
+        .await
+        .unwrap();
+    assert_eq!(
+        (m.hop_count(), m.delegation_path().len(), m.hops()),
+        (Some(3), 3, 3)
+    );
+}
