@@ -495,6 +495,11 @@ impl Default for VerifierBuilder {
     }
 }
 
+/// Variables that configure the Redis revocation feed: set in a build without the
+/// `redis` feature, they are refused rather than ignored.
+#[cfg(not(feature = "redis"))]
+const REDIS_VARS: [&str; 2] = ["CARACAL_REDIS_URL", "STREAMS_HMAC_KEY"];
+
 fn env_parse<T: std::str::FromStr>(
     get: &dyn Fn(&str) -> Option<String>,
     var: &'static str,
@@ -524,6 +529,12 @@ impl VerifierBuilder {
     /// | `CARACAL_JWKS_MAX_STALENESS_SECS` | [`jwks_max_staleness`](Self::jwks_max_staleness) | 1800 |
     /// | `CARACAL_JWKS_COOLDOWN_SECS` | [`jwks_cooldown`](Self::jwks_cooldown) | 2 |
     /// | `CARACAL_MANDATE_CACHE` | [`mandate_cache`](Self::mandate_cache) (`on`/`off`) | `on` |
+    ///
+    /// With the `redis` feature, `CARACAL_REDIS_URL` and the variables next to it
+    /// attach the Redis revocation feed (see `RedisRevocations::from_lookup`). Without
+    /// the feature, a non-empty `CARACAL_REDIS_URL` or `STREAMS_HMAC_KEY` is an error
+    /// ([`ConfigError::Env`] naming it) rather than a verifier that silently runs
+    /// without the revocation feed it was configured for.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(&|k| std::env::var(k).ok())
     }
@@ -573,6 +584,18 @@ impl VerifierBuilder {
         #[cfg(feature = "redis")]
         if let Some(redis) = crate::redis::RedisRevocations::from_lookup(get)? {
             b = b.redis_revocations(redis);
+        }
+        #[cfg(not(feature = "redis"))]
+        for var in REDIS_VARS {
+            if get(var).is_some_and(|v| !v.trim().is_empty()) {
+                return Err(ConfigError::Env {
+                    var,
+                    reason: "set, but caracal-verifier was built without the `redis` \
+                             feature, so the revocation feed would not run; enable the \
+                             feature or unset the variable"
+                        .into(),
+                });
+            }
         }
         Ok(b)
     }
@@ -857,4 +880,53 @@ fn jwks_url(issuer: &str, zone: &str) -> Result<String, ConfigError> {
     .map_err(|_| bad("not a URL"))?;
     url.query_pairs_mut().append_pair("zone_id", zone);
     Ok(url.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    }
+
+    const BASE: [(&str, &str); 3] = [
+        ("CARACAL_STS_URL", "https://sts.example.com"),
+        ("CARACAL_ZONE_ID", "zone-1"),
+        ("CARACAL_AUDIENCE", "resource://api"),
+    ];
+
+    #[test]
+    fn from_lookup_reads_the_base_settings() {
+        let b = VerifierBuilder::from_lookup(&lookup(&BASE)).unwrap();
+        assert_eq!(b.zone.as_deref(), Some("zone-1"));
+        // Empty values count as unset.
+        let mut vars = BASE.to_vec();
+        vars.push(("CARACAL_REDIS_URL", " "));
+        vars.push(("STREAMS_HMAC_KEY", ""));
+        assert!(VerifierBuilder::from_lookup(&lookup(&vars)).is_ok());
+    }
+
+    #[cfg(not(feature = "redis"))]
+    #[test]
+    fn redis_settings_without_the_redis_feature_are_refused() {
+        for (var, value) in [
+            ("CARACAL_REDIS_URL", "redis://redis.internal:6379"),
+            ("STREAMS_HMAC_KEY", "c2VjcmV0"),
+        ] {
+            let mut vars = BASE.to_vec();
+            vars.push((var, value));
+            let err = VerifierBuilder::from_lookup(&lookup(&vars)).unwrap_err();
+            let ConfigError::Env { var: named, reason } = &err else {
+                panic!("expected an Env error, got {err:?}");
+            };
+            assert_eq!(*named, var);
+            assert!(reason.contains("without the `redis` feature"), "{reason}");
+            assert!(!err.to_string().contains(value), "the value is not echoed");
+        }
+    }
 }
