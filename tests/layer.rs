@@ -985,3 +985,26 @@ async fn a_full_replay_guard_is_503_with_retry_after_over_http() {
     replay.assert_denied(401, "invalid_token");
     assert_eq!(replay.body["details"]["reason"], "replayed");
 }
+
+#[tokio::test]
+async fn handlers_see_the_authorization_header_marked_sensitive() {
+    let sts = TestIssuer::start(ZONE).await.unwrap();
+    let v = verifier(&sts);
+    let router = Router::new().route(
+        "/headers",
+        get(|headers: http::HeaderMap| async move {
+            let auth = &headers["authorization"];
+            format!("sensitive={}", auth.is_sensitive())
+        })
+        .route_layer(MandateLayer::new(v, Requirements::new())),
+    );
+    let addr = serve(router).await;
+    let reply = Reply::of(
+        client()
+            .get(format!("http://{addr}/headers"))
+            .bearer_auth(sts.mandate().sign()),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:#?}");
+    assert_eq!(reply.body, "sensitive=true");
+}

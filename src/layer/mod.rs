@@ -74,7 +74,10 @@
 //! generate it and allowed requests log none. When layers stack, each layer that
 //! decides emits its own event (the outer layer's `allow`, then the route layer's
 //! verdict). The token and the `Authorization` header are never recorded, and the
-//! layer opens no span.
+//! layer opens no span. The layer marks every `Authorization` value sensitive
+//! ([`HeaderValue::set_sensitive`](http::HeaderValue::set_sensitive)) before
+//! passing the request on, so the inner service, and any tracing or logging layer
+//! inside this one, sees it redacted in `Debug`.
 //!
 //! # Stacking
 //!

@@ -364,6 +364,14 @@ where
         let clone = self.inner.clone();
         let mut inner = mem::replace(&mut self.inner, clone);
         let config = &self.config;
+        // Tracing and debug layers further in must not record the credential.
+        if let http::header::Entry::Occupied(mut auth) =
+            req.headers_mut().entry(http::header::AUTHORIZATION)
+        {
+            for value in auth.iter_mut() {
+                value.set_sensitive(true);
+            }
+        }
         // Generated only when a denial needs one: allowed requests stay cheap.
         let request_id = reject::incoming_request_id(req.headers()).map(str::to_owned);
         let state = match config.start(req.extensions(), req.headers()) {
@@ -616,6 +624,35 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&body(res).await).unwrap();
         assert_eq!(json["error"], "invalid_token");
         assert_eq!(json["details"]["reason"], "malformed");
+    }
+
+    #[tokio::test]
+    async fn the_inner_service_sees_authorization_marked_sensitive() {
+        let (sts, verifier) = setup().await;
+        let sensitive = tower::service_fn(|req: Request<Body>| async move {
+            let all: Vec<bool> = req
+                .headers()
+                .get_all("authorization")
+                .iter()
+                .map(http::HeaderValue::is_sensitive)
+                .collect();
+            Ok::<_, Infallible>(Response::new(Body::from(format!("{all:?}"))))
+        });
+        let svc = MandateLayer::new(verifier, Requirements::new())
+            .optional()
+            .layer(sensitive);
+        let token = sts.mandate().sign();
+        let req = get(Some(&token));
+        assert!(!req.headers()["authorization"].is_sensitive());
+        let res = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(body(res).await, "[true]");
+        // An optional layer lets other schemes through, marked too.
+        let mut basic = get(None);
+        basic
+            .headers_mut()
+            .insert("authorization", "Basic dXNlcjpwYXNz".parse().unwrap());
+        assert_eq!(body(svc.oneshot(basic).await.unwrap()).await, "[true]");
     }
 
     #[tokio::test]
