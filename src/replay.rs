@@ -355,6 +355,33 @@ mod tests {
     }
 
     #[test]
+    fn racing_uses_admit_one_and_never_exceed_capacity() {
+        let (g, _) = guard(100);
+        let firsts = AtomicUsize::new(0);
+        let accepted = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let (g, firsts, accepted) = (&g, &firsts, &accepted);
+                s.spawn(move || {
+                    for _ in 0..50 {
+                        if use_(g, "same", T0 + 100) == Ok(true) {
+                            firsts.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    for i in 0..50 {
+                        if use_(g, &format!("t{t}-{i}"), T0 + 100) == Ok(true) {
+                            accepted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(firsts.load(Ordering::Relaxed), 1);
+        assert_eq!(accepted.load(Ordering::Relaxed), 99, "100 slots, one taken");
+        assert_eq!(g.len(), 100);
+    }
+
+    #[test]
     fn zero_capacity_refuses_every_use() {
         let (g, _) = guard(0);
         assert!(use_(&g, "a", T0 + 10).is_err());

@@ -298,6 +298,28 @@ impl Config {
     }
 }
 
+/// Mark every `Authorization` value sensitive, so tracing and debug layers further
+/// in do not record the credential.
+fn mark_authorization_sensitive(headers: &mut http::HeaderMap) {
+    use http::header::{AUTHORIZATION, Entry};
+    match headers.try_entry(AUTHORIZATION) {
+        Ok(Entry::Occupied(mut auth)) => {
+            for value in auth.iter_mut() {
+                value.set_sensitive(true);
+            }
+        }
+        Ok(Entry::Vacant(_)) => {}
+        // A map at its maximum size: walk it instead (`entry` would panic).
+        Err(_) => {
+            for (name, value) in headers.iter_mut() {
+                if name == AUTHORIZATION {
+                    value.set_sensitive(true);
+                }
+            }
+        }
+    }
+}
+
 /// The one tracing event of a decision. Never includes the token.
 fn record(
     config: &Config,
@@ -364,14 +386,7 @@ where
         let clone = self.inner.clone();
         let mut inner = mem::replace(&mut self.inner, clone);
         let config = &self.config;
-        // Tracing and debug layers further in must not record the credential.
-        if let http::header::Entry::Occupied(mut auth) =
-            req.headers_mut().entry(http::header::AUTHORIZATION)
-        {
-            for value in auth.iter_mut() {
-                value.set_sensitive(true);
-            }
-        }
+        mark_authorization_sensitive(req.headers_mut());
         // Generated only when a denial needs one: allowed requests stay cheap.
         let request_id = reject::incoming_request_id(req.headers()).map(str::to_owned);
         let state = match config.start(req.extensions(), req.headers()) {
