@@ -35,12 +35,22 @@ const SHARDS: usize = 16;
 /// Bytes of the token's tail that are hashed: all inside an ES256 signature.
 const HASHED_TAIL: usize = 64;
 
-#[derive(Debug)]
 pub(crate) struct Cached {
     token: Box<str>,
     mandate: Mandate,
     /// Drop the entry at this time (seconds since the Unix epoch).
     expires_at: u64,
+}
+
+/// The token shows as its length only.
+impl std::fmt::Debug for Cached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cached")
+            .field("token", &crate::token::Redacted(&self.token))
+            .field("mandate", &self.mandate)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 #[derive(Default)]
@@ -234,7 +244,23 @@ mod tests {
             key: crate::jwk::test_key(),
             alg: Algorithm::ES256,
             anchors: Vec::new(),
+            policy: crate::verifier::PolicyId::fresh(),
         }))
+    }
+
+    #[test]
+    fn debug_of_an_entry_shows_no_token_bytes() {
+        let token = format!("header.payload.{}", "S".repeat(86));
+        let entry = Cached {
+            token: token.as_str().into(),
+            mandate: mandate(),
+            expires_at: 100,
+        };
+        let out = format!("{entry:?} {entry:#?}");
+        assert!(!out.contains(&token), "{out}");
+        assert!(!out.contains("SSSSSSSS"), "{out}");
+        assert!(!out.contains("payload"), "{out}");
+        assert!(out.contains("<redacted 101 bytes>"), "{out}");
     }
 
     #[test]

@@ -244,6 +244,11 @@ pub enum AnchorKind {
     ChainSession,
     /// A delegation edge of an upstream chain hop.
     ChainEdge,
+    /// A delegation edge listed in `delegation_path` (the edges from the root),
+    /// including mandates that carry a path but no chain.
+    PathEdge,
+    /// The delegating parent session (`source_session_id`).
+    SourceSession,
 }
 
 impl AnchorKind {
@@ -256,6 +261,8 @@ impl AnchorKind {
             AnchorKind::DelegationEdge => "delegation_edge_id",
             AnchorKind::ChainSession => "delegation_chain.agent_session_id",
             AnchorKind::ChainEdge => "delegation_chain.delegation_edge_id",
+            AnchorKind::PathEdge => "delegation_path",
+            AnchorKind::SourceSession => "source_session_id",
         }
     }
 }

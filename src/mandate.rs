@@ -479,6 +479,8 @@ pub(crate) struct MandateInner {
     pub(crate) alg: Algorithm,
     /// Keyed fingerprints of every revocation anchor, computed once per token.
     pub(crate) anchors: Vec<crate::revocation::Anchor>,
+    /// The policy it was verified under: stacked layers reuse it only under the same.
+    pub(crate) policy: crate::verifier::PolicyId,
 }
 
 /// A verified mandate. Only the verifier constructs one; cloning is cheap.
@@ -612,14 +614,17 @@ impl Mandate {
     pub fn hop_count(&self) -> Option<u64> {
         self.c().hop_count
     }
-    /// Effective hops: the larger of `hop_count` and the delegation edges in the chain.
+    /// Effective hops: the largest of `hop_count`, the delegation edges in the
+    /// chain and the edges in `delegation_path`, so no claim can understate the
+    /// depth.
     pub fn hops(&self) -> u64 {
         let edges = self
             .delegation_chain()
             .iter()
             .filter(|h| h.delegation_edge_id().is_some())
             .count() as u64;
-        self.c().hop_count.unwrap_or(0).max(edges)
+        let path = self.delegation_path().len() as u64;
+        self.c().hop_count.unwrap_or(0).max(edges).max(path)
     }
     /// `delegation_graph_epoch`.
     pub fn delegation_graph_epoch(&self) -> Option<u64> {

@@ -101,16 +101,27 @@ impl Requirements {
         self
     }
 
-    /// The most delegation hops allowed: max(`hop_count`, edges in the chain).
-    /// Default 10. Denial: 403 `hop_count_exceeded`.
+    /// The most delegation hops allowed, counted as [`Mandate::hops`]: the largest
+    /// of `hop_count`, the edges in `delegation_chain` and the edges in
+    /// `delegation_path`. Default 10. Denial: 403 `hop_count_exceeded`.
     pub fn max_hops(mut self, hops: u32) -> Self {
         self.max_hops = hops;
         self
     }
 
     /// Accept each mandate (`iss` + `jti`) once until it expires. A second
-    /// presentation is 401 `invalid_token` with reason `replayed`. Needs a replay
-    /// guard on the verifier; without one, verification fails closed.
+    /// presentation is 401 `invalid_token` with reason `replayed`.
+    ///
+    /// Uses are recorded by the verifier's replay guard
+    /// ([`VerifierBuilder::replay_guard`](crate::VerifierBuilder::replay_guard)) and
+    /// kept until the mandate's `exp` plus the leeway, by the verifier's clock. The
+    /// default guard is in memory and **per replica**: behind several replicas a
+    /// mandate can be used once on each, unless they share a `RedisReplayGuard`
+    /// (feature `redis`). The in-memory guard never forgets a live use to make room:
+    /// when it holds [`replay_capacity`](crate::VerifierBuilder::replay_capacity)
+    /// live mandates, new single-use mandates are refused with 503
+    /// `revocation_unavailable` and `Retry-After`. Any guard failure fails closed the
+    /// same way.
     pub fn single_use(mut self) -> Self {
         self.single_use = true;
         self

@@ -19,14 +19,34 @@ pub(crate) const B64: GeneralPurpose = GeneralPurpose::new(
         .with_decode_allow_trailing_bits(false),
 );
 
-/// A compact JWS split into its parts. Borrowed from the token.
-#[derive(Debug, Clone, Copy)]
+/// Token material in `Debug` output: its length only, never its bytes.
+pub(crate) struct Redacted<'a>(pub(crate) &'a str);
+
+impl fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<redacted {} bytes>", self.0.len())
+    }
+}
+
+/// A compact JWS split into its parts. Borrowed from the token; its `Debug` shows
+/// only the parts' lengths.
+#[derive(Clone, Copy)]
 pub(crate) struct Compact<'t> {
     pub(crate) header: &'t str,
     pub(crate) payload: &'t str,
     pub(crate) signature: &'t str,
     /// `header.payload`, the bytes the signature covers.
     pub(crate) signing_input: &'t str,
+}
+
+impl fmt::Debug for Compact<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Compact")
+            .field("header", &Redacted(self.header))
+            .field("payload", &Redacted(self.payload))
+            .field("signature", &Redacted(self.signature))
+            .finish_non_exhaustive()
+    }
 }
 
 pub(crate) fn split(token: &str) -> Result<Compact<'_>, AuthError> {
@@ -187,6 +207,17 @@ mod tests {
 
     fn enc(s: &str) -> String {
         B64.encode(s)
+    }
+
+    #[test]
+    fn debug_of_a_split_token_shows_no_token_bytes() {
+        let token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLWJ5dGVz";
+        let parts = split(token).unwrap();
+        let out = format!("{parts:?} {parts:#?}");
+        for segment in token.split('.') {
+            assert!(!out.contains(segment), "{out}");
+        }
+        assert!(out.contains("<redacted 20 bytes>"), "{out}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::cache::{DEFAULT_CACHE_BYTES, DEFAULT_CACHE_ENTRIES, MandateCache};
@@ -14,7 +15,7 @@ use crate::jwks::{
     KeyCacheConfig,
 };
 use crate::mandate::{Claims, Mandate, MandateInner};
-use crate::replay::{MemoryReplayGuard, ReplayGuard};
+use crate::replay::{DEFAULT_REPLAY_CAPACITY, MemoryReplayGuard, ReplayGuard};
 use crate::requirements::Requirements;
 use crate::revocation::{Anchor, RevocationSet, fingerprint};
 use crate::token::{self, HeaderAlg};
@@ -33,7 +34,30 @@ pub const DEFAULT_JWKS_MAX_STALENESS: Duration = Duration::from_secs(1800);
 /// The default minimum interval between JWKS fetch attempts (2 s).
 pub const DEFAULT_JWKS_COOLDOWN: Duration = Duration::from_secs(2);
 
+/// The verification policy a mandate was verified under. A [`MandateLayer`]
+/// reuses a mandate from the request extensions only when it carries its own
+/// verifier's policy.
+///
+/// The policy is everything that decides whether a token is accepted: issuer,
+/// audience, zone, `use`, leeway, size cap, algorithms, key source and revocation
+/// set. `build` gives each verifier a new id, and clones share it. Separately built
+/// verifiers never share one, even with equal settings: each has its own key
+/// cache, so their key sources are not the same object, and treating them as
+/// different is the safe answer.
+///
+/// [`MandateLayer`]: crate::layer::MandateLayer
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PolicyId(u64);
+
+impl PolicyId {
+    pub(crate) fn fresh() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        PolicyId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
 pub(crate) struct Inner {
+    policy: PolicyId,
     pub(crate) issuer: String,
     pub(crate) audience: String,
     pub(crate) zone: String,
@@ -44,7 +68,7 @@ pub(crate) struct Inner {
     keys: Arc<KeyCache>,
     pub(crate) revocations: RevocationSet,
     cache: Option<MandateCache>,
-    replay: Arc<dyn ReplayGuard>,
+    pub(crate) replay: Arc<dyn ReplayGuard>,
     pub(crate) clock: SharedClock,
     #[cfg(feature = "redis")]
     feed: Option<crate::redis::FeedHandle>,
@@ -262,6 +286,7 @@ impl Verifier {
             key,
             alg,
             anchors,
+            policy: inner.policy,
         })))
     }
 
@@ -295,6 +320,38 @@ impl Verifier {
             return Err(AuthError::ZoneInvalid);
         }
         Ok(())
+    }
+
+    /// Whether `mandate` was verified under this verifier's policy (by this verifier
+    /// or a clone of it), so a stacked layer may reuse it without verifying again.
+    pub(crate) fn verified_here(&self, mandate: &Mandate) -> bool {
+        mandate.0.policy == self.inner.policy
+    }
+
+    /// A verifier with the same policy and another replay guard: two layers that
+    /// share a policy but record single uses in different stores.
+    #[cfg(test)]
+    pub(crate) fn with_replay_guard_for_tests(&self, guard: impl ReplayGuard) -> Verifier {
+        let i = &*self.inner;
+        Verifier {
+            inner: Arc::new(Inner {
+                policy: i.policy,
+                issuer: i.issuer.clone(),
+                audience: i.audience.clone(),
+                zone: i.zone.clone(),
+                token_use: i.token_use.clone(),
+                leeway: i.leeway,
+                max_token_bytes: i.max_token_bytes,
+                algorithms: i.algorithms.clone(),
+                keys: Arc::clone(&i.keys),
+                revocations: i.revocations.clone(),
+                cache: None,
+                replay: Arc::new(guard),
+                clock: Arc::clone(&i.clock),
+                #[cfg(feature = "redis")]
+                feed: None,
+            }),
+        }
     }
 
     /// Check a verified mandate against revocation and a route's requirements.
@@ -341,9 +398,12 @@ impl Verifier {
     }
 }
 
-/// Every anchor of a mandate, fingerprinted and de-duplicated.
+/// Every anchor of a mandate, fingerprinted and de-duplicated: the mandate's own
+/// identities, then every upstream identity (chain hops, `delegation_path` edges,
+/// `source_session_id`). An id found twice keeps the kind it was first found as.
 fn anchors_of(c: &Claims) -> Vec<Anchor> {
-    let mut out: Vec<Anchor> = Vec::with_capacity(4 + 2 * c.chain().map_or(0, |h| h.len()));
+    let mut out: Vec<Anchor> =
+        Vec::with_capacity(5 + 2 * c.chain().map_or(0, |h| h.len()) + c.delegation_path().len());
     let mut push = |id: Option<&str>, kind: AnchorKind| {
         if let Some(id) = id {
             let fp = fingerprint(id);
@@ -360,6 +420,10 @@ fn anchors_of(c: &Claims) -> Vec<Anchor> {
         push(hop.agent_session_id(), AnchorKind::ChainSession);
         push(hop.delegation_edge_id(), AnchorKind::ChainEdge);
     }
+    for edge in c.delegation_path().iter() {
+        push(Some(edge), AnchorKind::PathEdge);
+    }
+    push(c.source_session_id(), AnchorKind::SourceSession);
     // Kept as allocated: shrinking to fit would reallocate on most mandates.
     out
 }
@@ -387,6 +451,7 @@ pub struct VerifierBuilder {
     cache_entries: u64,
     cache_bytes: u64,
     replay: Option<Arc<dyn ReplayGuard>>,
+    replay_capacity: Option<u64>,
     #[cfg(feature = "redis")]
     redis: Option<crate::redis::RedisRevocations>,
 }
@@ -423,11 +488,17 @@ impl Default for VerifierBuilder {
             cache_entries: DEFAULT_CACHE_ENTRIES,
             cache_bytes: DEFAULT_CACHE_BYTES,
             replay: None,
+            replay_capacity: None,
             #[cfg(feature = "redis")]
             redis: None,
         }
     }
 }
+
+/// Variables that configure the Redis revocation feed: set in a build without the
+/// `redis` feature, they are refused rather than ignored.
+#[cfg(not(feature = "redis"))]
+const REDIS_VARS: [&str; 2] = ["CARACAL_REDIS_URL", "STREAMS_HMAC_KEY"];
 
 fn env_parse<T: std::str::FromStr>(
     get: &dyn Fn(&str) -> Option<String>,
@@ -458,6 +529,12 @@ impl VerifierBuilder {
     /// | `CARACAL_JWKS_MAX_STALENESS_SECS` | [`jwks_max_staleness`](Self::jwks_max_staleness) | 1800 |
     /// | `CARACAL_JWKS_COOLDOWN_SECS` | [`jwks_cooldown`](Self::jwks_cooldown) | 2 |
     /// | `CARACAL_MANDATE_CACHE` | [`mandate_cache`](Self::mandate_cache) (`on`/`off`) | `on` |
+    ///
+    /// With the `redis` feature, `CARACAL_REDIS_URL` and the variables next to it
+    /// attach the Redis revocation feed (see `RedisRevocations::from_lookup`). Without
+    /// the feature, a non-empty `CARACAL_REDIS_URL` or `STREAMS_HMAC_KEY` is an error
+    /// ([`ConfigError::Env`] naming it) rather than a verifier that silently runs
+    /// without the revocation feed it was configured for.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(&|k| std::env::var(k).ok())
     }
@@ -507,6 +584,18 @@ impl VerifierBuilder {
         #[cfg(feature = "redis")]
         if let Some(redis) = crate::redis::RedisRevocations::from_lookup(get)? {
             b = b.redis_revocations(redis);
+        }
+        #[cfg(not(feature = "redis"))]
+        for var in REDIS_VARS {
+            if get(var).is_some_and(|v| !v.trim().is_empty()) {
+                return Err(ConfigError::Env {
+                    var,
+                    reason: "set, but caracal-verifier was built without the `redis` \
+                             feature, so the revocation feed would not run; enable the \
+                             feature or unset the variable"
+                        .into(),
+                });
+            }
         }
         Ok(b)
     }
@@ -627,10 +716,28 @@ impl VerifierBuilder {
         self
     }
 
-    /// The store for [`Requirements::single_use`]. Default: in memory, for one
-    /// replica; use a shared store (Redis) when several replicas serve a route.
+    /// The store for [`Requirements::single_use`]. Default: a
+    /// [`MemoryReplayGuard`] of [`replay_capacity`](Self::replay_capacity) on this
+    /// verifier's clock, which remembers uses for one replica only; use a shared
+    /// store (`RedisReplayGuard`, feature `redis`) when several replicas serve a
+    /// single-use route.
     pub fn replay_guard(mut self, guard: impl ReplayGuard) -> Self {
         self.replay = Some(Arc::new(guard));
+        self
+    }
+
+    /// How many live single-use mandates the default in-memory guard records.
+    /// Default 1,000,000.
+    ///
+    /// A recorded mandate is kept until its `exp` plus the leeway, never evicted
+    /// earlier; when the guard is full, new single-use mandates are refused with 503
+    /// `revocation_unavailable` (and `Retry-After`) until recorded ones expire. Each
+    /// live entry costs about 200 bytes, so the default can grow to about 200 MB;
+    /// size it above (single-use requests per second × mandate lifetime). Must be
+    /// positive, and cannot be combined with [`replay_guard`](Self::replay_guard)
+    /// (size that guard yourself).
+    pub fn replay_capacity(mut self, capacity: u64) -> Self {
+        self.replay_capacity = Some(capacity);
         self
     }
 
@@ -695,12 +802,22 @@ impl VerifierBuilder {
                 .shared_clock(self.clock.clone())
                 .build()
         });
-        let replay = self.replay.unwrap_or_else(|| {
-            Arc::new(MemoryReplayGuard::with_clock_shared(
-                1_000_000,
+        let replay: Arc<dyn ReplayGuard> = match (self.replay, self.replay_capacity) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "replay_capacity",
+                    "applies only to the default in-memory guard, not to one set with replay_guard",
+                ));
+            }
+            (_, Some(0)) => {
+                return Err(ConfigError::invalid("replay_capacity", "must be positive"));
+            }
+            (Some(guard), None) => guard,
+            (None, capacity) => Arc::new(MemoryReplayGuard::with_clock_shared(
+                capacity.unwrap_or(DEFAULT_REPLAY_CAPACITY),
                 self.clock.clone(),
-            ))
-        });
+            )),
+        };
         #[cfg(feature = "redis")]
         let feed = match self.redis {
             Some(cfg) => Some(cfg.spawn(revocations.clone(), self.clock.clone())?),
@@ -708,6 +825,7 @@ impl VerifierBuilder {
         };
         Ok(Verifier {
             inner: Arc::new(Inner {
+                policy: PolicyId::fresh(),
                 issuer,
                 audience,
                 zone,
@@ -762,4 +880,53 @@ fn jwks_url(issuer: &str, zone: &str) -> Result<String, ConfigError> {
     .map_err(|_| bad("not a URL"))?;
     url.query_pairs_mut().append_pair("zone_id", zone);
     Ok(url.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    }
+
+    const BASE: [(&str, &str); 3] = [
+        ("CARACAL_STS_URL", "https://sts.example.com"),
+        ("CARACAL_ZONE_ID", "zone-1"),
+        ("CARACAL_AUDIENCE", "resource://api"),
+    ];
+
+    #[test]
+    fn from_lookup_reads_the_base_settings() {
+        let b = VerifierBuilder::from_lookup(&lookup(&BASE)).unwrap();
+        assert_eq!(b.zone.as_deref(), Some("zone-1"));
+        // Empty values count as unset.
+        let mut vars = BASE.to_vec();
+        vars.push(("CARACAL_REDIS_URL", " "));
+        vars.push(("STREAMS_HMAC_KEY", ""));
+        assert!(VerifierBuilder::from_lookup(&lookup(&vars)).is_ok());
+    }
+
+    #[cfg(not(feature = "redis"))]
+    #[test]
+    fn redis_settings_without_the_redis_feature_are_refused() {
+        for (var, value) in [
+            ("CARACAL_REDIS_URL", "redis://redis.internal:6379"),
+            ("STREAMS_HMAC_KEY", "c2VjcmV0"),
+        ] {
+            let mut vars = BASE.to_vec();
+            vars.push((var, value));
+            let err = VerifierBuilder::from_lookup(&lookup(&vars)).unwrap_err();
+            let ConfigError::Env { var: named, reason } = &err else {
+                panic!("expected an Env error, got {err:?}");
+            };
+            assert_eq!(*named, var);
+            assert!(reason.contains("without the `redis` feature"), "{reason}");
+            assert!(!err.to_string().contains(value), "the value is not echoed");
+        }
+    }
 }

@@ -1086,3 +1086,197 @@ fn verify_outside_a_tokio_runtime_fails_closed_instead_of_panicking() {
     };
     assert_eq!(err.code(), ErrorCode::StsUnavailable);
 }
+
+// ---------------------------------------------------------------------------
+// The single-use guard when full
+
+#[tokio::test]
+async fn a_full_replay_guard_refuses_new_mandates_and_forgets_no_live_one() {
+    let e = env_with(|b| b.replay_capacity(2)).await;
+    let once = Requirements::new().single_use();
+    // Default lifetime: exp = T0 + 300, remembered until exp + 60 s of leeway.
+    let first = e.sts.mandate().jti("jti-1").sign();
+    let second = e.sts.mandate().jti("jti-2").sign();
+    let third = e.sts.mandate().jti("jti-3").ttl(3600).sign();
+    e.verifier.verify(&first, &once).await.unwrap();
+    e.verifier.verify(&second, &once).await.unwrap();
+    for _ in 0..2 {
+        let err = deny(&e, &third, &once).await;
+        assert_eq!(
+            (err.code(), err.status().as_u16()),
+            (ErrorCode::RevocationUnavailable, 503),
+            "full of live mandates: a new one is refused, never accepted"
+        );
+        for used in [&first, &second] {
+            assert_eq!(
+                reason_with(&e, used, &once).await,
+                Some(InvalidReason::Replayed),
+                "a live mandate is never evicted to make room"
+            );
+        }
+    }
+    // Routes without the requirement do not touch the guard.
+    e.verifier.verify(&third, &none()).await.unwrap();
+    // By the injected clock, the first two are past exp + leeway: their slots free.
+    e.clock.advance(Duration::from_secs(360));
+    assert_eq!(reason(&e, &first).await, Some(InvalidReason::Expired));
+    e.verifier.verify(&third, &once).await.unwrap();
+    assert_eq!(
+        reason_with(&e, &third, &once).await,
+        Some(InvalidReason::Replayed)
+    );
+}
+
+#[tokio::test]
+async fn a_memory_guard_on_the_verifier_clock_expires_by_that_clock() {
+    let sts = TestIssuer::start(ZONE).await.unwrap();
+    let clock = ManualClock::new(Duration::from_secs(T0));
+    sts.set_clock(clock.clone());
+    let verifier = builder(&sts, &clock)
+        .replay_guard(caracal_verifier::replay::MemoryReplayGuard::with_clock(
+            1,
+            clock.clone(),
+        ))
+        .build()
+        .unwrap();
+    let once = Requirements::new().single_use();
+    let short = sts.mandate().ttl(10).sign();
+    let long = sts.mandate().ttl(3600).sign();
+    verifier.verify(&short, &once).await.unwrap();
+    let err = verifier.verify(&long, &once).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::RevocationUnavailable);
+    // exp + leeway = T0 + 70.
+    clock.advance(Duration::from_secs(69));
+    let err = verifier.verify(&short, &once).await.unwrap_err();
+    assert_eq!(err.reason(), Some(InvalidReason::Replayed));
+    clock.advance(Duration::from_secs(1));
+    verifier.verify(&long, &once).await.unwrap();
+}
+
+#[test]
+fn replay_capacity_is_checked_at_build() {
+    let b = || {
+        Verifier::builder()
+            .issuer("https://sts.example.com")
+            .audience(AUD)
+            .zone(ZONE)
+    };
+    let err = b().replay_capacity(0).build().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConfigError::Invalid {
+                setting: "replay_capacity",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = b()
+        .replay_guard(caracal_verifier::replay::MemoryReplayGuard::new(5))
+        .replay_capacity(10)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConfigError::Invalid {
+                setting: "replay_capacity",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    b().replay_capacity(10).build().unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Upstream identities outside the chain
+
+#[tokio::test]
+async fn a_revoked_upstream_edge_in_the_path_kills_a_chainless_mandate() {
+    let e = env().await;
+    let token = e
+        .sts
+        .mandate()
+        .agent_session("session-child")
+        .claim("delegation_edge_id", json!("edge-3"))
+        .delegation_path(["edge-1", "edge-2", "edge-3"])
+        .sign();
+    let m = e.verifier.verify(&token, &none()).await.unwrap();
+    assert!(
+        m.delegation_chain().is_empty(),
+        "no chain to carry the edges"
+    );
+    e.verifier.revocations().revoke("edge-1");
+    let err = deny(&e, &token, &none()).await;
+    assert_eq!(
+        err,
+        AuthError::SessionRevoked {
+            anchor: AnchorKind::PathEdge
+        }
+    );
+    assert_eq!(
+        (err.code().as_str(), err.status().as_u16()),
+        ("session_revoked", 401)
+    );
+    assert_eq!(AnchorKind::PathEdge.as_str(), "delegation_path");
+}
+
+#[tokio::test]
+async fn a_revoked_source_session_kills_the_mandate() {
+    let e = env().await;
+    let token = e
+        .sts
+        .mandate()
+        .agent_session("session-child")
+        .source_session("session-parent")
+        .sign();
+    e.verifier.verify(&token, &none()).await.unwrap();
+    e.verifier.revocations().revoke("session-parent");
+    let err = deny(&e, &token, &none()).await;
+    assert_eq!(
+        err,
+        AuthError::SessionRevoked {
+            anchor: AnchorKind::SourceSession
+        }
+    );
+    assert_eq!(err.code().as_str(), "session_revoked");
+    assert_eq!(AnchorKind::SourceSession.as_str(), "source_session_id");
+}
+
+#[tokio::test]
+async fn hops_count_the_delegation_path() {
+    let e = env().await;
+    let path = ["edge-1", "edge-2", "edge-3", "edge-4"];
+    let understated = e.sts.mandate().delegation_path(path).hop_count(1).sign();
+    let m = e.verifier.verify(&understated, &none()).await.unwrap();
+    assert_eq!(m.hop_count(), Some(1));
+    assert_eq!(m.delegation_path().len(), 4);
+    assert_eq!(m.hops(), 4, "the path is longer than hop_count says");
+    let err = deny(&e, &understated, &Requirements::new().max_hops(3)).await;
+    assert_eq!(
+        err,
+        AuthError::HopCountExceeded { hops: 4, limit: 3 },
+        "{err:?}"
+    );
+    assert_eq!(err.code(), ErrorCode::HopCountExceeded);
+    e.verifier
+        .verify(&understated, &Requirements::new().max_hops(4))
+        .await
+        .unwrap();
+    // A path without hop_count or chain counts too.
+    let bare = e.sts.mandate().delegation_path(path).sign();
+    let m = e.verifier.verify(&bare, &none()).await.unwrap();
+    assert_eq!((m.hop_count(), m.hops()), (None, 4));
+    // The builder's delegation(n) keeps all three in agreement.
+    let m = e
+        .verifier
+        .verify(&e.sts.mandate().delegation(3).sign(), &none())
+        .await
+        .unwrap();
+    assert_eq!(
+        (m.hop_count(), m.delegation_path().len(), m.hops()),
+        (Some(3), 3, 3)
+    );
+}

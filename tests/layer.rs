@@ -595,11 +595,53 @@ impl JwksFetcher for DeadFetcher {
 }
 
 #[tokio::test]
-async fn stacked_layers_verify_once() {
+async fn stacked_layers_with_one_verifier_verify_once() {
+    let sts = TestIssuer::start(ZONE).await.unwrap();
+    let v = verifier(&sts);
+    let once = Requirements::new().single_use();
+    let router = Router::new()
+        .route(
+            "/scoped",
+            get(principal).route_layer(MandateLayer::new(
+                v.clone(),
+                Requirements::new().scopes(["tickets:write"]),
+            )),
+        )
+        .route(
+            "/once",
+            get(principal).route_layer(MandateLayer::new(v.clone(), once.clone())),
+        )
+        .layer(MandateLayer::new(v.clone(), once));
+    let addr = serve(router).await;
+    let http = client();
+    let call = |path: &str, token: &str| {
+        Reply::of(http.get(format!("http://{addr}{path}")).bearer_auth(token))
+    };
+
+    let writer = sts.mandate().scopes(["tickets:write"]).sign();
+    assert_eq!(call("/scoped", &writer).await.status, 200);
+    // Valid for the outer layer, short of the inner requirement: the inner 403.
+    let reader = sts.mandate().scopes(["tickets:read"]).sign();
+    call("/scoped", &reader)
+        .await
+        .assert_denied(403, "scope_insufficient");
+    // Both layers are single-use with one verifier: the use is recorded once, so
+    // the inner layer does not see its own outer layer's use as a replay.
+    let fresh = sts.mandate().sign();
+    assert_eq!(call("/once", &fresh).await.status, 200);
+    let replay = call("/once", &fresh).await;
+    replay.assert_denied(401, "invalid_token");
+    assert_eq!(replay.body["details"]["reason"], "replayed");
+    assert_eq!(v.jwks_fetches(), 1);
+    assert_eq!(sts.jwks_requests(), 1);
+}
+
+#[tokio::test]
+async fn an_inner_layer_with_another_key_source_verifies_again() {
     let sts = TestIssuer::start(ZONE).await.unwrap();
     let outer = verifier(&sts);
-    // Same issuer, audience and zone, but unable to fetch keys: it can only succeed
-    // by reusing the mandate the outer layer verified.
+    // Same issuer, audience and zone, but its key source cannot fetch keys: reusing
+    // the outer layer's mandate would accept a token this verifier cannot check.
     let dead = DeadFetcher::default();
     let inner = Verifier::builder()
         .issuer(sts.issuer_url())
@@ -611,35 +653,117 @@ async fn stacked_layers_verify_once() {
     let router = Router::new()
         .route(
             "/scoped",
-            get(principal).route_layer(MandateLayer::new(
-                inner.clone(),
-                Requirements::new().scopes(["tickets:write"]),
-            )),
+            get(principal).route_layer(MandateLayer::new(inner, Requirements::new())),
         )
-        .layer(MandateLayer::new(outer.clone(), Requirements::new()));
+        .layer(MandateLayer::new(outer, Requirements::new()));
+    let addr = serve(router).await;
+    let token = sts.mandate().sign();
+    let reply = Reply::of(
+        client()
+            .get(format!("http://{addr}/scoped"))
+            .bearer_auth(&token),
+    )
+    .await;
+    reply.assert_denied(503, "sts_unavailable");
+    assert!(
+        dead.0.load(Ordering::SeqCst) >= 1,
+        "the inner layer verified"
+    );
+}
+
+/// An outer layer built for `outer_b`, an inner layer built for `inner_b`, both on
+/// `sts`'s issuer, audience and zone; `path` is served by both.
+async fn stacked(
+    sts: &TestIssuer,
+    outer_b: impl FnOnce(caracal_verifier::VerifierBuilder) -> caracal_verifier::VerifierBuilder,
+    inner_b: impl FnOnce(caracal_verifier::VerifierBuilder) -> caracal_verifier::VerifierBuilder,
+) -> String {
+    let base = || {
+        Verifier::builder()
+            .issuer(sts.issuer_url())
+            .audience(AUDIENCE)
+            .zone(ZONE)
+    };
+    let outer = outer_b(base()).build().unwrap();
+    let inner = inner_b(base()).build().unwrap();
+    let router = Router::new()
+        .route(
+            "/stacked",
+            get(principal).route_layer(MandateLayer::new(inner, Requirements::new())),
+        )
+        .layer(MandateLayer::new(outer, Requirements::new()));
+    format!("http://{}/stacked", serve(router).await)
+}
+
+#[tokio::test]
+async fn an_inner_layer_with_another_token_use_denies_what_the_outer_accepts() {
+    let sts = TestIssuer::start(ZONE).await.unwrap();
+    let url = stacked(&sts, |b| b, |b| b.token_use("gateway")).await;
+    // A resource mandate: good for the outer layer, not for the inner one.
+    let reply = Reply::of(client().get(&url).bearer_auth(sts.mandate().sign())).await;
+    reply.assert_denied(401, "invalid_token");
+    assert_eq!(reply.body["details"]["reason"], "use");
+    let gateway = sts.mandate().claim("use", json!("gateway")).sign();
+    let reply = Reply::of(client().get(&url).bearer_auth(gateway)).await;
+    assert_eq!(
+        reply.status, 401,
+        "and the outer layer denies a gateway mandate"
+    );
+}
+
+#[tokio::test]
+async fn an_inner_layer_with_other_algorithms_denies_what_the_outer_accepts() {
+    let sts = TestIssuer::start(ZONE).await.unwrap();
+    let url = stacked(
+        &sts,
+        |b| b,
+        |b| b.algorithms([caracal_verifier::Algorithm::EdDSA]),
+    )
+    .await;
+    let reply = Reply::of(client().get(&url).bearer_auth(sts.mandate().sign())).await;
+    reply.assert_denied(401, "invalid_token");
+    assert_eq!(reply.body["details"]["reason"], "algorithm");
+}
+
+#[tokio::test]
+async fn an_inner_single_use_layer_with_its_own_guard_records_the_use() {
+    let sts = TestIssuer::start(ZONE).await.unwrap();
+    // The outer layer keeps uses in its verifier's memory; the inner layer's
+    // verifier has its own guard, and also protects `/direct` on its own (as
+    // another replica sharing its store would).
+    let outer = verifier(&sts);
+    let inner = verifier(&sts);
+    let once = Requirements::new().single_use();
+    let router = Router::new()
+        .route(
+            "/stacked",
+            get(principal)
+                .route_layer(MandateLayer::new(inner.clone(), once.clone()))
+                .route_layer(MandateLayer::new(outer, once.clone())),
+        )
+        .route(
+            "/direct",
+            get(principal).route_layer(MandateLayer::new(inner, once)),
+        );
     let addr = serve(router).await;
     let http = client();
-    let url = format!("http://{addr}/scoped");
-
-    let writer = sts.mandate().scopes(["tickets:write"]).sign();
-    for _ in 0..3 {
-        let reply = Reply::of(http.get(&url).bearer_auth(&writer)).await;
-        assert_eq!(reply.status, 200, "{reply:#?}");
-    }
-    // Valid for the outer layer, short of the inner requirement: the inner 403.
-    let reader = sts.mandate().scopes(["tickets:read"]).sign();
-    Reply::of(http.get(&url).bearer_auth(&reader))
-        .await
-        .assert_denied(403, "scope_insufficient");
-
+    let token = sts.mandate().sign();
+    let first = Reply::of(
+        http.get(format!("http://{addr}/stacked"))
+            .bearer_auth(&token),
+    )
+    .await;
+    assert_eq!(first.status, 200, "{first:#?}");
+    let replay = Reply::of(
+        http.get(format!("http://{addr}/direct"))
+            .bearer_auth(&token),
+    )
+    .await;
+    replay.assert_denied(401, "invalid_token");
     assert_eq!(
-        dead.0.load(Ordering::SeqCst),
-        0,
-        "the inner layer never verified"
+        replay.body["details"]["reason"], "replayed",
+        "the inner guard recorded the use made through the stacked route"
     );
-    assert_eq!(inner.jwks_fetches(), 0);
-    assert_eq!(outer.jwks_fetches(), 1);
-    assert_eq!(sts.jwks_requests(), 1);
 }
 
 #[tokio::test]
@@ -831,4 +955,56 @@ async fn each_decision_emits_one_event_without_the_token() {
         assert!(!out.contains(signature), "a token leaked into the logs");
     }
     assert!(!out.to_ascii_lowercase().contains("authorization"));
+}
+
+#[tokio::test]
+async fn a_full_replay_guard_is_503_with_retry_after_over_http() {
+    let sts = TestIssuer::start(ZONE).await.expect("start issuer");
+    let verifier = Verifier::builder()
+        .issuer(sts.issuer_url())
+        .audience(AUDIENCE)
+        .zone(ZONE)
+        .replay_capacity(1)
+        .build()
+        .expect("valid verifier settings");
+    let addr = serve(Router::new().route(
+        "/once",
+        guarded(&verifier, Requirements::new().single_use()),
+    ))
+    .await;
+    let http = client();
+    let call =
+        |token: String| Reply::of(http.get(format!("http://{addr}/once")).bearer_auth(token));
+    let first = sts.mandate().sign();
+    assert_eq!(call(first.clone()).await.status, 200);
+    let full = call(sts.mandate().sign()).await;
+    full.assert_denied(503, "revocation_unavailable");
+    assert_eq!(full.header("retry-after"), Some("5"));
+    // The recorded mandate was not evicted to make room.
+    let replay = call(first).await;
+    replay.assert_denied(401, "invalid_token");
+    assert_eq!(replay.body["details"]["reason"], "replayed");
+}
+
+#[tokio::test]
+async fn handlers_see_the_authorization_header_marked_sensitive() {
+    let sts = TestIssuer::start(ZONE).await.unwrap();
+    let v = verifier(&sts);
+    let router = Router::new().route(
+        "/headers",
+        get(|headers: http::HeaderMap| async move {
+            let auth = &headers["authorization"];
+            format!("sensitive={}", auth.is_sensitive())
+        })
+        .route_layer(MandateLayer::new(v, Requirements::new())),
+    );
+    let addr = serve(router).await;
+    let reply = Reply::of(
+        client()
+            .get(format!("http://{addr}/headers"))
+            .bearer_auth(sts.mandate().sign()),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:#?}");
+    assert_eq!(reply.body, "sensitive=true");
 }

@@ -74,16 +74,23 @@
 //! generate it and allowed requests log none. When layers stack, each layer that
 //! decides emits its own event (the outer layer's `allow`, then the route layer's
 //! verdict). The token and the `Authorization` header are never recorded, and the
-//! layer opens no span.
+//! layer opens no span. The layer marks every `Authorization` value sensitive
+//! ([`HeaderValue::set_sensitive`](http::HeaderValue::set_sensitive)) before
+//! passing the request on, so the inner service, and any tracing or logging layer
+//! inside this one, sees it redacted in `Debug`.
 //!
 //! # Stacking
 //!
 //! A router-wide layer can carry the zone and issuer checks while route layers
 //! (`Router::route_layer`, `MethodRouter::route_layer`) add scopes, agent, delegation
-//! and chain requirements. The token is verified once: an inner layer reuses the
-//! [`Mandate`](crate::Mandate) an outer layer verified for the same issuer, audience
-//! and zone, re-checking only expiry, revocation and its own requirements. A
-//! single-use mandate is recorded once per request however many layers require it.
+//! and chain requirements. Give them the same [`Verifier`](crate::Verifier) (or
+//! clones of it) and the token is verified once: an inner layer reuses the
+//! [`Mandate`](crate::Mandate) an outer layer verified under the same policy,
+//! re-checking only expiry, revocation and its own requirements. A layer with a
+//! separately built verifier verifies the token again under its own policy (`use`,
+//! algorithms, key source, revocation set). A single-use mandate is recorded once
+//! per replay guard per request, however many layers require it: layers sharing a
+//! verifier record it once, and a layer with another guard records it in its own.
 
 mod bearer;
 mod builder_ext;

@@ -17,6 +17,7 @@ use super::bearer::bearer;
 use super::reject::{self, JsonRenderer, Rejecter, Renderer};
 use crate::error::AuthError;
 use crate::mandate::Mandate;
+use crate::replay::ReplayGuard;
 use crate::requirements::Requirements;
 use crate::verifier::Verifier;
 
@@ -35,10 +36,13 @@ const DECISION_TARGET: &str = "caracal_verifier::decision";
 ///
 /// # Stacking
 ///
-/// When the request already carries a [`Mandate`] verified for the same issuer,
-/// audience and zone (put there by an outer `MandateLayer`), the token is not
-/// verified again: the mandate is only re-checked for expiry and revocation and
-/// checked against this layer's requirements. A router-wide layer can carry the
+/// When the request already carries a [`Mandate`] verified under this layer's
+/// policy (put there by an outer `MandateLayer` built with the same [`Verifier`]
+/// or a clone of it), the token is not verified again: the mandate is only
+/// re-checked for expiry and revocation and checked against this layer's
+/// requirements. A mandate from a separately built verifier is never reused, even
+/// with the same issuer, audience and zone, since its `use`, algorithms, key
+/// source or revocation set may differ: the token is verified again. A router-wide layer can carry the
 /// zone and issuer checks while route layers add scopes, agent, delegation and
 /// chain requirements.
 ///
@@ -181,10 +185,21 @@ impl<S> MandateService<S> {
     }
 }
 
-/// Marks a mandate whose single use has been recorded during this request, so a
-/// stacked single-use layer does not count it twice (and deny it as replayed).
-#[derive(Clone)]
-struct Consumed(Mandate);
+/// The single uses recorded during this request: which replay guard recorded
+/// which mandate. A stacked single-use layer skips recording only when its own
+/// guard already recorded this mandate (counting it twice would deny it as
+/// replayed); a layer with another guard, say a shared store behind an in-memory
+/// one, still records it in its own.
+#[derive(Clone, Default)]
+struct Consumed(Vec<(Arc<dyn ReplayGuard>, Mandate)>);
+
+impl Consumed {
+    fn by(&self, guard: &Arc<dyn ReplayGuard>, m: &Mandate) -> bool {
+        self.0
+            .iter()
+            .any(|(g, c)| Arc::ptr_eq(g, guard) && c.issuer() == m.issuer() && c.jti() == m.jti())
+    }
+}
 
 /// Left in the extensions of a request an optional layer let through without
 /// credentials, so the `Mandate` extractor can deny it like the layer would have.
@@ -207,7 +222,7 @@ impl Config {
     fn start(self: &Arc<Self>, extensions: &http::Extensions, headers: &http::HeaderMap) -> Start {
         let verifier = &self.verifier;
         if let Some(m) = extensions.get::<Mandate>()
-            && verified_for(verifier, m)
+            && verifier.verified_here(m)
         {
             let m = m.clone();
             if let Err(e) = verifier.authorize(&m, &self.reqs) {
@@ -215,7 +230,7 @@ impl Config {
             }
             let consumed = extensions
                 .get::<Consumed>()
-                .is_some_and(|c| c.0.issuer() == m.issuer() && c.0.jti() == m.jti());
+                .is_some_and(|c| c.by(&verifier.inner.replay, &m));
             if self.reqs.is_single_use() && !consumed {
                 let config = Arc::clone(self);
                 return Start::Pending(Box::pin(async move {
@@ -249,7 +264,14 @@ impl Config {
             Some(m) => {
                 record(self, request_id, Ok(Some(&m)));
                 if self.reqs.is_single_use() {
-                    req.extensions_mut().insert(Consumed(m.clone()));
+                    let guard = Arc::clone(&self.verifier.inner.replay);
+                    let ext = req.extensions_mut();
+                    match ext.get_mut::<Consumed>() {
+                        Some(c) => c.0.push((guard, m.clone())),
+                        None => {
+                            ext.insert(Consumed(vec![(guard, m.clone())]));
+                        }
+                    }
                 }
                 req.extensions_mut().insert(m);
             }
@@ -276,12 +298,26 @@ impl Config {
     }
 }
 
-/// Whether a mandate found in the extensions was verified for this verifier's
-/// issuer, audience and zone, so it can be reused instead of verifying again.
-fn verified_for(verifier: &Verifier, m: &Mandate) -> bool {
-    m.issuer() == verifier.issuer()
-        && m.zone_id() == verifier.zone()
-        && m.audience().iter().any(|a| a == verifier.audience())
+/// Mark every `Authorization` value sensitive, so tracing and debug layers further
+/// in do not record the credential.
+fn mark_authorization_sensitive(headers: &mut http::HeaderMap) {
+    use http::header::{AUTHORIZATION, Entry};
+    match headers.try_entry(AUTHORIZATION) {
+        Ok(Entry::Occupied(mut auth)) => {
+            for value in auth.iter_mut() {
+                value.set_sensitive(true);
+            }
+        }
+        Ok(Entry::Vacant(_)) => {}
+        // A map at its maximum size: walk it instead (`entry` would panic).
+        Err(_) => {
+            for (name, value) in headers.iter_mut() {
+                if name == AUTHORIZATION {
+                    value.set_sensitive(true);
+                }
+            }
+        }
+    }
 }
 
 /// The one tracing event of a decision. Never includes the token.
@@ -350,6 +386,7 @@ where
         let clone = self.inner.clone();
         let mut inner = mem::replace(&mut self.inner, clone);
         let config = &self.config;
+        mark_authorization_sensitive(req.headers_mut());
         // Generated only when a denial needs one: allowed requests stay cheap.
         let request_id = reject::incoming_request_id(req.headers()).map(str::to_owned);
         let state = match config.start(req.extensions(), req.headers()) {
@@ -488,6 +525,7 @@ mod tests {
     use tower::{ServiceBuilder, ServiceExt};
 
     use super::*;
+    use crate::replay::MemoryReplayGuard;
     use crate::testing::TestIssuer;
 
     type Body = http_body_util::Full<Bytes>;
@@ -604,6 +642,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_inner_service_sees_authorization_marked_sensitive() {
+        let (sts, verifier) = setup().await;
+        let sensitive = tower::service_fn(|req: Request<Body>| async move {
+            let all: Vec<bool> = req
+                .headers()
+                .get_all("authorization")
+                .iter()
+                .map(http::HeaderValue::is_sensitive)
+                .collect();
+            Ok::<_, Infallible>(Response::new(Body::from(format!("{all:?}"))))
+        });
+        let svc = MandateLayer::new(verifier, Requirements::new())
+            .optional()
+            .layer(sensitive);
+        let token = sts.mandate().sign();
+        let req = get(Some(&token));
+        assert!(!req.headers()["authorization"].is_sensitive());
+        let res = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(body(res).await, "[true]");
+        // An optional layer lets other schemes through, marked too.
+        let mut basic = get(None);
+        basic
+            .headers_mut()
+            .insert("authorization", "Basic dXNlcjpwYXNz".parse().unwrap());
+        assert_eq!(body(svc.oneshot(basic).await.unwrap()).await, "[true]");
+    }
+
+    #[tokio::test]
     async fn allowed_requests_carry_the_mandate() {
         let (sts, verifier) = setup().await;
         let svc = MandateLayer::new(verifier, Requirements::new().scopes(["a"])).layer(echo());
@@ -647,6 +714,28 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&body(res).await).unwrap();
         assert_eq!(json["details"]["reason"], "replayed");
         assert_eq!(verifier.jwks_fetches(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_layer_with_another_guard_records_the_use_in_its_own() {
+        let (sts, verifier) = setup().await;
+        // Same policy, another store: as if the inner layer shared uses across
+        // replicas while the outer one kept them in memory.
+        let shared = verifier.with_replay_guard_for_tests(MemoryReplayGuard::new(100));
+        let single = Requirements::new().single_use();
+        let stacked = ServiceBuilder::new()
+            .layer(MandateLayer::new(verifier.clone(), single.clone()))
+            .layer(MandateLayer::new(shared.clone(), single.clone()))
+            .service(echo());
+        let token = sts.mandate().subject("carol").sign();
+        let res = stacked.oneshot(get(Some(&token))).await.unwrap();
+        assert_eq!(res.status(), 200);
+        // Another replica behind the shared store only: the use was recorded there.
+        let replica = MandateLayer::new(shared, single).layer(echo());
+        let res = replica.oneshot(get(Some(&token))).await.unwrap();
+        assert_eq!(res.status(), 401, "a replay through the shared store");
+        let json: serde_json::Value = serde_json::from_str(&body(res).await).unwrap();
+        assert_eq!(json["details"]["reason"], "replayed");
     }
 
     #[tokio::test]

@@ -529,6 +529,23 @@ impl MandateBuilder {
         self.set("delegation_chain", Value::Array(hops))
     }
 
+    /// Sets `delegation_path` (delegation edge ids from the root) to exactly these
+    /// edges; no other claim is changed.
+    pub fn delegation_path<I, S>(self, edges: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let edges: Vec<String> = edges.into_iter().map(Into::into).collect();
+        self.set("delegation_path", json!(edges))
+    }
+
+    /// Sets `source_session_id` (the delegating parent session); no other claim is
+    /// changed.
+    pub fn source_session(self, id: impl Into<String>) -> Self {
+        self.set("source_session_id", json!(id.into()))
+    }
+
     /// Sets `hop_count`.
     pub fn hop_count(self, n: u64) -> Self {
         self.set("hop_count", json!(n))
