@@ -1,0 +1,309 @@
+//! The revocation feed under a hostile Redis writer (issue "fail closed for real").
+//!
+//! Run (needs `redis-server` on `PATH`):
+//!
+//! ```text
+//! cargo bench --all-features --bench hostile_feed
+//! ```
+//!
+//! It starts its own `redis-server` on an ephemeral loopback port, a `TestIssuer` and
+//! a `Verifier` with a signed Redis feed, then measures, in one run:
+//!
+//! 1. **Reset to enforcement.** N times (`CARACAL_HOSTILE_N`, default 200): the
+//!    stream is deleted and a signed revocation of a fresh `sid` is added; the time
+//!    from that `XADD` until `verify()` first answers `session_revoked`. Two variants:
+//!    a plain `DEL`, and the attack of the issue, where an unsigned entry with a
+//!    far-future id (`99999999999999-0`) was added and seen first.
+//! 2. **Request latency with a huge unsigned entry.** `verify()` of a cached mandate,
+//!    timed call by call (20,000 calls), first with an empty stream, then from the
+//!    moment a 100 MiB unsigned entry is added (built inside Redis by `EVAL`, so this
+//!    process never holds it) until the feed has dropped it and 20,000 calls were made.
+//! 3. **Resident memory.** Sampled every 2 ms: the baseline, the peak during (2), and
+//!    the peak while a second verifier starts and catches up past four 100 MiB
+//!    entries.
+//!
+//! Without `--bench` (e.g. `cargo test --benches`) it runs a smoke version with
+//! 4 MiB entries and a few rounds.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use caracal_verifier::redis::RedisRevocations;
+use caracal_verifier::revocation::{SESSIONS_REVOKE_STREAM, sign_fields};
+use caracal_verifier::testing::TestIssuer;
+use caracal_verifier::{ErrorCode, Requirements, Verifier};
+
+mod common;
+use common::now;
+
+#[path = "../tests/redis_common/mod.rs"]
+mod redis_common;
+use redis_common::{RedisServer, resident_bytes, stream_key};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[i.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+fn summary(label: &str, lat: &mut [Duration], unit: fn(Duration) -> f64, name: &str) {
+    lat.sort();
+    println!(
+        "{label:<44} n={:<6} p50={:>9.3} {name}  p99={:>9.3} {name}  max={:>9.3} {name}",
+        lat.len(),
+        unit(percentile(lat, 50.0)),
+        unit(percentile(lat, 99.0)),
+        unit(*lat.last().unwrap())
+    );
+}
+
+/// Samples this process's resident memory until stopped; returns the peak.
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssSampler {
+    fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(resident_bytes().unwrap_or(0)));
+        let (s, p) = (stop.clone(), peak.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                p.fetch_max(resident_bytes().unwrap_or(0), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        Self {
+            stop,
+            peak,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+fn dropped(v: &Verifier) -> u64 {
+    v.revocation_feed()
+        .and_then(|f| f.status())
+        .map_or(0, |s| s.dropped)
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !f() {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "timed out waiting until {what}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        return;
+    }
+    let full = args.iter().any(|a| a == "--bench");
+    let rounds: usize = if full {
+        std::env::var("CARACAL_HOSTILE_N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200)
+    } else {
+        5
+    };
+    let huge: usize = if full { 100 << 20 } else { 4 << 20 };
+    let calls = if full { 20_000 } else { 1_000 };
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime");
+    let key = stream_key();
+    let feed = |url: String| RedisRevocations::new(url).stream_key(stream_key());
+    let (redis, sts, v, mut conn) = rt.block_on(async {
+        let redis = RedisServer::start().await;
+        let sts = TestIssuer::start("zone-1")
+            .await
+            .expect("start the test issuer");
+        let v = ready(&sts, feed(redis.url())).await;
+        let conn = redis.connection().await;
+        (redis, sts, v, conn)
+    });
+    let reqs = Requirements::new().scopes(["tickets:read"]);
+    let mut query = |cmd: &redis::Cmd| -> redis::Value {
+        rt.block_on(cmd.query_async(&mut conn))
+            .expect("redis command")
+    };
+    let baseline = resident_bytes().unwrap_or(0);
+
+    // 1. Reset to enforcement.
+    for junk_first in [false, true] {
+        let mut lat = Vec::with_capacity(rounds);
+        for i in 0..rounds {
+            if junk_first {
+                let seen = dropped(&v);
+                let mut junk = redis::cmd("XADD");
+                junk.arg(SESSIONS_REVOKE_STREAM)
+                    .arg("99999999999999-0")
+                    .arg("junk")
+                    .arg("x");
+                query(&junk);
+                wait_until("the far-future entry is seen", || dropped(&v) > seen);
+            }
+            query(redis::cmd("DEL").arg(SESSIONS_REVOKE_STREAM));
+            let sid = format!("reset-{junk_first}-{i}");
+            let token = sts
+                .mandate()
+                .sid(sid.as_str())
+                .scopes(["tickets:read"])
+                .ttl(3600)
+                .sign();
+            now(v.verify(&token, &reqs)).expect("accepted before the revocation");
+            let fields = [
+                ("zone_id", "zone-1"),
+                ("sid", sid.as_str()),
+                ("reason", "bench"),
+            ];
+            let sig = sign_fields(&key, SESSIONS_REVOKE_STREAM, &fields);
+            let mut xadd = redis::cmd("XADD");
+            xadd.arg(SESSIONS_REVOKE_STREAM).arg("*");
+            for (k, val) in fields.iter().chain([&("_sig", sig.as_str())]) {
+                xadd.arg(*k).arg(*val);
+            }
+            let t0 = Instant::now();
+            query(&xadd);
+            loop {
+                match now(v.verify(&token, &reqs)) {
+                    Ok(_) => {}
+                    Err(e) if e.code() == ErrorCode::SessionRevoked => break,
+                    // Briefly not fresh while re-reading: fail closed, keep waiting.
+                    Err(e) if e.code() == ErrorCode::RevocationUnavailable => {}
+                    Err(e) => panic!("unexpected rejection: {e}"),
+                }
+                assert!(t0.elapsed() < DEADLINE, "the revocation was never enforced");
+                std::thread::yield_now();
+            }
+            lat.push(t0.elapsed());
+        }
+        let label = if junk_first {
+            "reset: far-future junk, DEL, signed XADD"
+        } else {
+            "reset: DEL, signed XADD"
+        };
+        summary(label, &mut lat, ms, "ms");
+    }
+    query(redis::cmd("DEL").arg(SESSIONS_REVOKE_STREAM));
+
+    // 2. Request latency, empty stream, then with a huge unsigned entry.
+    let token = sts.mandate().scopes(["tickets:read"]).ttl(3600).sign();
+    now(v.verify(&token, &reqs)).expect("a valid mandate");
+    let timed = |n: usize, until: &dyn Fn() -> bool| {
+        let mut lat = Vec::with_capacity(n);
+        let mut refused = 0u64;
+        while lat.len() < n || !until() {
+            let t = Instant::now();
+            if now(v.verify(&token, &reqs)).is_err() {
+                refused += 1;
+            }
+            lat.push(t.elapsed());
+            assert!(lat.len() < 50_000_000, "the feed never dropped the entry");
+        }
+        (lat, refused)
+    };
+    let (mut empty, refused_empty) = timed(calls, &|| true);
+    let sampler = RssSampler::start();
+    let before = dropped(&v);
+    let big = redis::cmd("EVAL")
+        .arg("return redis.call('XADD', KEYS[1], '*', 'junk', string.rep('x', tonumber(ARGV[1])))")
+        .arg(1)
+        .arg(SESSIONS_REVOKE_STREAM)
+        .arg(huge)
+        .clone();
+    query(&big);
+    let (mut with_huge, refused_huge) = timed(calls, &|| dropped(&v) > before);
+    let peak_live = sampler.finish();
+    summary("verify() warm, empty stream", &mut empty, us, "us");
+    summary(
+        &format!("verify() warm, {} MiB unsigned entry added", huge >> 20),
+        &mut with_huge,
+        us,
+        "us",
+    );
+    println!(
+        "ratio p50 {:.2}, p99 {:.2}; refused: {refused_empty} (empty), {refused_huge} (huge)",
+        us(percentile(&with_huge, 50.0)) / us(percentile(&empty, 50.0)),
+        us(percentile(&with_huge, 99.0)) / us(percentile(&empty, 99.0)),
+    );
+
+    // 3. A second verifier catches up past four huge entries.
+    for _ in 0..3 {
+        query(&big);
+    }
+    let sampler = RssSampler::start();
+    let started = Instant::now();
+    let v2 = rt.block_on(ready(&sts, feed(redis.url())));
+    let caught_up = started.elapsed();
+    let peak_catch_up = sampler.finish();
+    println!(
+        "resident memory: baseline {:.1} MiB, peak while the feed drops a live {} MiB entry {:.1} MiB, \
+         peak while a new feed catches up past four {:.1} MiB",
+        mib(baseline),
+        huge >> 20,
+        mib(peak_live),
+        mib(peak_catch_up)
+    );
+    println!(
+        "new feed ready after {:.0} ms (keys and catch-up), dropped {}",
+        ms(caught_up),
+        dropped(&v2)
+    );
+    for v in [&v, &v2] {
+        if let Some(f) = v.revocation_feed() {
+            rt.block_on(f.shutdown());
+        }
+    }
+    drop(redis);
+}
+
+async fn ready(sts: &TestIssuer, feed: RedisRevocations) -> Verifier {
+    let v = Verifier::builder()
+        .issuer(sts.issuer_url())
+        .audience("resource://api")
+        .zone("zone-1")
+        .redis_revocations(feed)
+        .build()
+        .expect("verifier settings");
+    v.warm_up().await.expect("JWKS from the test issuer");
+    let started = Instant::now();
+    while !v.is_ready() {
+        assert!(started.elapsed() < DEADLINE, "the feed never became ready");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    v
+}
