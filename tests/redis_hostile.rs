@@ -282,7 +282,6 @@ async fn many_field_unsigned_entry_does_not_stall_requests() {
         xadd.arg(format!("f{i}")).arg("x");
     }
     query_patiently(&server, &xadd).await;
-    drop(xadd);
     p.revoke("sid", "victim-fields").await;
 
     eventually("the revocation behind the junk is enforced", async || {
@@ -316,7 +315,6 @@ async fn huge_unsigned_entries_are_dropped_within_a_memory_bound() {
         eval(&server, XADD_HUGE, SESSIONS_REVOKE_STREAM, &[HUGE]).await;
     }
     let victim = sts.mandate().sid("victim-huge").sign();
-    let innocent = sts.mandate().sign();
 
     let peak_resettable = reset_peak_resident();
     let baseline = resident_bytes().expect("resident memory from /proc/self/statm");
@@ -345,9 +343,6 @@ async fn huge_unsigned_entries_are_dropped_within_a_memory_bound() {
     )
     .await;
     assert_session_revoked(check(&v, &victim).await);
-    check(&v, &innocent)
-        .await
-        .expect("the innocent mandate verifies");
     eventually_recovers(&v, &sts).await;
     sample();
     assert!(status(&v).dropped >= 5, "{:?}", status(&v));
@@ -406,7 +401,7 @@ async fn resplit_sig_messages_are_dropped() {
     let mut applied = Vec::new();
     for (case, carrier, _) in cases {
         let answer = check(&v, &sts.mandate().sid(carrier).sign()).await;
-        if answer.is_err() {
+        if is_revoked(&answer) {
             applied.push(format!("{case} ({answer:?})"));
         }
     }
@@ -474,11 +469,6 @@ async fn full_revocation_set_never_loses_a_revocation() {
     let err = check(&v, &innocent).await.unwrap_err();
     assert_eq!(err.status().as_u16(), 503);
     assert_eq!(err.code().as_str(), "revocation_unavailable");
-    eventually("all five revocations are read", async || {
-        let s = status(&v);
-        s.applied + s.dropped >= 5
-    })
-    .await;
     for (sid, victim) in sids.iter().zip(&victims) {
         let answer = check(&v, victim).await;
         assert!(
