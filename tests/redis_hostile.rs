@@ -26,7 +26,6 @@ use caracal_verifier::{AuthError, ManualClock, Requirements, Verifier};
 use redis_common::{
     Publisher, RedisServer, eventually, feed, ready_verifier, resident_bytes, stream_key, verifier,
 };
-use serde_json::json;
 use tokio::sync::{RwLock, RwLockReadGuard};
 
 /// An id no honest publisher reaches for millennia: the largest 14-digit millisecond
@@ -69,7 +68,7 @@ fn is_unavailable(answer: &Result<(), AuthError>) -> bool {
 /// The answer a user gets for a revoked mandate: 401 `session_revoked`.
 fn assert_session_revoked(answer: Result<(), AuthError>) {
     let err = answer.expect_err("a revoked mandate is refused");
-    assert!(is_revoked(&Err(err.clone())), "{err:?}");
+    assert!(matches!(err, AuthError::SessionRevoked { .. }), "{err:?}");
     assert_eq!(err.status().as_u16(), 401);
     assert_eq!(err.code().as_str(), "session_revoked");
 }
@@ -108,22 +107,24 @@ async fn xadd_signed(p: &mut Publisher, stream: &str, id: &str, fields: &[(&str,
     p.raw(stream, id, &all).await;
 }
 
-/// `EVAL script 1 key args…`: lets Redis build entries the test never holds. On a
-/// connection of its own without the default 500 ms response timeout, since
-/// building tens of megabytes may take longer on a loaded machine.
-async fn eval(server: &RedisServer, script: &str, key: &str, args: &[&str]) {
+/// Send a command that may take Redis a while (building or storing megabytes) on a
+/// connection of its own, without the default 500 ms response timeout that a
+/// loaded machine could exceed.
+async fn query_patiently(server: &RedisServer, cmd: &redis::Cmd) {
     let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
     let mut conn = redis::Client::open(server.url())
         .unwrap()
         .get_multiplexed_async_connection_with_config(&config)
         .await
         .expect("connect to the test redis-server");
+    let _: redis::Value = cmd.query_async(&mut conn).await.expect("redis command");
+}
+
+/// `EVAL script 1 key args…`: lets Redis build entries the test never holds.
+async fn eval(server: &RedisServer, script: &str, key: &str, args: &[&str]) {
     let mut cmd = redis::cmd("EVAL");
-    cmd.arg(script).arg(1).arg(key);
-    for a in args {
-        cmd.arg(*a);
-    }
-    let _: redis::Value = cmd.query_async(&mut conn).await.expect("EVAL");
+    cmd.arg(script).arg(1).arg(key).arg(args);
+    query_patiently(server, &cmd).await;
 }
 
 /// This process's peak resident memory (`VmHWM`), in bytes.
@@ -279,8 +280,7 @@ async fn many_field_unsigned_entry_does_not_stall_requests() {
     for i in 0..120_000 {
         xadd.arg(format!("f{i}")).arg("x");
     }
-    p.query(&xadd).await;
-    drop(xadd);
+    query_patiently(&server, &xadd).await;
     p.revoke("sid", "victim-fields").await;
 
     eventually("the revocation behind the junk is enforced", async || {
@@ -314,7 +314,6 @@ async fn huge_unsigned_entries_are_dropped_within_a_memory_bound() {
         eval(&server, XADD_HUGE, SESSIONS_REVOKE_STREAM, &[HUGE]).await;
     }
     let victim = sts.mandate().sid("victim-huge").sign();
-    let innocent = sts.mandate().sign();
 
     let peak_resettable = reset_peak_resident();
     let baseline = resident_bytes().expect("resident memory from /proc/self/statm");
@@ -343,9 +342,6 @@ async fn huge_unsigned_entries_are_dropped_within_a_memory_bound() {
     )
     .await;
     assert_session_revoked(check(&v, &victim).await);
-    check(&v, &innocent)
-        .await
-        .expect("the innocent mandate verifies");
     eventually_recovers(&v, &sts).await;
     sample();
     assert!(status(&v).dropped >= 5, "{:?}", status(&v));
@@ -404,7 +400,7 @@ async fn resplit_sig_messages_are_dropped() {
     let mut applied = Vec::new();
     for (case, carrier, _) in cases {
         let answer = check(&v, &sts.mandate().sid(carrier).sign()).await;
-        if answer.is_err() {
+        if is_revoked(&answer) {
             applied.push(format!("{case} ({answer:?})"));
         }
     }
@@ -472,11 +468,6 @@ async fn full_revocation_set_never_loses_a_revocation() {
     let err = check(&v, &innocent).await.unwrap_err();
     assert_eq!(err.status().as_u16(), 503);
     assert_eq!(err.code().as_str(), "revocation_unavailable");
-    eventually("all five revocations are read", async || {
-        let s = status(&v);
-        s.applied + s.dropped >= 5
-    })
-    .await;
     for (sid, victim) in sids.iter().zip(&victims) {
         let answer = check(&v, victim).await;
         assert!(
@@ -532,7 +523,43 @@ async fn trimmed_stream_is_reported_as_a_gap() {
         .ignore();
     let () = pipe.query_async(&mut p.conn).await.expect("MULTI/EXEC");
 
+    // Redis 7.0 leaves `max-deleted-entry-id` at 0-0 after XTRIM; what betrays the
+    // loss is `last-generated-id` beyond the cursor with nothing left to read.
     eventually("the lost entry is counted as a gap", async || {
+        status(&v).gaps >= 1
+    })
+    .await;
+    eventually_recovers(&v, &sts).await;
+}
+
+/// Attack: add a signed revocation and `XDEL` it in one script, so the feed never
+/// reads it. Same expectation as a trim; here XINFO's `max-deleted-entry-id` moves
+/// beyond the feed's cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_entry_is_reported_as_a_gap() {
+    const ADD_AND_DELETE: &str = "local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV)) \
+         redis.call('XDEL', KEYS[1], id) return id";
+    let _shared = shared_process().await;
+    let server = RedisServer::start().await;
+    let sts = issuer().await;
+    let v = ready_verifier(&sts, feed(&server)).await;
+    let mut p = server.publisher().await;
+    // An entry the feed did read, so the stream lives on after the deletion.
+    let consumed = sts.mandate().sid("consumed-before-xdel").sign();
+    p.revoke("sid", "consumed-before-xdel").await;
+    eventually_revoked(&v, &consumed, "the first revocation is enforced").await;
+
+    let fields = [
+        ("zone_id", "zone-1"),
+        ("sid", "victim-deleted"),
+        ("reason", "test"),
+    ];
+    let sig = sign_fields(&stream_key(), SESSIONS_REVOKE_STREAM, &fields);
+    let mut args: Vec<&str> = fields.iter().flat_map(|(k, v)| [*k, *v]).collect();
+    args.extend(["_sig", &sig]);
+    eval(&server, ADD_AND_DELETE, SESSIONS_REVOKE_STREAM, &args).await;
+
+    eventually("the deleted entry is counted as a gap", async || {
         status(&v).gaps >= 1
     })
     .await;
@@ -548,8 +575,7 @@ async fn path_only_mandate_dies_when_an_upstream_edge_is_revoked() {
     let sts = issuer().await;
     let v = ready_verifier(&sts, feed(&server)).await;
     let mut p = server.publisher().await;
-    // `claim` rather than a `delegation_path` setter: the builder has none yet.
-    let path_only = |path: [&str; 2]| sts.mandate().claim("delegation_path", json!(path)).sign();
+    let path_only = |path: [&str; 2]| sts.mandate().delegation_path(path).sign();
     let victim = path_only(["edge-root", "edge-mid"]);
     let innocent = path_only(["edge-other", "edge-mid"]);
     check(&v, &victim)

@@ -564,17 +564,16 @@ impl Consumer {
         let start = self.catch_up_start();
         let s = &mut self.streams[i];
         let Some(meta) = meta else {
-            let deleted = s.seen;
-            if deleted {
+            if s.seen {
                 tracing::warn!(stream = %s.name, "revocation stream was deleted; following it from the start when it returns");
                 s.reset(start);
                 self.health.record_reset();
             }
-            // Every entry a new stream will have is one to read.
+            // Nothing to catch up on; every entry a new stream will have is one to read.
             s.added = Some(0);
             s.read_in_window = 0;
             s.read_beyond_window = 0;
-            return Ok(deleted);
+            return Ok(false);
         };
         let mut behind = false;
         let recreated = matches!((s.added, meta.entries_added), (Some(a), Some(b)) if b < a);
