@@ -256,6 +256,52 @@ async fn stream_recreated_with_smaller_ids() {
     eventually_recovers(&v, &sts).await;
 }
 
+/// Attack (or an unlucky publisher): delete a stream and recreate it within the same
+/// millisecond, so the new entry gets the very id the feed stopped at. No id
+/// comparison tells the two apart; the feed must notice the entry was replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_recreated_with_the_same_id() {
+    let _shared = shared_process().await;
+    let server = RedisServer::start().await;
+    let sts = issuer().await;
+    let v = ready_verifier(&sts, feed(&server)).await;
+    let mut p = server.publisher().await;
+    let victim = sts.mandate().sid("victim-same-id").sign();
+    let consumed = sts.mandate().sid("consumed-same-id").sign();
+    let id = format!("{}-0", now_ms() - 1_000);
+    xadd_signed(
+        &mut p,
+        SESSIONS_REVOKE_STREAM,
+        &id,
+        &[
+            ("zone_id", "zone-1"),
+            ("sid", "consumed-same-id"),
+            ("reason", "test"),
+        ],
+    )
+    .await;
+    eventually_revoked(&v, &consumed, "the first entry is consumed").await;
+    check(&v, &victim)
+        .await
+        .expect("valid before any revocation");
+
+    p.query(redis::cmd("DEL").arg(SESSIONS_REVOKE_STREAM)).await;
+    xadd_signed(
+        &mut p,
+        SESSIONS_REVOKE_STREAM,
+        &id,
+        &[
+            ("zone_id", "zone-1"),
+            ("sid", "victim-same-id"),
+            ("reason", "test"),
+        ],
+    )
+    .await;
+    eventually_revoked(&v, &victim, "the entry that took the same id is enforced").await;
+    assert!(status(&v).resets >= 1, "{:?}", status(&v));
+    eventually_recovers(&v, &sts).await;
+}
+
 /// Attack: one unsigned entry with 120,000 fields (about 1.3 MB), costly to take
 /// apart, ahead of a real revocation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

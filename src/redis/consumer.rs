@@ -147,6 +147,9 @@ struct Stream {
     kind: Kind,
     /// Every entry up to here has been handled, and the server's clock has passed it.
     pos: Option<StreamId>,
+    /// A keyed digest of the entry at `pos`, to tell a stream recreated with an entry
+    /// of the very same id (a `DEL` and an `XADD` within one millisecond).
+    pos_digest: Option<u64>,
     /// The highest id handled beyond `pos`: entries ahead of the server clock.
     ahead: Option<StreamId>,
     /// Whether the scan could not reach the stream's end past entries ahead of the clock.
@@ -173,6 +176,7 @@ impl Stream {
             name,
             kind,
             pos: None,
+            pos_digest: None,
             ahead: None,
             blind: false,
             seen: false,
@@ -192,6 +196,7 @@ impl Stream {
     /// Start again from `start`, forgetting what was read.
     fn reset(&mut self, start: StreamId) {
         self.pos = Some(start);
+        self.pos_digest = None;
         self.ahead = None;
         self.blind = false;
         self.seen = false;
@@ -346,6 +351,8 @@ pub(crate) struct Consumer {
     /// Read through the screening script until then.
     screened_until: Option<Instant>,
     caught_up_once: bool,
+    /// Keys entry digests, so a writer cannot make two entries collide.
+    digest_key: foldhash::quality::RandomState,
 }
 
 impl Consumer {
@@ -368,6 +375,7 @@ impl Consumer {
             server_clock: None,
             screened_until: None,
             caught_up_once: false,
+            digest_key: foldhash::quality::RandomState::default(),
         }
     }
 
@@ -540,6 +548,7 @@ impl Consumer {
         for i in 0..self.streams.len() {
             let meta = self.stream_meta(conn, i).await?;
             behind |= self.inspect(i, meta)?;
+            behind |= self.same_entry_at_pos(conn, i).await?;
         }
         if behind {
             self.health.set_caught_up(false);
@@ -606,6 +615,41 @@ impl Consumer {
             behind |= self.gap(i, "an entry after the read position was deleted");
         }
         Ok(behind)
+    }
+
+    /// Whether the entry at the read position is still the one read there. A stream
+    /// deleted and recreated within the same millisecond gets an entry with the very
+    /// id the feed stopped at, which no id comparison reveals. Returns whether the
+    /// stream was reset. A trimmed entry (gone) is fine.
+    async fn same_entry_at_pos(&mut self, conn: &mut Conn, i: usize) -> Result<bool, FeedError> {
+        let s = &self.streams[i];
+        let (Some(pos), Some(digest)) = (s.pos, s.pos_digest) else {
+            return Ok(false);
+        };
+        if self.screened() {
+            return Ok(false);
+        }
+        let id = pos.to_string();
+        let mut cmd = ::redis::cmd("XRANGE");
+        cmd.arg(&s.name).arg(&id).arg(&id);
+        let v = conn.query(&cmd, self.limits.max_reply_bytes).await?;
+        let entries = reply::entries(&v).map_err(FeedError::Reply)?;
+        let replaced = entries
+            .iter()
+            .any(|e| e.id == pos && reply::digest(&self.digest_key, e.fields) != digest);
+        if replaced {
+            let start = self.catch_up_start();
+            let s = &mut self.streams[i];
+            tracing::warn!(
+                stream = %s.name,
+                read = %pos,
+                "revocation stream was recreated (another entry now holds the read position's id); \
+                 re-reading it from the catch-up start"
+            );
+            s.reset(start);
+            self.health.record_reset();
+        }
+        Ok(replaced)
     }
 
     /// Report lost history on stream `i` and start a full catch-up of it.
@@ -783,6 +827,8 @@ impl Consumer {
     fn handle(&mut self, i: usize, entry: &RawEntry<'_>, live: bool) {
         let id = entry.id;
         let within = id.ms <= self.server_now_ms();
+        // A screened entry's fields may be a marker: no identity to check later.
+        let digest = (!self.screened()).then(|| reply::digest(&self.digest_key, entry.fields));
         let s = &self.streams[i];
         if s.pos.is_some_and(|p| id <= p) {
             return;
@@ -823,6 +869,7 @@ impl Consumer {
         }
         if within {
             s.pos = Some(id);
+            s.pos_digest = digest;
             if s.ahead.is_some_and(|a| a <= id) {
                 s.ahead = None;
             }

@@ -225,6 +225,40 @@ fn strip(v: &Value) -> &Value {
     }
 }
 
+/// A keyed digest of an entry's raw field list (names and values, length-prefixed).
+pub(crate) fn digest(key: &foldhash::quality::RandomState, fields: &Value) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    fn feed(h: &mut impl Hasher, v: &Value) {
+        match v {
+            Value::BulkString(b) => {
+                h.write_usize(b.len());
+                h.write(b);
+            }
+            Value::SimpleString(s) | Value::VerbatimString { text: s, .. } => {
+                h.write_usize(s.len());
+                h.write(s.as_bytes());
+            }
+            Value::Array(items) | Value::Set(items) => {
+                h.write_usize(items.len());
+                items.iter().for_each(|x| feed(h, x));
+            }
+            Value::Map(m) => {
+                h.write_usize(m.len());
+                m.iter().for_each(|(k, x)| {
+                    feed(h, k);
+                    feed(h, x);
+                });
+            }
+            Value::Attribute { data, .. } => feed(h, data),
+            // Not part of a well-formed entry; any fixed value will do.
+            _ => h.write_u8(0xff),
+        }
+    }
+    let mut h = key.build_hasher();
+    feed(&mut h, fields);
+    h.finish()
+}
+
 /// What the feed needs to know of a stream, from `XINFO STREAM` (or the screening
 /// script that returns only these fields).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
