@@ -34,6 +34,10 @@ impl ReplyBudget {
         self.tripped.load(Ordering::Acquire)
     }
 
+    fn remaining(&self) -> usize {
+        self.remaining.load(Ordering::Acquire)
+    }
+
     /// Account for `n` bytes read; `false` once the budget is exceeded.
     fn take(&self, n: usize) -> bool {
         let mut cur = self.remaining.load(Ordering::Acquire);
@@ -76,10 +80,19 @@ impl<S: AsyncRead + Unpin> AsyncRead for Capped<S> {
         if self.budget.tripped() {
             return Poll::Ready(Err(over_budget()));
         }
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        // Never read more than one byte past the budget in one call: a parser that
+        // reserved room for a huge bulk string would otherwise have the kernel copy
+        // megabytes into it before the count is checked.
+        let limit = self
+            .budget
+            .remaining()
+            .saturating_add(1)
+            .min(buf.remaining());
+        let mut window = ReadBuf::new(buf.initialize_unfilled_to(limit));
+        let polled = Pin::new(&mut self.inner).poll_read(cx, &mut window);
+        let n = window.filled().len();
         if let Poll::Ready(Ok(())) = polled {
-            let n = buf.filled().len() - before;
+            buf.advance(n);
             if !self.budget.take(n) {
                 return Poll::Ready(Err(over_budget()));
             }
@@ -142,6 +155,20 @@ mod tests {
         let err = s.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(budget.tripped());
+        // No single read goes more than a byte past the budget.
+        let budget = Arc::new(ReplyBudget::default());
+        budget.arm(3);
+        let mut s2 = Capped::new(data, budget.clone());
+        let mut big = [0u8; 64];
+        assert_eq!(
+            s2.read(&mut big).await.unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        let budget2 = Arc::new(ReplyBudget::default());
+        budget2.arm(64);
+        let mut s3 = Capped::new(data, budget2.clone());
+        assert_eq!(s3.read(&mut big).await.unwrap(), 64);
+        assert!(!budget2.tripped());
         // Broken for good: re-arming does not revive the connection.
         budget.arm(1000);
         assert!(s.read(&mut buf).await.is_err());
