@@ -742,7 +742,7 @@ impl VerifierBuilder {
     }
 
     /// Keep the revocation set current from Caracal's Redis Streams. `build` then
-    /// starts the consumer task, so it must run inside a Tokio runtime. Default: no
+    /// starts the consumer on its own thread and runtime. Default: no
     /// feed (revocations come only through [`Verifier::revocations`]).
     #[cfg(feature = "redis")]
     pub fn redis_revocations(mut self, feed: crate::redis::RedisRevocations) -> Self {

@@ -14,7 +14,7 @@
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let url = "redis://redis.internal:6379";
 //! let key = StreamKey::from_hex(&std::env::var("STREAMS_HMAC_KEY")?)?;
-//! // Inside the Tokio runtime: `build` starts the consumer task.
+//! // `build` starts the consumer on its own thread.
 //! let verifier = Verifier::builder()
 //!     .issuer("https://sts.example.com")
 //!     .audience("resource://payments")
@@ -52,15 +52,17 @@
 //! mandate. (A group per replica would work, but leaves a group and pending entries
 //! behind in Redis for every pod that ever ran, and buys nothing: the feed never
 //! needs acknowledgements, because applying an event twice is harmless.) The feed
-//! writes nothing to Redis: it sends only `XREAD`, `XINFO STREAM`, `INFO server` and
-//! `TIME`. For the same reason poison messages are not copied to a `<stream>.dead`
-//! stream, which every replica would otherwise fill once per message.
+//! writes nothing to Redis: it sends only `XREAD`, `XRANGE`, `XINFO STREAM`,
+//! `INFO server`, `TIME` and, after an oversized entry, a read-only `EVAL` script
+//! (the README lists the ACL). For the same reason poison messages are not copied to
+//! a `<stream>.dead` stream, which every replica would otherwise fill once per
+//! message. It needs Redis 7.0 or later (see *Lost history*).
 //!
 //! # Catch-up at start
 //!
 //! Before readiness turns true, the feed replays the retained history of both streams
 //! that falls within [`catch_up`](RedisRevocations::catch_up) (default 24 h, the
-//! revocation TTL), measured on the Redis server's clock (`TIME`), in pages of 1,000.
+//! revocation TTL), measured on the Redis server's clock (`TIME`), in pages of 128.
 //! A revocation published before the process started is thus enforced from the first
 //! request. A trimmed stream (`MAXLEN`/`MINID`) just starts later: reading from an id
 //! older than the first entry returns the oldest one kept.
@@ -69,12 +71,33 @@
 //!
 //! With a [`StreamKey`](crate::revocation::StreamKey) (`STREAMS_HMAC_KEY`), messages
 //! that are unsigned, carry a wrong `_sig`, repeat a field, name no anchor, lack
-//! `zone_id` or carry a malformed epoch are dropped: counted in
-//! [`FeedStatus::dropped`](crate::revocation::FeedStatus::dropped) and logged at
-//! `warn` with the stream, the entry id and the kind of fault, never a field value.
-//! The cursor moves past them, so a poison message never stalls the stream. Without a
-//! key, unsigned events are accepted only after
+//! `zone_id`, carry a malformed epoch, have a field name outside `[A-Za-z0-9_.-]` or a
+//! value with a line break, or exceed the entry bounds
+//! ([`max_entry_fields`](RedisRevocations::max_entry_fields), 64, and
+//! [`max_entry_bytes`](RedisRevocations::max_entry_bytes), 16 KiB) are dropped:
+//! counted in [`FeedStatus::dropped`](crate::revocation::FeedStatus::dropped) and
+//! logged at `warn` with the stream, the entry id and the kind of fault, never a
+//! field value. The read position moves past them, so a poison message never stalls
+//! the stream. Without a key, unsigned events are accepted only after
 //! [`dangerous_accept_unsigned`](RedisRevocations::dangerous_accept_unsigned).
+//!
+//! # A hostile writer
+//!
+//! Whoever can write to Redis without the key can add entries of any size and with
+//! ids of their choosing, and delete, trim or recreate the streams. The feed holds:
+//!
+//! - **Its read position never passes the server's clock.** An entry with an id
+//!   ahead of `TIME` was written with an explicit id: it is handled (and dropped,
+//!   unless signed), but the position stays before it and the stream is re-scanned
+//!   every 100 ms instead of blocked past it, so events numbered below the bogus id
+//!   after a `DEL` are still read. Past 1,024 such entries the feed cannot see the
+//!   stream's end and stays not fresh.
+//! - **Replies are bounded.** The connection counts each reply's bytes and breaks
+//!   past [`max_reply_bytes`](RedisRevocations::max_reply_bytes) (1 MiB); the feed
+//!   reconnects at once (staying fresh) and for 60 s reads through a server-side
+//!   script that replaces oversized entries by a marker.
+//! - **It runs on its own thread** with a single-threaded runtime: no request worker
+//!   parses a stream entry.
 //!
 //! # Faults
 //!
@@ -88,14 +111,21 @@
 //!   data, so both streams are re-read from the catch-up start: every event the new
 //!   server holds is seen, whatever ids it gave them, and events applied twice change
 //!   nothing.
-//! - **Lost or deleted streams.** On the same server, `XINFO STREAM` tells the last id
-//!   the stream generated; if it is below the feed's cursor (the stream was deleted or
-//!   replaced, or ids went backwards after a failover) that stream is re-read from the
-//!   catch-up start.
-//! - **Catching up after an outage.** Before it counts as fresh again, the feed reads
-//!   everything published while it was away. Events trimmed away during the outage
-//!   cannot be recovered: size the streams' retention for the longest outage you
-//!   tolerate.
+//! - **Deleted, recreated or rewound streams.** After every read, on a live
+//!   connection, `XINFO STREAM` is compared with what was read: a missing stream, a
+//!   `last-generated-id` below the position, a fall in `entries-added`, or another
+//!   entry at the position's very id (a `DEL` and `XADD` within one millisecond)
+//!   means the stream was replaced, and it is re-read from the catch-up start
+//!   ([`FeedStatus::resets`](crate::revocation::FeedStatus::resets)).
+//! - **Lost history.** An entry deleted before the feed read it (trimmed, `XDEL`,
+//!   emptied during an outage) shows as `entries-added` growing more than the
+//!   entries read, or `max-deleted-entry-id` beyond the position. That is a gap:
+//!   counted in [`FeedStatus::gaps`](crate::revocation::FeedStatus::gaps), logged at
+//!   `error`, and the feed is not fresh (503) until it has re-read the retained
+//!   history. The deleted events cannot be recovered: size the streams' retention
+//!   for the longest outage you tolerate. A server that refuses `XINFO` or `TIME`
+//!   (ACL), or lacks these fields (Redis before 7.0), keeps the feed not ready, with
+//!   an `error` log, rather than run blind.
 //!
 //! # Staleness
 //!
@@ -107,8 +137,8 @@
 //!
 //! # Lifecycle
 //!
-//! [`VerifierBuilder::build`](crate::VerifierBuilder::build) starts the task on the
-//! current Tokio runtime; [`Verifier::revocation_feed`](crate::Verifier::revocation_feed)
+//! [`VerifierBuilder::build`](crate::VerifierBuilder::build) starts the consumer on its
+//! own thread (no runtime is needed to build); [`Verifier::revocation_feed`](crate::Verifier::revocation_feed)
 //! returns its [`FeedHandle`], whose [`status`](FeedHandle::status) reports freshness,
 //! lag and last-event time, and whose [`shutdown`](FeedHandle::shutdown) stops it.
 //! Dropping the last verifier clone stops it too.
