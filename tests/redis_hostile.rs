@@ -18,6 +18,7 @@ mod redis_common;
 
 use std::time::Duration;
 
+use caracal_verifier::redis::RedisRevocations;
 use caracal_verifier::revocation::{
     DELEGATIONS_INVALIDATE_STREAM, FeedStatus, RevocationSet, SESSIONS_REVOKE_STREAM, sign_fields,
 };
@@ -679,4 +680,89 @@ async fn unsigned_flood_of_small_entries_keeps_answering() {
     )
     .await;
     assert!(status(&v).dropped >= dropped + 20_000, "{:?}", status(&v));
+}
+
+/// The ACL the README gives the feed's user, as one `ACL SETUSER` argument list.
+const README_ACL: &[&str] = &[
+    "on",
+    ">feed-password",
+    "~caracal.sessions.revoke",
+    "~caracal.delegations.invalidate",
+    "+xread",
+    "+xrange",
+    "+xinfo|stream",
+    "+time",
+    "+info",
+    "+eval",
+    "+ping",
+    "+hello",
+    "+auth",
+    "+select",
+];
+
+/// A feed that logs in as `user`, given `rules`, with the suite's usual settings.
+async fn feed_as(server: &RedisServer, user: &str, rules: &[&str]) -> RedisRevocations {
+    let mut p = server.publisher().await;
+    p.query(redis::cmd("ACL").arg("SETUSER").arg(user).arg(rules))
+        .await;
+    let url = format!("redis://{user}:feed-password@127.0.0.1:{}", server.port());
+    RedisRevocations::new(url)
+        .stream_key(stream_key())
+        .max_staleness(Duration::from_secs(2))
+        .block_timeout(Duration::from_millis(250))
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(250))
+}
+
+/// The README's ACL is enough: the feed becomes ready, enforces a revocation, and
+/// reads past an oversized entry (which needs `EVAL`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_acl_is_enough_for_the_feed() {
+    let _shared = shared_process().await;
+    let server = RedisServer::start().await;
+    let sts = issuer().await;
+    let v = ready_verifier(&sts, feed_as(&server, "feed", README_ACL).await).await;
+    let victim = sts.mandate().sid("victim-acl").sign();
+    eval(
+        &server,
+        "return redis.call('XADD', KEYS[1], '*', 'junk', string.rep('x', 2097152))",
+        SESSIONS_REVOKE_STREAM,
+        &[],
+    )
+    .await;
+    server.publisher().await.revoke("sid", "victim-acl").await;
+    eventually_revoked(
+        &v,
+        &victim,
+        "the revocation behind the oversized entry is enforced",
+    )
+    .await;
+    eventually_recovers(&v, &sts).await;
+}
+
+/// A user that may read the streams but not run `XINFO STREAM` cannot detect lost
+/// history: the feed must say so and stay not ready (503), not run blind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_without_xinfo_keeps_the_feed_not_ready() {
+    let _shared = shared_process().await;
+    let server = RedisServer::start().await;
+    let sts = issuer().await;
+    let rules: Vec<&str> = README_ACL
+        .iter()
+        .copied()
+        .filter(|r| *r != "+xinfo|stream")
+        .collect();
+    let v = verifier(&sts, feed_as(&server, "blind", &rules).await).await;
+    let mut p = server.publisher().await;
+    // Wait until the server has refused the feed's XINFO at least twice (so the feed
+    // had a whole retry to get past it), as its ACL log records.
+    eventually("the server refuses the feed's XINFO", async || {
+        let log = p.query(redis::cmd("ACL").arg("LOG")).await;
+        format!("{log:?}").matches("xinfo").count() >= 1
+            && matches!(&log, redis::Value::Array(entries) if !entries.is_empty())
+    })
+    .await;
+    assert!(!v.is_ready(), "{:?}", v.readiness());
+    assert!(!status(&v).fresh, "{:?}", status(&v));
+    let answer = check(&v, &sts.mandate().sign()).await;
+    assert!(is_unavailable(&answer), "{answer:?}");
 }
