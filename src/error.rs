@@ -155,7 +155,7 @@ pub enum InvalidReason {
     UnknownKey,
     /// The signature does not verify.
     Signature,
-    /// `exp` is past, beyond leeway.
+    /// `exp` has passed (`now >= exp`; no leeway applies to `exp`).
     Expired,
     /// `nbf` is in the future, beyond leeway.
     NotYetValid,

@@ -245,13 +245,11 @@ impl Verifier {
         let mandate = self.verify_cold(token, now).await?;
         if let Some((cache, slot)) = cached {
             let c = &mandate.0.claims;
-            // `exp` is attacker-influenced only within a valid signature, but an STS bug
-            // could still send a far-future value: saturate, and never keep an entry
-            // longer than a day (expiry is checked on every hit regardless).
-            let expires_at = c
-                .exp
-                .saturating_add(inner.leeway)
-                .min(now.saturating_add(MAX_CACHE_TTL_SECS));
+            // A mandate is dead at `exp` (no leeway), so the entry goes then. `exp` is
+            // attacker-influenced only within a valid signature, but an STS bug could
+            // still send a far-future value: never keep an entry longer than a day
+            // (expiry is checked on every hit regardless).
+            let expires_at = c.exp.min(now.saturating_add(MAX_CACHE_TTL_SECS));
             cache.insert_at(slot, token, mandate.clone(), expires_at, now);
         }
         Ok(mandate)
@@ -290,9 +288,11 @@ impl Verifier {
         })))
     }
 
+    /// `exp` is exact: a mandate is dead at `exp`, as Caracal re-checks active
+    /// authority with no leeway. The leeway covers `nbf` and `iat` only.
     fn check_times(&self, c: &Claims, now: u64) -> Result<(), AuthError> {
         let leeway = self.inner.leeway;
-        if now >= c.exp.saturating_add(leeway) {
+        if now >= c.exp {
             return Err(AuthError::invalid(InvalidReason::Expired));
         }
         if c.nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
@@ -381,6 +381,8 @@ impl Verifier {
     /// Record a single-use mandate's use. The second call for the same `iss` and
     /// `jti` is 401 `invalid_token` (`replayed`); a guard failure is 503.
     pub async fn consume(&self, mandate: &Mandate) -> Result<(), AuthError> {
+        // The mandate dies at `exp`; the use is kept a leeway longer so replicas
+        // sharing a guard, whose clocks may lag this one, still see it.
         let until = mandate.expires_at().saturating_add(self.inner.leeway);
         match self
             .inner
@@ -627,8 +629,13 @@ impl VerifierBuilder {
         self
     }
 
-    /// Clock skew tolerated on `exp`, `nbf` and `iat`. Default 60 s, Caracal's.
-    /// Larger values keep expired mandates alive longer.
+    /// Clock skew tolerated on `nbf` and `iat`. Default 60 s, Caracal's.
+    ///
+    /// `exp` gets no leeway: a mandate is refused from the second of its `exp` on
+    /// (`now >= exp`, 401 `invalid_token`, reason `expired`), as Caracal's own
+    /// verifiers re-check active authority with none. The leeway only lets a
+    /// mandate minted by an STS whose clock runs ahead be used at once. Larger
+    /// values accept mandates whose `nbf` or `iat` lie further in the future.
     pub fn leeway(mut self, leeway: Duration) -> Self {
         self.leeway = leeway;
         self

@@ -457,26 +457,10 @@ async fn time_claims_with_sixty_seconds_leeway() {
         let v = e.verifier.clone();
         async move { v.verify(&t, &Requirements::new()).await }
     };
-    // exp: valid while now < exp + 60.
-    assert!(
-        ok(e.sts
-            .mandate()
-            .issued_at(T0 - 100)
-            .expires_at(T0 - 59)
-            .sign())
-        .await
-        .is_ok()
-    );
+    // exp: no leeway (see `exp_has_no_leeway`).
+    assert!(ok(e.sts.mandate().expires_at(T0 + 1).sign()).await.is_ok());
     assert_eq!(
-        reason(
-            &e,
-            &e.sts
-                .mandate()
-                .issued_at(T0 - 100)
-                .expires_at(T0 - 60)
-                .sign()
-        )
-        .await,
+        reason(&e, &e.sts.mandate().expires_at(T0).sign()).await,
         Some(InvalidReason::Expired)
     );
     // nbf: enforced when present.
@@ -490,6 +474,43 @@ async fn time_claims_with_sixty_seconds_leeway() {
     assert_eq!(
         reason(&e, &e.sts.mandate().issued_at(T0 + 61).sign()).await,
         Some(InvalidReason::IssuedInFuture)
+    );
+}
+
+/// Caracal re-checks active authority with no leeway: a mandate is dead at `exp`.
+/// Checked at exp-1, exp and exp+59 (inside the old leeway), for a token seen for
+/// the first time and for one already in the mandate cache.
+#[tokio::test]
+async fn exp_has_no_leeway() {
+    let e = env().await;
+    let exp = T0 + 100;
+    let cached = e.sts.mandate().issued_at(T0).expires_at(exp).sign();
+    e.verifier.verify(&cached, &none()).await.unwrap();
+    e.verifier.verify(&cached, &none()).await.unwrap();
+
+    e.clock.set(Duration::from_secs(exp - 1));
+    let fresh = e.sts.mandate().issued_at(T0).expires_at(exp).sign();
+    e.verifier.verify(&fresh, &none()).await.expect("exp-1");
+    e.verifier
+        .verify(&cached, &none())
+        .await
+        .expect("exp-1, cached");
+
+    for at in [exp, exp + 1, exp + 59] {
+        e.clock.set(Duration::from_secs(at));
+        let fresh = e.sts.mandate().issued_at(T0).expires_at(exp).sign();
+        for token in [&fresh, &cached] {
+            let err = deny(&e, token, &none()).await;
+            assert_eq!(err.code(), ErrorCode::InvalidToken, "at exp+{}", at - exp);
+            assert_eq!(err.status(), 401);
+            assert_eq!(err.reason(), Some(InvalidReason::Expired));
+        }
+    }
+    // `authenticate` (no route) draws the same line.
+    e.clock.set(Duration::from_secs(exp));
+    assert_eq!(
+        e.verifier.authenticate(&cached).await.unwrap_err().reason(),
+        Some(InvalidReason::Expired)
     );
 }
 
@@ -1145,10 +1166,13 @@ async fn a_memory_guard_on_the_verifier_clock_expires_by_that_clock() {
     verifier.verify(&short, &once).await.unwrap();
     let err = verifier.verify(&long, &once).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::RevocationUnavailable);
-    // exp + leeway = T0 + 70.
+    // The use is kept until exp + leeway = T0 + 70 (the mandate itself is dead
+    // from its exp, T0 + 10): until then the full guard still refuses.
     clock.advance(Duration::from_secs(69));
     let err = verifier.verify(&short, &once).await.unwrap_err();
-    assert_eq!(err.reason(), Some(InvalidReason::Replayed));
+    assert_eq!(err.reason(), Some(InvalidReason::Expired));
+    let err = verifier.verify(&long, &once).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::RevocationUnavailable);
     clock.advance(Duration::from_secs(1));
     verifier.verify(&long, &once).await.unwrap();
 }

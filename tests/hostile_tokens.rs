@@ -1049,24 +1049,24 @@ fn time_cases(e: &Env) -> Vec<Case> {
     let m = || e.sts.mandate();
     vec![
         Case::new(
-            "exp = now - leeway (boundary: expired)",
+            "exp = now + 1 (just inside)",
+            m().issued_at(now - 600).expires_at(now + 1).sign(),
+            ok(),
+        ),
+        Case::new(
+            "exp = now (boundary: expired, exp has no leeway)",
+            m().issued_at(now - 600).expires_at(now).sign(),
+            invalid("expired"),
+        ),
+        Case::new(
+            "exp = now - leeway + 1 (inside the nbf/iat leeway: still expired)",
+            m().issued_at(now - 600).expires_at(now - LEEWAY + 1).sign(),
+            invalid("expired"),
+        ),
+        Case::new(
+            "exp = now - leeway",
             m().issued_at(now - 600).expires_at(now - LEEWAY).sign(),
             invalid("expired"),
-        ),
-        Case::new(
-            "exp = now - leeway + 1 (just inside)",
-            m().issued_at(now - 600).expires_at(now - LEEWAY + 1).sign(),
-            ok(),
-        ),
-        Case::new(
-            "exp = now - leeway - 1 (just outside)",
-            m().issued_at(now - 600).expires_at(now - LEEWAY - 1).sign(),
-            invalid("expired"),
-        ),
-        Case::new(
-            "exp = now (expired, inside leeway)",
-            m().issued_at(now - 600).expires_at(now).sign(),
-            ok(),
         ),
         Case::new(
             "exp far in the past",
@@ -1124,14 +1124,17 @@ async fn claims_expiry_boundary_on_the_cached_path() {
     let token = e.sts.mandate().expires_at(T0 + 10).sign();
     let reqs = Requirements::new();
     assert!(e.verifier.verify(&token, &reqs).await.is_ok());
-    // Now served from the verified-mandate cache: expiry is still checked on each hit.
-    e.clock.set(Duration::from_secs(T0 + 10 + LEEWAY - 1));
+    // Now served from the verified-mandate cache: expiry is still checked on each
+    // hit, at `exp` exactly (no leeway on `exp`).
+    e.clock.set(Duration::from_secs(T0 + 9));
     assert_eq!(Outcome::of(&e.verifier.verify(&token, &reqs).await), ok());
-    e.clock.set(Duration::from_secs(T0 + 10 + LEEWAY));
-    assert_eq!(
-        Outcome::of(&e.verifier.verify(&token, &reqs).await),
-        invalid("expired")
-    );
+    for at in [T0 + 10, T0 + 10 + LEEWAY - 1] {
+        e.clock.set(Duration::from_secs(at));
+        assert_eq!(
+            Outcome::of(&e.verifier.verify(&token, &reqs).await),
+            invalid("expired")
+        );
+    }
 }
 
 fn exp_type_cases(e: &Env) -> Vec<Case> {

@@ -7,6 +7,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::routing::{MethodRouter, get};
 use axum::{Json, Router};
@@ -14,7 +15,8 @@ use bytes::Bytes;
 use caracal_verifier::layer::MandateLayer;
 use caracal_verifier::testing::TestIssuer;
 use caracal_verifier::{
-    AuthError, BoxFuture, FetchError, JwksFetcher, Mandate, Requirements, Verifier,
+    AuthError, BoxFuture, FetchError, JwksFetcher, Mandate, ManualClock, Requirements, Verifier,
+    VerifierBuilder,
 };
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -1007,4 +1009,93 @@ async fn handlers_see_the_authorization_header_marked_sensitive() {
     .await;
     assert_eq!(reply.status, 200, "{reply:#?}");
     assert_eq!(reply.body, "sensitive=true");
+}
+
+// ---------------------------------------------------------------------------
+// Deciding as Caracal decides (issue #11): what a client sees over HTTP.
+
+/// The clock start for the parity server.
+const T0: u64 = 1_790_000_100;
+
+/// A resource server on a manual clock, with one route per decision of issue #11.
+struct Parity {
+    sts: TestIssuer,
+    clock: ManualClock,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Parity {
+    async fn start() -> Parity {
+        Parity::start_with(|b| b).await
+    }
+
+    async fn start_with(f: impl FnOnce(VerifierBuilder) -> VerifierBuilder) -> Parity {
+        let sts = TestIssuer::start(ZONE).await.expect("start issuer");
+        let clock = ManualClock::new(Duration::from_secs(T0));
+        sts.set_clock(clock.clone());
+        let builder = Verifier::builder()
+            .issuer(sts.issuer_url())
+            .audience(AUDIENCE)
+            .zone(ZONE)
+            .clock(clock.clone());
+        let v = f(builder).build().expect("valid verifier settings");
+        let router = Router::new()
+            .route("/any", get(principal))
+            .route(
+                "/chain",
+                guarded(&v, Requirements::new().chain_contains(["app-orchestrator"])),
+            )
+            .route(
+                "/scoped",
+                guarded(&v, Requirements::new().scopes(["tickets:read"])),
+            )
+            .route(
+                "/scoped-target",
+                guarded(
+                    &v,
+                    Requirements::new()
+                        .scopes(["tickets:read"])
+                        .targets(["resource://billing"]),
+                ),
+            )
+            .layer(MandateLayer::new(v.clone(), Requirements::new()));
+        let addr = serve(router).await;
+        Parity {
+            sts,
+            clock,
+            base: format!("http://{addr}"),
+            http: client(),
+        }
+    }
+
+    async fn call(&self, path: &str, token: &str) -> Reply {
+        Reply::of(
+            self.http
+                .get(format!("{}{path}", self.base))
+                .bearer_auth(token),
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn over_http_a_mandate_is_refused_from_its_exp_on() {
+    let app = Parity::start().await;
+    let exp = T0 + 100;
+    let token = app.sts.mandate().issued_at(T0).expires_at(exp).sign();
+    assert_eq!(app.call("/any", &token).await.status, 200);
+    app.clock.set(Duration::from_secs(exp - 1));
+    assert_eq!(app.call("/any", &token).await.status, 200, "exp-1");
+    for at in [exp, exp + 59] {
+        app.clock.set(Duration::from_secs(at));
+        let reply = app.call("/any", &token).await;
+        reply.assert_denied(401, "invalid_token");
+        assert_eq!(
+            reply.body["details"]["reason"],
+            "expired",
+            "exp+{}",
+            at - exp
+        );
+    }
 }
