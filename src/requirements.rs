@@ -90,8 +90,14 @@ impl Requirements {
         self
     }
 
-    /// Each listed application must appear in the delegation chain (or be the
-    /// mandate's `client_id`). Denial: 403 `chain_mismatch`.
+    /// Each listed application must be the `application_id` of a hop in the
+    /// mandate's `delegation_chain`. Denial: 403 `chain_mismatch`.
+    ///
+    /// Only chain hops count, as in Caracal's route guard: a mandate minted directly
+    /// for the application (its `client_id`) with no chain does not satisfy it, since
+    /// accepting it would let an application's own authority stand in for a
+    /// delegation through it. A chain's last hop is the presenting client, so a
+    /// delegated mandate does count its `client_id`.
     pub fn chain_contains<I, S>(mut self, apps: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -175,10 +181,10 @@ impl Requirements {
         }
         check_chain_consistency(m)?;
         for app in &self.chain_contains {
-            let present = m.client_id() == app
-                || m.delegation_chain()
-                    .iter()
-                    .any(|h| h.application_id() == app);
+            let present = m
+                .delegation_chain()
+                .iter()
+                .any(|h| h.application_id() == app);
             if !present {
                 return Err(AuthError::ChainMismatch {
                     fault: ChainFault::MissingApplication(app.clone()),

@@ -635,7 +635,7 @@ async fn chain_contains_each_listed_application() {
     .await;
     assert_eq!(err.code(), ErrorCode::ChainMismatch);
     assert_eq!(err.details()["application_id"], "app-orchestrator");
-    // No chain at all: only the client itself is "in" it.
+    // No chain at all: nothing is in it.
     let plain = e.sts.mandate().sign();
     assert_eq!(
         deny(
@@ -647,6 +647,28 @@ async fn chain_contains_each_listed_application() {
         .code(),
         ErrorCode::ChainMismatch
     );
+}
+
+/// A mandate minted directly for the required application, with no delegation
+/// chain, is not a delegation through it: Caracal's guard counts chain hops only.
+#[tokio::test]
+async fn chain_contains_ignores_a_bare_client_id() {
+    let e = env().await;
+    let reqs = Requirements::new().chain_contains(["app-orchestrator"]);
+    let direct = e.sts.mandate().client_id("app-orchestrator").sign();
+    let err = deny(&e, &direct, &reqs).await;
+    assert_eq!(err.code(), ErrorCode::ChainMismatch);
+    assert_eq!(err.status(), 403);
+    assert_eq!(err.details()["reason"], "missing_application");
+    assert_eq!(err.details()["application_id"], "app-orchestrator");
+    // The same client as the chain's last hop is in the chain.
+    let delegated = e
+        .sts
+        .mandate()
+        .client_id("app-orchestrator")
+        .delegation(1)
+        .sign();
+    e.verifier.verify(&delegated, &reqs).await.unwrap();
 }
 
 #[tokio::test]

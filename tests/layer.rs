@@ -1099,3 +1099,19 @@ async fn over_http_a_mandate_is_refused_from_its_exp_on() {
         );
     }
 }
+
+#[tokio::test]
+async fn over_http_a_bare_client_id_is_not_in_the_chain() {
+    let app = Parity::start().await;
+    let direct = app.sts.mandate().client_id("app-orchestrator").sign();
+    let reply = app.call("/chain", &direct).await;
+    reply.assert_denied(403, "chain_mismatch");
+    assert_eq!(reply.body["details"]["application_id"], "app-orchestrator");
+    let delegated = app
+        .sts
+        .mandate()
+        .client_id("app-orchestrator")
+        .delegation(1)
+        .sign();
+    assert_eq!(app.call("/chain", &delegated).await.status, 200);
+}
