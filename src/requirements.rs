@@ -55,7 +55,9 @@ impl Requirements {
     }
 
     /// Every listed scope must be in the mandate's `scope` (exact, case-sensitive
-    /// token match). Denial: 403 `scope_insufficient`, naming the missing scope.
+    /// token match; tokens are split on any Unicode white space, as Caracal splits
+    /// them, see [`Mandate::scopes`]). Denial: 403 `scope_insufficient`, naming the
+    /// missing scope.
     pub fn scopes<I, S>(mut self, scopes: I) -> Self
     where
         I: IntoIterator<Item = S>,

@@ -559,6 +559,55 @@ async fn scopes_exact_and_missing_one_is_named() {
     );
 }
 
+/// Every Unicode `White_Space` separator Go's `strings.Fields` splits on (the STS
+/// copies the requested scope string as sent).
+const SCOPE_SEPARATORS: [char; 25] = [
+    '\t', '\n', '\u{0B}', '\u{0C}', '\r', ' ', '\u{85}', '\u{A0}', '\u{1680}', '\u{2000}',
+    '\u{2001}', '\u{2002}', '\u{2003}', '\u{2004}', '\u{2005}', '\u{2006}', '\u{2007}', '\u{2008}',
+    '\u{2009}', '\u{200A}', '\u{2028}', '\u{2029}', '\u{202F}', '\u{205F}', '\u{3000}',
+];
+
+#[tokio::test]
+async fn scopes_split_on_any_unicode_white_space() {
+    let e = env().await;
+    let both = Requirements::new().scopes(["tickets:read", "tickets:write"]);
+    for sep in SCOPE_SEPARATORS {
+        let scope = format!("tickets:read{sep}{sep}tickets:write");
+        let token = e.sts.mandate().claim("scope", json!(scope)).sign();
+        let m = e
+            .verifier
+            .verify(&token, &both)
+            .await
+            .unwrap_or_else(|err| panic!("U+{:04X}: {err}", u32::from(sep)));
+        assert_eq!(
+            m.scopes().collect::<Vec<_>>(),
+            ["tickets:read", "tickets:write"]
+        );
+    }
+    // Not White_Space, as in Go: the two scopes stay one token that matches neither.
+    for sep in ['\u{200B}', '\u{FEFF}'] {
+        let scope = format!("tickets:read{sep}tickets:write");
+        let token = e.sts.mandate().claim("scope", json!(scope)).sign();
+        let err = deny(&e, &token, &both).await;
+        assert_eq!(
+            err.code(),
+            ErrorCode::ScopeInsufficient,
+            "U+{:04X}",
+            u32::from(sep)
+        );
+        assert_eq!(err.status(), 403);
+        assert_eq!(err.details()["missing_scope"], "tickets:read");
+    }
+    // Matching stays exact per token.
+    let token = e
+        .sts
+        .mandate()
+        .claim("scope", json!("tickets:read\u{3000}tickets:writer"))
+        .sign();
+    let err = deny(&e, &token, &both).await;
+    assert_eq!(err.details()["missing_scope"], "tickets:write");
+}
+
 #[tokio::test]
 async fn targets_must_all_be_present() {
     let e = env().await;

@@ -1506,9 +1506,14 @@ fn scope_cases(e: &Env) -> Vec<Case> {
         Case::new("ADMIN for admin", m("ADMIN"), si()).reqs(needs("admin")),
         Case::new("admin:rea", m("admin:rea"), si()).reqs(needs("admin:read")),
         Case::new("admin:readx", m("admin:readx"), si()).reqs(needs("admin:read")),
-        Case::new("admin:read with tab", m("admin:read\t"), si()).reqs(needs("admin:read")),
-        Case::new("admin:read with NBSP", m("admin:read\u{a0}"), si()).reqs(needs("admin:read")),
-        Case::new("admin:read with newline", m("admin:read\n"), si()).reqs(needs("admin:read")),
+        // Caracal splits scope on Unicode White_Space (Go's strings.Fields), so these
+        // trailing separators are delimiters; U+200B and U+FEFF are not White_Space.
+        Case::new("admin:read with tab", m("admin:read\t"), ok()).reqs(needs("admin:read")),
+        Case::new("admin:read with NBSP", m("admin:read\u{a0}"), ok()).reqs(needs("admin:read")),
+        Case::new("admin:read with newline", m("admin:read\n"), ok()).reqs(needs("admin:read")),
+        Case::new("admin:read with ZWSP", m("admin:read\u{200b}"), si()).reqs(needs("admin:read")),
+        Case::new("admin:read with BOM", m("admin:read\u{feff}"), si()).reqs(needs("admin:read")),
+        Case::new("ZWSP-joined", m("read\u{200b}admin:read"), si()).reqs(needs("admin:read")),
         Case::new("comma-joined", m("read,admin:read"), si()).reqs(needs("admin:read")),
         Case::new("plus-joined", m("read+admin:read"), si()).reqs(needs("admin:read")),
         Case::new("wildcard", m("*"), si()).reqs(needs("admin:read")),

@@ -1115,3 +1115,26 @@ async fn over_http_a_bare_client_id_is_not_in_the_chain() {
         .sign();
     assert_eq!(app.call("/chain", &delegated).await.status, 200);
 }
+
+#[tokio::test]
+async fn over_http_scopes_split_on_any_unicode_white_space() {
+    let app = Parity::start().await;
+    let separators = [
+        '\t', '\n', '\u{0B}', '\u{0C}', '\r', ' ', '\u{85}', '\u{A0}', '\u{1680}', '\u{2000}',
+        '\u{2005}', '\u{200A}', '\u{2028}', '\u{2029}', '\u{202F}', '\u{205F}', '\u{3000}',
+    ];
+    for sep in separators {
+        let scope = format!("agents:run{sep}tickets:read");
+        let token = app.sts.mandate().claim("scope", json!(scope)).sign();
+        let reply = app.call("/scoped", &token).await;
+        assert_eq!(reply.status, 200, "U+{:04X}: {reply:#?}", u32::from(sep));
+        assert_eq!(reply.body["scopes"], json!(["agents:run", "tickets:read"]));
+    }
+    for sep in ['\u{200B}', '\u{FEFF}'] {
+        let scope = format!("agents:run{sep}tickets:read");
+        let token = app.sts.mandate().claim("scope", json!(scope)).sign();
+        let reply = app.call("/scoped", &token).await;
+        reply.assert_denied(403, "scope_insufficient");
+        assert_eq!(reply.body["details"]["missing_scope"], "tickets:read");
+    }
+}
