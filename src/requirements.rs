@@ -158,17 +158,12 @@ impl Requirements {
         self
     }
 
-    /// Check a verified mandate. Targets are checked first (a 401, like the other
-    /// token-binding failures), then scopes, agent, delegation, chain consistency,
-    /// required chain members and the hop limit.
+    /// Check a verified mandate, in the order Caracal's route guard runs: scopes,
+    /// agent session, delegation (and the chain's consistency), required chain
+    /// members, the hop limit, then targets. The first failure is the answer, so a
+    /// mandate lacking both a required scope and a target is 403
+    /// `scope_insufficient`, as Caracal answers it.
     pub fn check(&self, m: &Mandate) -> Result<(), AuthError> {
-        if !self
-            .targets
-            .iter()
-            .all(|t| m.targets().iter().any(|x| x == t))
-        {
-            return Err(AuthError::invalid(InvalidReason::Target));
-        }
         if let Some(missing) = self.scopes.iter().find(|s| !m.has_scope(s)) {
             return Err(AuthError::ScopeInsufficient {
                 missing: missing.clone(),
@@ -199,6 +194,13 @@ impl Requirements {
                 hops,
                 limit: u64::from(self.max_hops),
             });
+        }
+        if !self
+            .targets
+            .iter()
+            .all(|t| m.targets().iter().any(|x| x == t))
+        {
+            return Err(AuthError::invalid(InvalidReason::Target));
         }
         Ok(())
     }

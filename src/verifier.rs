@@ -195,14 +195,29 @@ impl Verifier {
 
     /// Verify a mandate and check it against a route's requirements.
     ///
-    /// Order: size, cache, structure, header, key, signature, claims, revocation,
-    /// then the route's requirements and, for single-use routes, the replay guard.
+    /// The checks run in Caracal's order, and the first failure is the answer:
+    ///
+    /// 1. the token: size (413 `payload_too_large`), structure, header, key and
+    ///    signature (401 `invalid_token`);
+    /// 2. registered claims: `exp` (no leeway), `nbf` and `iat` (with the leeway),
+    ///    `iss`, `aud`, then `use` (401 `invalid_token`);
+    /// 3. `zone_id` (401 `zone_invalid`, also when it is missing or not a string);
+    /// 4. the route ([`Requirements::check`]): scopes (403 `scope_insufficient`),
+    ///    agent session, delegation, chain contents, hop limit, then targets
+    ///    (401 `invalid_token`, reason `target`);
+    /// 5. revocation anchors (401 `session_revoked`, or 503 when the feed is not
+    ///    current), then the delegation epoch (401 `delegation_stale`);
+    /// 6. for single-use routes, the replay guard.
+    ///
+    /// So a mandate lacking both a required scope and a target is 403
+    /// `scope_insufficient`, and a revoked mandate that also fails the route gets
+    /// the route's answer, as from Caracal's own guard.
     pub async fn verify(&self, token: &str, reqs: &Requirements) -> Result<Mandate, AuthError> {
         // One clock read for the whole decision; the times were just checked by
-        // `authenticate_at`, so only revocation and the route remain.
+        // `authenticate_at`, so only the route and revocation remain.
         let now = self.inner.clock.now().as_secs();
         let mandate = self.authenticate_at(token, now).await?;
-        self.revocation_and_route(&mandate, reqs, now)?;
+        self.route_and_revocation(&mandate, reqs, now)?;
         if reqs.is_single_use() {
             self.consume(&mandate).await?;
         }
@@ -354,28 +369,29 @@ impl Verifier {
         }
     }
 
-    /// Check a verified mandate against revocation and a route's requirements.
-    /// Synchronous and cheap: one read lock and a few hash probes.
+    /// Check a verified mandate against a route's requirements and revocation, in
+    /// [`verify`](Self::verify)'s order. Synchronous and cheap: one read lock and a few hash probes.
     pub fn authorize(&self, mandate: &Mandate, reqs: &Requirements) -> Result<(), AuthError> {
         let now = self.inner.clock.now().as_secs();
         // A mandate from the extensions may come from another layer: re-check expiry.
         self.check_times(&mandate.0.claims, now)?;
-        self.revocation_and_route(mandate, reqs, now)
+        self.route_and_revocation(mandate, reqs, now)
     }
 
-    fn revocation_and_route(
+    /// The route's requirements, then revocation: Caracal checks revocation last.
+    fn route_and_revocation(
         &self,
         mandate: &Mandate,
         reqs: &Requirements,
         now: u64,
     ) -> Result<(), AuthError> {
+        reqs.check(mandate)?;
         self.inner.revocations.check(
             &mandate.0.anchors,
             mandate.zone_id(),
             mandate.delegation_graph_epoch(),
             now,
-        )?;
-        reqs.check(mandate)
+        )
     }
 
     /// Record a single-use mandate's use. The second call for the same `iss` and

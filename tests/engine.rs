@@ -382,6 +382,61 @@ async fn zone_mismatch_is_zone_invalid() {
     }
 }
 
+/// A missing or non-string `zone_id` is `zone_invalid`, as Caracal answers it, but
+/// only once the checks Caracal runs before `zone_id` have passed.
+#[tokio::test]
+async fn a_missing_or_non_string_zone_id_is_zone_invalid() {
+    let e = env().await;
+    let mut bad = vec![("missing", e.sts.mandate().remove_claim("zone_id").sign())];
+    for (name, v) in [
+        ("null", Value::Null),
+        ("number", json!(1)),
+        ("empty", json!("")),
+        ("array", json!([ZONE])),
+    ] {
+        bad.push((name, e.sts.mandate().claim("zone_id", v).sign()));
+    }
+    for (name, token) in &bad {
+        let err = deny(&e, token, &none()).await;
+        assert_eq!(err.code(), ErrorCode::ZoneInvalid, "zone_id {name}");
+        assert_eq!(err.status(), 401);
+    }
+    // Earlier checks answer first; other claim faults stay `invalid_token`.
+    let no_zone = || e.sts.mandate().remove_claim("zone_id");
+    for (token, want) in [
+        (
+            no_zone().issued_at(T0 - 600).expires_at(T0).sign(),
+            InvalidReason::Expired,
+        ),
+        (
+            no_zone().claim("iss", json!("https://evil.example")).sign(),
+            InvalidReason::Issuer,
+        ),
+        (
+            no_zone().audience("resource://other").sign(),
+            InvalidReason::Audience,
+        ),
+        (
+            no_zone().claim("use", json!("session")).sign(),
+            InvalidReason::Use,
+        ),
+        (no_zone().remove_claim("sub").sign(), InvalidReason::Claims),
+        (
+            e.sts
+                .mandate()
+                .claim("zone_id", json!(7))
+                .claim("hop_count", json!(-1))
+                .sign(),
+            InvalidReason::Claims,
+        ),
+    ] {
+        assert_eq!(reason(&e, &token).await, Some(want));
+    }
+    // And `zone_id` answers before the route.
+    let err = deny(&e, &no_zone().sign(), &Requirements::new().scopes(["x"])).await;
+    assert_eq!(err.code(), ErrorCode::ZoneInvalid);
+}
+
 #[tokio::test]
 async fn use_must_be_resource_unless_configured() {
     let e = env().await;
@@ -418,7 +473,6 @@ async fn required_claims_and_types() {
         "exp",
         "iat",
         "jti",
-        "zone_id",
         "client_id",
         "sid",
         "root_sid",
@@ -606,6 +660,103 @@ async fn scopes_split_on_any_unicode_white_space() {
         .sign();
     let err = deny(&e, &token, &both).await;
     assert_eq!(err.details()["missing_scope"], "tickets:write");
+}
+
+/// Caracal's guard order: scopes, agent session, delegation, chain contains, hop
+/// limit, targets, then revocation anchors and the delegation epoch.
+#[tokio::test]
+async fn checks_run_in_caracal_order() {
+    let e = env().await;
+    let code = |reqs: Requirements, token: String| {
+        let v = e.verifier.clone();
+        async move { v.verify(&token, &reqs).await.unwrap_err().code() }
+    };
+    let scoped_target = || {
+        Requirements::new()
+            .scopes(["tickets:read"])
+            .targets(["resource://billing"])
+    };
+    // Lacking both a scope and a target: the scope answers (403, not 401).
+    let err = deny(&e, &e.sts.mandate().sign(), &scoped_target()).await;
+    assert_eq!(err.code(), ErrorCode::ScopeInsufficient);
+    assert_eq!(err.status(), 403);
+    // Lacking only the target: 401 `invalid_token`, reason `target`.
+    let err = deny(
+        &e,
+        &e.sts.mandate().scopes(["tickets:read"]).sign(),
+        &scoped_target(),
+    )
+    .await;
+    assert_eq!(
+        (err.status().as_u16(), err.reason()),
+        (401, Some(InvalidReason::Target))
+    );
+    // Each route check answers before the targets.
+    let target = || Requirements::new().targets(["resource://billing"]);
+    assert_eq!(
+        code(target().agent(), e.sts.mandate().sign()).await,
+        ErrorCode::AgentIdentityRequired
+    );
+    assert_eq!(
+        code(target().delegation(), e.sts.mandate().sign()).await,
+        ErrorCode::DelegationRequired
+    );
+    assert_eq!(
+        code(target().chain_contains(["app-x"]), e.sts.mandate().sign()).await,
+        ErrorCode::ChainMismatch
+    );
+    assert_eq!(
+        code(target().max_hops(1), e.sts.mandate().delegation(2).sign()).await,
+        ErrorCode::HopCountExceeded
+    );
+    // Scopes before agent, agent before delegation, delegation before the chain.
+    assert_eq!(
+        code(
+            Requirements::new().scopes(["a"]).agent(),
+            e.sts.mandate().sign()
+        )
+        .await,
+        ErrorCode::ScopeInsufficient
+    );
+    assert_eq!(
+        code(
+            Requirements::new().agent().delegation(),
+            e.sts.mandate().sign()
+        )
+        .await,
+        ErrorCode::AgentIdentityRequired
+    );
+    assert_eq!(
+        code(
+            Requirements::new().delegation().chain_contains(["app-x"]),
+            e.sts.mandate().sign()
+        )
+        .await,
+        ErrorCode::DelegationRequired
+    );
+
+    // Revocation runs last: a revoked mandate that fails the route gets the route's
+    // answer; one that meets the route is `session_revoked`.
+    let revoked = e.sts.mandate().sid("sid-revoked").sign();
+    e.verifier.revocations().revoke("sid-revoked");
+    assert_eq!(
+        code(Requirements::new().scopes(["a"]), revoked.clone()).await,
+        ErrorCode::ScopeInsufficient
+    );
+    let err = deny(&e, &revoked, &target()).await;
+    assert_eq!(err.reason(), Some(InvalidReason::Target));
+    assert_eq!(code(none(), revoked).await, ErrorCode::SessionRevoked);
+    // Anchors before the epoch; the epoch after the route too.
+    e.verifier.revocations().raise_epoch(ZONE, 9);
+    let both = e.sts.mandate().sid("sid-revoked-2").epoch(3).sign();
+    e.verifier.revocations().revoke("sid-revoked-2");
+    assert_eq!(code(none(), both).await, ErrorCode::SessionRevoked);
+    let stale = e.sts.mandate().epoch(3).sign();
+    assert_eq!(
+        code(Requirements::new().scopes(["a"]), stale.clone()).await,
+        ErrorCode::ScopeInsufficient
+    );
+    assert_eq!(code(none(), stale).await, ErrorCode::DelegationStale);
 }
 
 #[tokio::test]

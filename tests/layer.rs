@@ -1021,6 +1021,7 @@ const T0: u64 = 1_790_000_100;
 struct Parity {
     sts: TestIssuer,
     clock: ManualClock,
+    verifier: Verifier,
     base: String,
     http: reqwest::Client,
 }
@@ -1040,8 +1041,10 @@ impl Parity {
             .zone(ZONE)
             .clock(clock.clone());
         let v = f(builder).build().expect("valid verifier settings");
+        // One layer per route: each decision is one layer's, in Caracal's order
+        // (a router-wide layer in front would decide revocation on its own first).
         let router = Router::new()
-            .route("/any", get(principal))
+            .route("/any", guarded(&v, Requirements::new()))
             .route(
                 "/chain",
                 guarded(&v, Requirements::new().chain_contains(["app-orchestrator"])),
@@ -1058,12 +1061,12 @@ impl Parity {
                         .scopes(["tickets:read"])
                         .targets(["resource://billing"]),
                 ),
-            )
-            .layer(MandateLayer::new(v.clone(), Requirements::new()));
+            );
         let addr = serve(router).await;
         Parity {
             sts,
             clock,
+            verifier: v,
             base: format!("http://{addr}"),
             http: client(),
         }
@@ -1137,4 +1140,54 @@ async fn over_http_scopes_split_on_any_unicode_white_space() {
         reply.assert_denied(403, "scope_insufficient");
         assert_eq!(reply.body["details"]["missing_scope"], "tickets:read");
     }
+}
+
+#[tokio::test]
+async fn over_http_checks_run_in_caracal_order() {
+    let app = Parity::start().await;
+    // Lacking both the route's scope and its target: 403 `scope_insufficient`.
+    let bare = app.sts.mandate().sid("sid-order").sign();
+    let reply = app.call("/scoped-target", &bare).await;
+    reply.assert_denied(403, "scope_insufficient");
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some(
+            "Bearer realm=\"resource://api\", error=\"insufficient_scope\", scope=\"tickets:read\""
+        )
+    );
+    // The scope alone: the target answers, 401 `invalid_token`.
+    let scoped = app.sts.mandate().scopes(["tickets:read"]).sign();
+    let reply = app.call("/scoped-target", &scoped).await;
+    reply.assert_denied(401, "invalid_token");
+    assert_eq!(reply.body["details"]["reason"], "target");
+    // Revocation runs after the route.
+    app.verifier.revocations().revoke("sid-order");
+    app.call("/scoped-target", &bare)
+        .await
+        .assert_denied(403, "scope_insufficient");
+    app.call("/any", &bare)
+        .await
+        .assert_denied(401, "session_revoked");
+}
+
+#[tokio::test]
+async fn over_http_a_missing_or_non_string_zone_id_is_zone_invalid() {
+    let app = Parity::start().await;
+    for token in [
+        app.sts.mandate().remove_claim("zone_id").sign(),
+        app.sts.mandate().claim("zone_id", json!(42)).sign(),
+        app.sts.mandate().claim("zone_id", Value::Null).sign(),
+    ] {
+        let reply = app.call("/scoped", &token).await;
+        reply.assert_denied(401, "zone_invalid");
+        assert_eq!(
+            reply.header("www-authenticate"),
+            Some("Bearer realm=\"resource://api\", error=\"invalid_token\"")
+        );
+    }
+    // Another missing claim stays `invalid_token`.
+    let no_sub = app.sts.mandate().remove_claim("sub").sign();
+    let reply = app.call("/any", &no_sub).await;
+    reply.assert_denied(401, "invalid_token");
+    assert_eq!(reply.body["details"]["reason"], "claims");
 }
