@@ -22,8 +22,10 @@ use crate::token::{self, HeaderAlg};
 
 /// The default clock leeway (60 s).
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
-/// The default token size cap (8 KiB).
-pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// The default token size cap (16 KiB): room for real mandates, which list every
+/// granted resource in both `aud` and `target` (40–60 UUID resources make 9–12 KB
+/// tokens; a ten-hop chain with UUID ids is about 4 KB).
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// The longest a verified mandate stays in the cache, whatever its `exp`.
 const MAX_CACHE_TTL_SECS: u64 = 24 * 3600;
 
@@ -542,7 +544,7 @@ impl VerifierBuilder {
     /// | `CARACAL_AUDIENCE` | [`audience`](Self::audience) | required |
     /// | `CARACAL_TOKEN_USE` | [`token_use`](Self::token_use) | `resource` |
     /// | `CARACAL_LEEWAY_SECS` | [`leeway`](Self::leeway) | 60 |
-    /// | `CARACAL_MAX_TOKEN_BYTES` | [`max_token_bytes`](Self::max_token_bytes) | 8192 |
+    /// | `CARACAL_MAX_TOKEN_BYTES` | [`max_token_bytes`](Self::max_token_bytes) | 16384 |
     /// | `CARACAL_JWKS_TTL_SECS` | [`jwks_ttl`](Self::jwks_ttl) | 300 |
     /// | `CARACAL_JWKS_MAX_STALENESS_SECS` | [`jwks_max_staleness`](Self::jwks_max_staleness) | 1800 |
     /// | `CARACAL_JWKS_COOLDOWN_SECS` | [`jwks_cooldown`](Self::jwks_cooldown) | 2 |
@@ -657,8 +659,22 @@ impl VerifierBuilder {
         self
     }
 
-    /// The largest token accepted. Default 8 KiB; larger tokens are 413
-    /// `payload_too_large` before any decoding.
+    /// The largest token accepted. Default 16 KiB ([`DEFAULT_MAX_TOKEN_BYTES`]);
+    /// larger tokens are 413 `payload_too_large` before any decoding.
+    ///
+    /// Caracal's STS lists every granted resource in both `aud` and `target`, with no
+    /// cap on their number: 40–60 UUID resources make 9–12 KB mandates, and a
+    /// ten-hop chain with UUID ids about 4 KB. Caracal's own verifiers set no cap.
+    /// Raise it if your STS grants more resources per mandate; the cap bounds the
+    /// work an unauthenticated request can cause (one base64 decode and one
+    /// signature check per token, before any cache).
+    ///
+    /// Everything in front must pass an `Authorization` header this large too.
+    /// hyper's HTTP/1 server (axum's default) buffers up to about 408 KiB of request
+    /// head, so it does. hyper's HTTP/2 server advertises a 16 KiB header list by
+    /// default (names, values and 32 bytes per field), which a token near the cap
+    /// exceeds: raise `max_header_list_size` there, and check proxies (nginx's
+    /// default `large_client_header_buffers 4 8k` refuses any header over 8 KiB).
     pub fn max_token_bytes(mut self, bytes: usize) -> Self {
         self.max_token_bytes = bytes;
         self

@@ -1210,11 +1210,62 @@ impl ReplayGuard for BrokenGuard {
     }
 }
 
+/// A resource id shaped like the STS's: UUIDs.
+fn resource_id(i: usize) -> String {
+    format!("resource://7d1c2a9e-4b3f-4c8e-9a1d-{i:012x}/0f6b9c3e-2d4a-4e7b-8c5f-{i:012x}")
+}
+
+/// A mandate as Caracal's STS mints it for `n` granted resources: each listed in
+/// both `aud` and `target`.
+fn with_resources(sts: &TestIssuer, n: usize) -> String {
+    let resources: Vec<String> = (0..n).map(resource_id).collect();
+    let mut aud = vec![AUD.to_owned()];
+    aud.extend(resources.iter().cloned());
+    sts.mandate()
+        .claim("aud", json!(aud))
+        .targets(resources)
+        .delegation(10)
+        .sign()
+}
+
+/// Real mandates list every granted resource in `aud` and `target`: the 16 KiB
+/// default fits sixty UUID resources and a ten-hop chain.
+#[tokio::test]
+async fn the_default_size_cap_fits_real_mandates() {
+    let e = env().await;
+    assert_eq!(caracal_verifier::DEFAULT_MAX_TOKEN_BYTES, 16 * 1024);
+    let token = with_resources(&e.sts, 60);
+    assert!(
+        (14 * 1024..=16 * 1024).contains(&token.len()),
+        "{} bytes",
+        token.len()
+    );
+    let m = e
+        .verifier
+        .verify(&token, &Requirements::new().targets([resource_id(59)]))
+        .await
+        .unwrap();
+    assert_eq!(m.targets().len(), 60);
+    let over = with_resources(&e.sts, 70);
+    assert!(over.len() > 16 * 1024);
+    let err = deny(&e, &over, &none()).await;
+    assert_eq!(
+        (err.code(), err.status().as_u16()),
+        (ErrorCode::PayloadTooLarge, 413)
+    );
+    // Still configurable.
+    let big = env_with(|b| b.max_token_bytes(32 * 1024)).await;
+    big.verifier
+        .verify(&with_resources(&big.sts, 70), &none())
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn every_engine_code_is_produced() {
     let e = env().await;
     assert_eq!(deny(&e, "", &none()).await.code(), ErrorCode::MissingToken);
-    let huge = "a".repeat(8 * 1024 + 1);
+    let huge = "a".repeat(16 * 1024 + 1);
     let err = deny(&e, &huge, &none()).await;
     assert_eq!(
         (err.code(), err.status().as_u16()),

@@ -1455,8 +1455,8 @@ fn zone_cases(e: &Env) -> Vec<Case> {
         ));
     }
     cases.push(Case::new(
-        "zone_id of 10 KB (default cap)",
-        m().zone("z".repeat(10 * 1024)).sign(),
+        "zone_id of 17 KB (default cap)",
+        m().zone("z".repeat(17 * 1024)).sign(),
         code("payload_too_large"),
     ));
     // Not a usable zone: `zone_invalid`, as Caracal answers (was invalid_token/claims).
@@ -1487,8 +1487,8 @@ async fn claims_zone_id() {
     );
     let big = e.verifier_with(|b| b.max_token_bytes(BIG)).await;
     let cases = [Case::new(
-        "zone_id of 10 KB (4 MiB cap)",
-        e.sts.mandate().zone("z".repeat(10 * 1024)).sign(),
+        "zone_id of 17 KB (4 MiB cap)",
+        e.sts.mandate().zone("z".repeat(17 * 1024)).sign(),
         code("zone_invalid"),
     )];
     check("claims: zone_id (big cap)", &big, &cases).await;
@@ -1876,10 +1876,10 @@ async fn size() {
             e.raw(&huge_header, &payload),
             code("payload_too_large"),
         ),
-        Case::new("exactly the 8 KiB cap", token_of_len(&e, 8192), ok()),
+        Case::new("exactly the 16 KiB cap", token_of_len(&e, 16384), ok()),
         Case::new(
             "one byte over the cap",
-            token_of_len(&e, 8193),
+            token_of_len(&e, 16385),
             code("payload_too_large"),
         ),
     ];
@@ -1891,7 +1891,7 @@ async fn size() {
                 .verify(&case.token, &Requirements::new())
                 .await
                 .unwrap_err();
-            assert_eq!(err.details()["limit"], json!(8192), "{}", case.name);
+            assert_eq!(err.details()["limit"], json!(16384), "{}", case.name);
             assert_eq!(
                 err.details()["size"],
                 json!(case.token.len()),

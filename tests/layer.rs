@@ -257,10 +257,10 @@ async fn every_route_denial_has_its_code_and_status() {
             "invalid_token",
         ),
         (
-            "over 8 KiB",
+            "over 16 KiB",
             "/any",
             sts.mandate()
-                .claim("pad", json!("x".repeat(9 * 1024)))
+                .claim("pad", json!("x".repeat(17 * 1024)))
                 .sign(),
             413,
             "payload_too_large",
@@ -312,10 +312,10 @@ async fn invalid_token_details_name_the_reason() {
     let big = app
         .sts
         .mandate()
-        .claim("pad", json!("x".repeat(9 * 1024)))
+        .claim("pad", json!("x".repeat(17 * 1024)))
         .sign();
     let reply = app.call("/any", &big).await;
-    assert_eq!(reply.body["details"]["limit"], 8192);
+    assert_eq!(reply.body["details"]["limit"], 16384);
 }
 
 #[tokio::test]
@@ -471,7 +471,7 @@ async fn www_authenticate_follows_rfc_6750() {
             "/any",
             &app.sts
                 .mandate()
-                .claim("pad", json!("x".repeat(9000)))
+                .claim("pad", json!("x".repeat(17 * 1024)))
                 .sign(),
         )
         .await;
@@ -1190,4 +1190,63 @@ async fn over_http_a_missing_or_non_string_zone_id_is_zone_invalid() {
     let reply = app.call("/any", &no_sub).await;
     reply.assert_denied(401, "invalid_token");
     assert_eq!(reply.body["details"]["reason"], "claims");
+}
+
+/// A mandate as Caracal's STS mints it for `n` granted UUID resources: each listed
+/// in both `aud` and `target`, with a ten-hop chain.
+fn with_resources(sts: &TestIssuer, n: usize) -> String {
+    let resources: Vec<String> = (0..n)
+        .map(|i| {
+            format!("resource://7d1c2a9e-4b3f-4c8e-9a1d-{i:012x}/0f6b9c3e-2d4a-4e7b-8c5f-{i:012x}")
+        })
+        .collect();
+    let mut aud = vec![AUDIENCE.to_owned()];
+    aud.extend(resources.iter().cloned());
+    sts.mandate()
+        .claim("aud", json!(aud))
+        .targets(resources)
+        .delegation(10)
+        .sign()
+}
+
+/// The 16 KiB default cap fits real mandates, and axum's HTTP/1 server (hyper, a
+/// read buffer of about 408 KiB) passes such an `Authorization` header through:
+/// sent with a plain hyper client.
+#[tokio::test]
+async fn over_http_a_fifteen_kib_mandate_is_accepted_and_one_over_the_cap_is_413() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let app = Parity::start().await;
+    let http = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let send = |token: String| {
+        let http = http.clone();
+        let uri = format!("{}/any", app.base);
+        async move {
+            let req = http::Request::get(uri)
+                .header("authorization", format!("Bearer {token}"))
+                .body(Empty::new())
+                .unwrap();
+            let res = http.request(req).await.expect("request reaches the server");
+            let status = res.status().as_u16();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            (status, serde_json::from_slice::<Value>(&body).unwrap())
+        }
+    };
+    let fits = with_resources(&app.sts, 60);
+    assert!(
+        (14 * 1024..=16 * 1024).contains(&fits.len()),
+        "{} bytes",
+        fits.len()
+    );
+    let (status, body) = send(fits).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["sub"], "user-1");
+
+    let over = with_resources(&app.sts, 70);
+    assert!(over.len() > 16 * 1024);
+    let (status, body) = send(over).await;
+    assert_eq!((status, &body["error"]), (413, &json!("payload_too_large")));
+    assert_eq!(body["details"]["limit"], 16384);
 }
