@@ -173,6 +173,10 @@ pub enum InvalidReason {
     Target,
     /// A single-use mandate was presented again.
     Replayed,
+    /// The mandate expires sooner than the route's
+    /// [`min_remaining`](crate::Requirements::min_remaining) window (the Gateway's
+    /// `denials_expiring`).
+    Expiring,
 }
 
 impl InvalidReason {
@@ -193,6 +197,7 @@ impl InvalidReason {
             InvalidReason::Claims => "claims",
             InvalidReason::Target => "target",
             InvalidReason::Replayed => "replayed",
+            InvalidReason::Expiring => "expiring",
         }
     }
 }

@@ -14,6 +14,8 @@
 //! # let _ = (payouts, orchestrate);
 //! ```
 
+use std::time::Duration;
+
 use crate::error::{AuthError, ChainFault, InvalidReason};
 use crate::mandate::Mandate;
 
@@ -32,6 +34,8 @@ pub struct Requirements {
     chain_contains: Vec<String>,
     max_hops: u32,
     single_use: bool,
+    /// Seconds, rounded up; 0 is off.
+    min_remaining: u64,
 }
 
 impl Default for Requirements {
@@ -51,6 +55,7 @@ impl Requirements {
             chain_contains: Vec::new(),
             max_hops: DEFAULT_MAX_HOPS,
             single_use: false,
+            min_remaining: 0,
         }
     }
 
@@ -135,6 +140,40 @@ impl Requirements {
         self
     }
 
+    /// Refuse a mandate that expires within `window`: one with less than `window`
+    /// left before its `exp`, by the verifier's clock, is 401 `invalid_token` with
+    /// reason `expiring`, as Caracal's Gateway refuses it (`denials_expiring`).
+    /// A mandate with exactly `window` left is accepted. Default off (zero): a
+    /// mandate is accepted until its `exp`.
+    ///
+    /// Use it for routes that start work outliving the request (a long upload, a
+    /// job that calls on with the same mandate), so the work does not begin on
+    /// authority that is about to lapse. Sub-second parts round up to the next
+    /// second. It is checked by [`Verifier::verify`](crate::Verifier::verify) and
+    /// [`Verifier::authorize`](crate::Verifier::authorize) right after the token's
+    /// own times, before the other route checks; [`check`](Self::check) has no
+    /// clock and does not apply it.
+    pub fn min_remaining(mut self, window: Duration) -> Self {
+        self.min_remaining = window
+            .as_secs()
+            .saturating_add(u64::from(window.subsec_nanos() > 0));
+        self
+    }
+
+    /// The [`min_remaining`](Self::min_remaining) window, if set.
+    pub fn min_remaining_window(&self) -> Option<Duration> {
+        (self.min_remaining > 0).then(|| Duration::from_secs(self.min_remaining))
+    }
+
+    /// Refuse `m` if it expires within the [`min_remaining`](Self::min_remaining)
+    /// window of `now` (seconds since the epoch).
+    pub(crate) fn check_remaining(&self, m: &Mandate, now: u64) -> Result<(), AuthError> {
+        if self.min_remaining > 0 && m.expires_at().saturating_sub(now) < self.min_remaining {
+            return Err(AuthError::invalid(InvalidReason::Expiring));
+        }
+        Ok(())
+    }
+
     /// The required scopes.
     pub fn required_scopes(&self) -> &[String] {
         &self.scopes
@@ -155,6 +194,7 @@ impl Requirements {
             .extend(other.chain_contains.iter().cloned());
         self.max_hops = self.max_hops.min(other.max_hops);
         self.single_use |= other.single_use;
+        self.min_remaining = self.min_remaining.max(other.min_remaining);
         self
     }
 

@@ -204,7 +204,9 @@ impl Verifier {
     /// 2. registered claims: `exp` (no leeway), `nbf` and `iat` (with the leeway),
     ///    `iss`, `aud`, then `use` (401 `invalid_token`);
     /// 3. `zone_id` (401 `zone_invalid`, also when it is missing or not a string);
-    /// 4. the route ([`Requirements::check`]): scopes (403 `scope_insufficient`),
+    /// 4. the route: its [`min_remaining`](Requirements::min_remaining) window, if
+    ///    any (401 `invalid_token`, reason `expiring`), then
+    ///    [`Requirements::check`]: scopes (403 `scope_insufficient`),
     ///    agent session, delegation, chain contents, hop limit, then targets
     ///    (401 `invalid_token`, reason `target`);
     /// 5. revocation anchors (401 `session_revoked`, or 503 when the feed is not
@@ -387,6 +389,7 @@ impl Verifier {
         reqs: &Requirements,
         now: u64,
     ) -> Result<(), AuthError> {
+        reqs.check_remaining(mandate, now)?;
         reqs.check(mandate)?;
         self.inner.revocations.check(
             &mandate.0.anchors,

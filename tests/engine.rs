@@ -759,6 +759,49 @@ async fn checks_run_in_caracal_order() {
     assert_eq!(code(none(), stale).await, ErrorCode::DelegationStale);
 }
 
+/// The Gateway's `denials_expiring`: a route may refuse mandates about to lapse.
+#[tokio::test]
+async fn min_remaining_refuses_a_mandate_about_to_expire() {
+    let e = env().await;
+    let fresh = Requirements::new().min_remaining(Duration::from_secs(60));
+    assert_eq!(fresh.min_remaining_window(), Some(Duration::from_secs(60)));
+    assert_eq!(none().min_remaining_window(), None);
+    let exp = T0 + 100;
+    let token = e.sts.mandate().issued_at(T0).expires_at(exp).sign();
+    // 100 s left, then exactly 60 s left: accepted.
+    e.verifier.verify(&token, &fresh).await.unwrap();
+    e.clock.set(Duration::from_secs(exp - 60));
+    e.verifier.verify(&token, &fresh).await.unwrap();
+    // 59 s left: refused on this route, still fine on others.
+    e.clock.set(Duration::from_secs(exp - 59));
+    let err = deny(&e, &token, &fresh).await;
+    assert_eq!(err.code(), ErrorCode::InvalidToken);
+    assert_eq!(err.status(), 401);
+    assert_eq!(err.reason(), Some(InvalidReason::Expiring));
+    assert_eq!(err.details()["reason"], "expiring");
+    e.verifier.verify(&token, &none()).await.unwrap();
+    // A stacked layer reusing the mandate applies it too.
+    let m = e.verifier.authenticate(&token).await.unwrap();
+    assert_eq!(
+        e.verifier.authorize(&m, &fresh).unwrap_err().reason(),
+        Some(InvalidReason::Expiring)
+    );
+    // Merged requirements keep the longer window; sub-seconds round up.
+    let merged = none()
+        .min_remaining(Duration::from_millis(10_500))
+        .and(&fresh);
+    assert_eq!(merged.min_remaining_window(), Some(Duration::from_secs(60)));
+    assert_eq!(
+        none()
+            .min_remaining(Duration::from_millis(10_500))
+            .min_remaining_window(),
+        Some(Duration::from_secs(11))
+    );
+    // It answers before the other route checks.
+    let err = deny(&e, &token, &fresh.clone().scopes(["missing"])).await;
+    assert_eq!(err.reason(), Some(InvalidReason::Expiring));
+}
+
 #[tokio::test]
 async fn targets_must_all_be_present() {
     let e = env().await;

@@ -1054,6 +1054,13 @@ impl Parity {
                 guarded(&v, Requirements::new().scopes(["tickets:read"])),
             )
             .route(
+                "/fresh",
+                guarded(
+                    &v,
+                    Requirements::new().min_remaining(Duration::from_secs(60)),
+                ),
+            )
+            .route(
                 "/scoped-target",
                 guarded(
                     &v,
@@ -1249,4 +1256,23 @@ async fn over_http_a_fifteen_kib_mandate_is_accepted_and_one_over_the_cap_is_413
     let (status, body) = send(over).await;
     assert_eq!((status, &body["error"]), (413, &json!("payload_too_large")));
     assert_eq!(body["details"]["limit"], 16384);
+}
+
+#[tokio::test]
+async fn over_http_a_mandate_expiring_within_the_window_is_refused() {
+    let app = Parity::start().await;
+    let exp = T0 + 100;
+    let token = app.sts.mandate().issued_at(T0).expires_at(exp).sign();
+    assert_eq!(app.call("/fresh", &token).await.status, 200);
+    app.clock.set(Duration::from_secs(exp - 60));
+    assert_eq!(app.call("/fresh", &token).await.status, 200, "60 s left");
+    app.clock.set(Duration::from_secs(exp - 59));
+    let reply = app.call("/fresh", &token).await;
+    reply.assert_denied(401, "invalid_token");
+    assert_eq!(reply.body["details"]["reason"], "expiring");
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some("Bearer realm=\"resource://api\", error=\"invalid_token\"")
+    );
+    assert_eq!(app.call("/any", &token).await.status, 200, "other routes");
 }
