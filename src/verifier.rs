@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::cache::{DEFAULT_CACHE_BYTES, DEFAULT_CACHE_ENTRIES, MandateCache};
 use crate::claims::parse_payload;
 use crate::clock::{Clock, SharedClock, SystemClock};
-use crate::error::{AnchorKind, AuthError, ConfigError, InvalidReason};
+use crate::error::{AnchorKind, AuthError, CodeSpelling, ConfigError, InvalidReason};
 use crate::jwk::Algorithm;
 use crate::jwks::{
     DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, HttpFetcher, JwksFetcher, KeyCache,
@@ -72,6 +72,7 @@ pub(crate) struct Inner {
     cache: Option<MandateCache>,
     pub(crate) replay: Arc<dyn ReplayGuard>,
     pub(crate) clock: SharedClock,
+    code_spelling: CodeSpelling,
     #[cfg(feature = "redis")]
     feed: Option<crate::redis::FeedHandle>,
 }
@@ -151,6 +152,12 @@ impl Verifier {
     /// The configured audience.
     pub fn audience(&self) -> &str {
         &self.inner.audience
+    }
+
+    /// How a [`MandateLayer`](crate::layer::MandateLayer)'s default JSON body spells
+    /// denials; see [`VerifierBuilder::code_spelling`].
+    pub fn code_spelling(&self) -> CodeSpelling {
+        self.inner.code_spelling
     }
 
     /// The revocation set this verifier checks. Apply events to it directly for
@@ -367,6 +374,7 @@ impl Verifier {
                 cache: None,
                 replay: Arc::new(guard),
                 clock: Arc::clone(&i.clock),
+                code_spelling: i.code_spelling,
                 #[cfg(feature = "redis")]
                 feed: None,
             }),
@@ -475,6 +483,7 @@ pub struct VerifierBuilder {
     cache_bytes: u64,
     replay: Option<Arc<dyn ReplayGuard>>,
     replay_capacity: Option<u64>,
+    code_spelling: CodeSpelling,
     #[cfg(feature = "redis")]
     redis: Option<crate::redis::RedisRevocations>,
 }
@@ -512,6 +521,7 @@ impl Default for VerifierBuilder {
             cache_bytes: DEFAULT_CACHE_BYTES,
             replay: None,
             replay_capacity: None,
+            code_spelling: CodeSpelling::Documented,
             #[cfg(feature = "redis")]
             redis: None,
         }
@@ -552,6 +562,7 @@ impl VerifierBuilder {
     /// | `CARACAL_JWKS_MAX_STALENESS_SECS` | [`jwks_max_staleness`](Self::jwks_max_staleness) | 1800 |
     /// | `CARACAL_JWKS_COOLDOWN_SECS` | [`jwks_cooldown`](Self::jwks_cooldown) | 2 |
     /// | `CARACAL_MANDATE_CACHE` | [`mandate_cache`](Self::mandate_cache) (`on`/`off`) | `on` |
+    /// | `CARACAL_CODE_SPELLING` | [`code_spelling`](Self::code_spelling) (`documented`/`sdk`) | `documented` |
     ///
     /// With the `redis` feature, `CARACAL_REDIS_URL` and the variables next to it
     /// attach the Redis revocation feed (see `RedisRevocations::from_lookup`). Without
@@ -601,6 +612,16 @@ impl VerifierBuilder {
                 return Err(ConfigError::Env {
                     var: "CARACAL_MANDATE_CACHE",
                     reason: "expected on or off".into(),
+                });
+            }
+        }
+        match get("CARACAL_CODE_SPELLING").as_deref().map(str::trim) {
+            None | Some("") | Some("documented") => {}
+            Some("sdk") => b = b.code_spelling(CodeSpelling::CaracalSdk),
+            Some(_) => {
+                return Err(ConfigError::Env {
+                    var: "CARACAL_CODE_SPELLING",
+                    reason: "expected documented or sdk".into(),
                 });
             }
         }
@@ -783,6 +804,23 @@ impl VerifierBuilder {
         self
     }
 
+    /// How a [`MandateLayer`](crate::layer::MandateLayer) spells denials in its
+    /// default JSON body. Default [`CodeSpelling::Documented`]: the documented codes
+    /// (`zone_invalid`, `scope_insufficient`, `agent_identity_required`) and `hint`.
+    ///
+    /// [`CodeSpelling::CaracalSdk`] answers as Caracal's TypeScript, Go and Python
+    /// verifier packages do (`invalid_zone`, `insufficient_scope`,
+    /// `session_required`, and `error_hint`), for clients written against them. It
+    /// changes only the body: [`AuthError::code`], the status, the trace events and
+    /// the `WWW-Authenticate` header (RFC 6750's own `invalid_token` and
+    /// `insufficient_scope`) are the same under both. A custom
+    /// [`Renderer`](crate::layer::Renderer) can read it with
+    /// [`Verifier::code_spelling`] and [`AuthError::to_json_spelled`].
+    pub fn code_spelling(mut self, spelling: CodeSpelling) -> Self {
+        self.code_spelling = spelling;
+        self
+    }
+
     /// Keep the revocation set current from Caracal's Redis Streams. `build` then
     /// starts the consumer task, so it must run inside a Tokio runtime. Default: no
     /// feed (revocations come only through [`Verifier::revocations`]).
@@ -882,6 +920,7 @@ impl VerifierBuilder {
                     .then(|| MandateCache::new(self.cache_entries, self.cache_bytes)),
                 replay,
                 clock: self.clock,
+                code_spelling: self.code_spelling,
                 #[cfg(feature = "redis")]
                 feed,
             }),
@@ -951,6 +990,36 @@ mod tests {
         vars.push(("CARACAL_REDIS_URL", " "));
         vars.push(("STREAMS_HMAC_KEY", ""));
         assert!(VerifierBuilder::from_lookup(&lookup(&vars)).is_ok());
+    }
+
+    #[test]
+    fn from_lookup_reads_the_code_spelling() {
+        let spelling = |value: &str| {
+            let mut vars = BASE.to_vec();
+            vars.push(("CARACAL_CODE_SPELLING", value));
+            VerifierBuilder::from_lookup(&lookup(&vars)).map(|b| b.code_spelling)
+        };
+        assert_eq!(
+            VerifierBuilder::from_lookup(&lookup(&BASE))
+                .unwrap()
+                .code_spelling,
+            CodeSpelling::Documented
+        );
+        assert_eq!(spelling("sdk"), Ok(CodeSpelling::CaracalSdk));
+        assert_eq!(spelling(" sdk "), Ok(CodeSpelling::CaracalSdk));
+        assert_eq!(spelling("documented"), Ok(CodeSpelling::Documented));
+        assert_eq!(spelling(""), Ok(CodeSpelling::Documented));
+        let err = spelling("SDKs").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Env {
+                    var: "CARACAL_CODE_SPELLING",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 
     #[cfg(not(feature = "redis"))]

@@ -7,8 +7,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as URL_SAFE;
 use caracal_verifier::replay::{ReplayError, ReplayGuard};
 use caracal_verifier::testing::{ChainHop, JwksFault, TestIssuer};
 use caracal_verifier::{
-    Algorithm, AnchorKind, AuthError, BoxFuture, ConfigError, ErrorCode, FetchError, HttpFetcher,
-    InvalidReason, JwksFetcher, ManualClock, Requirements, SubjectType, Verifier, VerifierBuilder,
+    Algorithm, AnchorKind, AuthError, BoxFuture, CodeSpelling, ConfigError, ErrorCode, FetchError,
+    HttpFetcher, InvalidReason, JwksFetcher, ManualClock, Requirements, SubjectType, Verifier,
+    VerifierBuilder,
 };
 use serde_json::{Value, json};
 
@@ -286,6 +287,50 @@ fn from_lookup_reads_the_documented_variables() {
             ..
         }
     ));
+}
+
+/// The SDK spelling is a wire rendering only: the verifier's codes stay documented.
+#[tokio::test]
+async fn the_code_spelling_is_read_from_the_environment_and_changes_only_rendering() {
+    let lookup = |spelling: &'static str| {
+        move |k: &str| {
+            [
+                ("CARACAL_STS_URL", "https://sts.example.com"),
+                ("CARACAL_ZONE_ID", ZONE),
+                ("CARACAL_AUDIENCE", AUD),
+                ("CARACAL_CODE_SPELLING", spelling),
+                ("CARACAL_MAX_TOKEN_BYTES", "20000"),
+            ]
+            .iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v.to_string())
+        }
+    };
+    let v = VerifierBuilder::from_lookup(&lookup("sdk"))
+        .unwrap()
+        .build()
+        .unwrap();
+    assert_eq!(v.code_spelling(), CodeSpelling::CaracalSdk);
+    let v = VerifierBuilder::from_lookup(&lookup("documented"))
+        .unwrap()
+        .build()
+        .unwrap();
+    assert_eq!(v.code_spelling(), CodeSpelling::Documented);
+    assert!(VerifierBuilder::from_lookup(&lookup("caracal")).is_err());
+
+    let e = env_with(|b| b.code_spelling(CodeSpelling::CaracalSdk)).await;
+    let err = deny(
+        &e,
+        &e.sts.mandate().sign(),
+        &Requirements::new().scopes(["a"]),
+    )
+    .await;
+    assert_eq!(err.code(), ErrorCode::ScopeInsufficient);
+    assert_eq!(err.code().as_str(), "scope_insufficient");
+    assert_eq!(err.to_json("r")["error"], "scope_insufficient");
+    let body = err.to_json_spelled("r", e.verifier.code_spelling());
+    assert_eq!(body["error"], "insufficient_scope");
+    assert_eq!(body["error_hint"], err.hint());
 }
 
 // ---------------------------------------------------------------------------

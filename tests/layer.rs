@@ -15,8 +15,8 @@ use bytes::Bytes;
 use caracal_verifier::layer::MandateLayer;
 use caracal_verifier::testing::TestIssuer;
 use caracal_verifier::{
-    AuthError, BoxFuture, FetchError, JwksFetcher, Mandate, ManualClock, Requirements, Verifier,
-    VerifierBuilder,
+    AuthError, BoxFuture, CodeSpelling, FetchError, JwksFetcher, Mandate, ManualClock,
+    Requirements, Verifier, VerifierBuilder,
 };
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -1053,6 +1053,7 @@ impl Parity {
                 "/scoped",
                 guarded(&v, Requirements::new().scopes(["tickets:read"])),
             )
+            .route("/agent", guarded(&v, Requirements::new().agent()))
             .route(
                 "/fresh",
                 guarded(
@@ -1275,4 +1276,51 @@ async fn over_http_a_mandate_expiring_within_the_window_is_refused() {
         Some("Bearer realm=\"resource://api\", error=\"invalid_token\"")
     );
     assert_eq!(app.call("/any", &token).await.status, 200, "other routes");
+}
+
+#[tokio::test]
+async fn the_sdk_code_spelling_changes_the_body_a_client_reads() {
+    let app = Parity::start_with(|b| b.code_spelling(CodeSpelling::CaracalSdk)).await;
+    let sts = &app.sts;
+    let reply = app.call("/scoped", &sts.mandate().sign()).await;
+    assert_eq!(reply.status, 403);
+    assert_eq!(reply.body["error"], "insufficient_scope");
+    assert!(reply.body["error_hint"].is_string(), "{reply:#?}");
+    assert!(reply.body.get("hint").is_none());
+    assert_eq!(reply.body["details"]["missing_scope"], "tickets:read");
+    // RFC 6750's own values in the challenge are untouched.
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some(
+            "Bearer realm=\"resource://api\", error=\"insufficient_scope\", scope=\"tickets:read\""
+        )
+    );
+    for (path, token, status, error) in [
+        (
+            "/any",
+            sts.mandate().zone("zone-2").sign(),
+            401,
+            "invalid_zone",
+        ),
+        ("/agent", sts.mandate().sign(), 403, "session_required"),
+        ("/chain", sts.mandate().sign(), 403, "chain_mismatch"),
+        ("/any", "not-a-jwt".to_owned(), 401, "invalid_token"),
+    ] {
+        let reply = app.call(path, &token).await;
+        assert_eq!((reply.status, reply.code()), (status, error), "{reply:#?}");
+        assert!(reply.body["error_hint"].is_string());
+    }
+
+    // The default spelling is unchanged.
+    let documented = Parity::start().await;
+    let reply = documented
+        .call("/scoped", &documented.sts.mandate().sign())
+        .await;
+    reply.assert_denied(403, "scope_insufficient");
+    assert!(reply.body["hint"].is_string());
+    assert!(reply.body.get("error_hint").is_none());
+    let reply = documented
+        .call("/agent", &documented.sts.mandate().sign())
+        .await;
+    reply.assert_denied(403, "agent_identity_required");
 }

@@ -65,6 +65,12 @@
 //! Attribute values come from configuration, sanitized, never from the request.
 //! Replace the body with a [`Renderer`].
 //!
+//! For clients built on Caracal's TypeScript, Go or Python verifier packages,
+//! [`VerifierBuilder::code_spelling`](crate::VerifierBuilder::code_spelling)
+//! (`CARACAL_CODE_SPELLING=sdk`) makes the default body answer `invalid_zone`,
+//! `insufficient_scope` and `session_required`, with the hint under `error_hint`.
+//! Statuses and headers do not change.
+//!
 //! # Tracing
 //!
 //! Each decision emits one event with target `caracal_verifier::decision`: `decision`
