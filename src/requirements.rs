@@ -73,7 +73,9 @@ impl Requirements {
     }
 
     /// Every listed resource must be in the mandate's `target`. Denial: 401
-    /// `invalid_token` with reason `target`, as Caracal's verifiers answer.
+    /// `invalid_token` with reason `target`, as Caracal's verifiers answer. Checked
+    /// after every other requirement, as Caracal's guard does, so a mandate that also
+    /// lacks a required scope is 403 `scope_insufficient`.
     pub fn targets<I, S>(mut self, targets: I) -> Self
     where
         I: IntoIterator<Item = S>,
