@@ -13,6 +13,10 @@
 //! - the **strict parser** (serde_json with visitors that reject duplicates at every
 //!   depth) handles everything else, and alone decides every rejection.
 //!
+//! One exception, to answer as Caracal does: a payload whose only fault is its
+//! `zone_id` (missing, not a string, or empty) parses with an empty `zone_id`, which
+//! the verifier then refuses as `zone_invalid` after the checks Caracal runs first.
+//!
 //! The fast path only ever accepts: on any input it does not handle, or that is
 //! invalid, it steps aside and the strict parser runs. What it accepts, it must parse
 //! exactly as the strict parser does; the unit tests and the `claims_json` fuzz target
@@ -55,21 +59,49 @@ fn claims_from_json(bytes: Vec<u8>) -> Result<Claims, AuthError> {
     let text = String::from_utf8(bytes).map_err(|_| claims_error())?;
     match fast::parse(text) {
         Ok(claims) => Ok(claims),
-        Err(text) => parse_strict(&text),
+        Err(text) => parse_strict(&text).or_else(|err| parse_zone_fault(&text).ok_or(err)),
     }
 }
 
 /// The strict parser alone (the fallback of [`parse_claims_json`]).
 pub(crate) fn parse_strict(text: &str) -> Result<Claims, AuthError> {
+    strict(text, ZoneMode::Strict).map_err(|()| claims_error())
+}
+
+/// A payload the strict parser refused, when `zone_id` (missing, not a string, or
+/// empty) is its only fault: the claims, with an empty `zone_id`.
+///
+/// Caracal checks `zone_id` after the registered claims and `use`, and answers a
+/// bad one with `zone_invalid`. An empty `zone_id` never equals a configured zone
+/// (a verifier's zone is never empty), so the verifier's own checks then answer
+/// `expired`, `issuer`, `audience` or `use` first, and `zone_invalid` otherwise.
+/// Every other fault, a duplicated `zone_id` included, stays `invalid_token`
+/// (`claims`): this parse differs from the strict one only in accepting any JSON
+/// value, or none, for `zone_id`.
+fn parse_zone_fault(text: &str) -> Option<Claims> {
+    strict(text, ZoneMode::Fault).ok()
+}
+
+fn strict(text: &str, zone: ZoneMode) -> Result<Claims, ()> {
     if text.len() > MAX_PAYLOAD {
-        return Err(claims_error());
+        return Err(());
     }
     let mut de = serde_json::Deserializer::from_str(text);
-    ClaimsSeed
+    ClaimsSeed { zone }
         .deserialize(&mut de)
         .and_then(|c| de.end().map(|()| c))
         .map(Parsed::into_claims)
-        .map_err(|_| claims_error())
+        .map_err(|_| ())
+}
+
+/// How the strict parser reads `zone_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ZoneMode {
+    /// A required, non-empty string.
+    Strict,
+    /// Any JSON value, or none, read as the empty string: the retry that tells a
+    /// bad `zone_id` from other faults ([`parse_zone_fault`]).
+    Fault,
 }
 
 /// The fast path's contract on one input: it declines (`false`), or it accepts and
@@ -688,7 +720,9 @@ impl Parsed {
     }
 }
 
-struct ClaimsSeed;
+struct ClaimsSeed {
+    zone: ZoneMode,
+}
 
 impl<'de> DeserializeSeed<'de> for ClaimsSeed {
     type Value = Parsed;
@@ -776,7 +810,13 @@ impl<'de> Visitor<'de> for ClaimsSeed {
                     jti = Some(non_empty(map.next_value()?, "jti")?);
                 }
                 Claim::ZoneId => {
-                    zone_id = Some(non_empty(map.next_value()?, "zone_id")?);
+                    zone_id = Some(match self.zone {
+                        ZoneMode::Strict => non_empty(map.next_value()?, "zone_id")?,
+                        ZoneMode::Fault => {
+                            map.next_value_seed(StrictValue)?;
+                            String::new()
+                        }
+                    });
                 }
                 Claim::ClientId => {
                     client_id = Some(non_empty(map.next_value()?, "client_id")?);
@@ -845,7 +885,10 @@ impl<'de> Visitor<'de> for ClaimsSeed {
             iat: req(iat, "iat")?,
             nbf,
             jti: req(jti, "jti")?,
-            zone_id: req(zone_id, "zone_id")?,
+            zone_id: match self.zone {
+                ZoneMode::Strict => req(zone_id, "zone_id")?,
+                ZoneMode::Fault => String::new(),
+            },
             client_id: req(client_id, "client_id")?,
             sid: req(sid, "sid")?,
             root_sid: req(root_sid, "root_sid")?,
@@ -1039,7 +1082,6 @@ mod tests {
             "exp",
             "iat",
             "jti",
-            "zone_id",
             "client_id",
             "sid",
             "root_sid",
@@ -1052,6 +1094,43 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    /// A missing or unusable `zone_id` alone parses with an empty zone (the verifier
+    /// answers `zone_invalid` after its earlier checks); with any other fault, or
+    /// duplicated, it stays a claims error.
+    #[test]
+    fn a_bad_zone_id_alone_parses_with_an_empty_zone() {
+        let mut bad = vec![without("zone_id")];
+        for v in [
+            json!(null),
+            json!(1),
+            json!(""),
+            json!(["zone-1"]),
+            json!({}),
+        ] {
+            bad.push(with("zone_id", v));
+        }
+        for v in &bad {
+            let c = parse(v).unwrap_or_else(|e| panic!("{v}: {e}"));
+            assert_eq!(c.zone_id(), "", "{v}");
+            assert_eq!(c.sid(), "authority-record-1");
+            assert!(
+                parse_strict(&v.to_string()).is_err(),
+                "strict alone refuses"
+            );
+            let mut also_bad = v.clone();
+            also_bad["exp"] = json!("soon");
+            assert_eq!(
+                parse(&also_bad).unwrap_err().reason(),
+                Some(InvalidReason::Claims)
+            );
+        }
+        let text = serde_json::to_string(&fixture()).unwrap();
+        let twice = text.replacen('{', r#"{"zone_id":"zone-1","#, 1);
+        assert!(parse_claims_json(twice.as_bytes()).is_err());
+        let nested = text.replacen('{', r#"{"zone_id":{"a":1,"a":2},"#, 1);
+        assert!(parse_claims_json(nested.as_bytes()).is_err());
     }
 
     #[test]

@@ -141,6 +141,56 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+/// How the layer's JSON body spells denials: the `error` value and the hint key.
+///
+/// [`AuthError::code`] and [`ErrorCode::as_str`] always give the documented codes;
+/// a spelling changes only the body the default renderer writes. The
+/// `WWW-Authenticate` header's RFC 6750 `error=` values (`invalid_token`,
+/// `insufficient_scope`) are the same under every spelling.
+///
+/// ```
+/// use caracal_verifier::{AuthError, CodeSpelling};
+///
+/// let err = AuthError::AgentIdentityRequired;
+/// let body = err.to_json_spelled("req-1", CodeSpelling::CaracalSdk);
+/// assert_eq!(body["error"], "session_required");
+/// assert!(body["error_hint"].is_string());
+/// assert_eq!(err.to_json("req-1")["error"], "agent_identity_required");
+/// ```
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum CodeSpelling {
+    /// The documented codes (Caracal's "Error Codes" page), with the hint under
+    /// `hint`. The default.
+    #[default]
+    Documented,
+    /// As Caracal's TypeScript, Go and Python verifier packages answer, for clients
+    /// built on them: `invalid_zone` for `zone_invalid`, `insufficient_scope` for
+    /// `scope_insufficient`, `session_required` for `agent_identity_required`, and
+    /// the hint under `error_hint` (on every denial). Other codes are unchanged.
+    CaracalSdk,
+}
+
+impl CodeSpelling {
+    /// The `error` value for `code` in this spelling.
+    pub const fn code(self, code: ErrorCode) -> &'static str {
+        match (self, code) {
+            (CodeSpelling::CaracalSdk, ErrorCode::ZoneInvalid) => "invalid_zone",
+            (CodeSpelling::CaracalSdk, ErrorCode::ScopeInsufficient) => "insufficient_scope",
+            (CodeSpelling::CaracalSdk, ErrorCode::AgentIdentityRequired) => "session_required",
+            _ => code.as_str(),
+        }
+    }
+
+    /// The JSON key of the hint: `hint`, or `error_hint` for Caracal's SDKs.
+    pub const fn hint_key(self) -> &'static str {
+        match self {
+            CodeSpelling::Documented => "hint",
+            CodeSpelling::CaracalSdk => "error_hint",
+        }
+    }
+}
+
 /// Why a token was `invalid_token`. Sent as `details.reason`.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -155,7 +205,7 @@ pub enum InvalidReason {
     UnknownKey,
     /// The signature does not verify.
     Signature,
-    /// `exp` is past, beyond leeway.
+    /// `exp` has passed (`now >= exp`; no leeway applies to `exp`).
     Expired,
     /// `nbf` is in the future, beyond leeway.
     NotYetValid,
@@ -173,6 +223,10 @@ pub enum InvalidReason {
     Target,
     /// A single-use mandate was presented again.
     Replayed,
+    /// The mandate expires sooner than the route's
+    /// [`min_remaining`](crate::Requirements::min_remaining) window (the Gateway's
+    /// `denials_expiring`).
+    Expiring,
 }
 
 impl InvalidReason {
@@ -193,6 +247,7 @@ impl InvalidReason {
             InvalidReason::Claims => "claims",
             InvalidReason::Target => "target",
             InvalidReason::Replayed => "replayed",
+            InvalidReason::Expiring => "expiring",
         }
     }
 }
@@ -428,15 +483,22 @@ impl AuthError {
         }
     }
 
-    /// The JSON error body: `{"error", "error_description", "requestId", "details"}`.
+    /// The JSON error body: `{"error", "error_description", "hint", "requestId",
+    /// "details"}`, with the documented codes.
     pub fn to_json(&self, request_id: &str) -> Value {
-        json!({
-            "error": self.code().as_str(),
-            "error_description": self.description(),
-            "hint": self.hint(),
-            "requestId": request_id,
-            "details": self.details(),
-        })
+        self.to_json_spelled(request_id, CodeSpelling::Documented)
+    }
+
+    /// The JSON error body in `spelling`: the `error` value and the hint's key
+    /// follow it; everything else is as in [`to_json`](Self::to_json).
+    pub fn to_json_spelled(&self, request_id: &str, spelling: CodeSpelling) -> Value {
+        let mut body = Map::new();
+        body.insert("error".into(), spelling.code(self.code()).into());
+        body.insert("error_description".into(), self.description().into());
+        body.insert(spelling.hint_key().into(), self.hint().into());
+        body.insert("requestId".into(), request_id.into());
+        body.insert("details".into(), Value::Object(self.details()));
+        Value::Object(body)
     }
 }
 
@@ -499,6 +561,32 @@ mod tests {
             assert_eq!(code.as_str(), name);
             assert_eq!(code.status().as_u16(), status, "{name}");
         }
+    }
+
+    #[test]
+    fn the_sdk_spelling_renames_three_codes_and_the_hint() {
+        let sdk = CodeSpelling::CaracalSdk;
+        let renamed = [
+            (ErrorCode::ZoneInvalid, "invalid_zone"),
+            (ErrorCode::ScopeInsufficient, "insufficient_scope"),
+            (ErrorCode::AgentIdentityRequired, "session_required"),
+        ];
+        for code in ErrorCode::ALL {
+            let want = renamed
+                .iter()
+                .find(|(c, _)| *c == code)
+                .map_or(code.as_str(), |(_, s)| s);
+            assert_eq!(sdk.code(code), want);
+            assert_eq!(CodeSpelling::Documented.code(code), code.as_str());
+        }
+        let body = AuthError::ZoneInvalid.to_json_spelled("r", sdk);
+        assert_eq!(body["error"], "invalid_zone");
+        assert_eq!(body["error_hint"], ErrorCode::ZoneInvalid.hint());
+        assert!(body.get("hint").is_none());
+        let body = AuthError::ZoneInvalid.to_json("r");
+        assert_eq!(body["error"], "zone_invalid");
+        assert!(body.get("error_hint").is_none());
+        assert_eq!(AuthError::ZoneInvalid.code().as_str(), "zone_invalid");
     }
 
     #[test]

@@ -26,13 +26,23 @@ use crate::token::{B64, parse_header, split};
 pub fn split_and_parse(token: &str) -> Result<(), AuthError> {
     let parts = split(token)?;
     parse_header(parts.header)?;
-    crate::claims::parse_payload(parts.payload)?;
-    Ok(())
+    zone_checked(crate::claims::parse_payload(parts.payload)?)
 }
 
 /// Strictly parse a decoded claims object (the JSON of a mandate's payload).
+///
+/// A payload whose only fault is a missing or unusable `zone_id` is `zone_invalid`,
+/// as `Verifier::verify` answers it once the earlier claim checks pass; every other
+/// fault is `invalid_token` (`claims`).
 pub fn parse_claims_json(bytes: &[u8]) -> Result<(), AuthError> {
-    crate::claims::parse_claims_json(bytes).map(|_| ())
+    zone_checked(crate::claims::parse_claims_json(bytes)?)
+}
+
+fn zone_checked(claims: crate::mandate::Claims) -> Result<(), AuthError> {
+    if claims.zone_id().is_empty() {
+        return Err(AuthError::ZoneInvalid);
+    }
+    Ok(())
 }
 
 /// Run the claims fast path and the strict parser on the same bytes and report how

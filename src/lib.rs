@@ -36,7 +36,9 @@ pub mod testing;
 
 pub use cache::{DEFAULT_CACHE_BYTES, DEFAULT_CACHE_ENTRIES};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::{AnchorKind, AuthError, ChainFault, ConfigError, ErrorCode, InvalidReason};
+pub use error::{
+    AnchorKind, AuthError, ChainFault, CodeSpelling, ConfigError, ErrorCode, InvalidReason,
+};
 #[cfg(feature = "axum")]
 pub use extract::MissingMandate;
 pub use jwk::Algorithm;

@@ -570,13 +570,17 @@ impl Mandate {
     pub fn scope(&self) -> Option<&str> {
         self.c().scope()
     }
-    /// The scope tokens (RFC 6749 §3.3, space separated).
+    /// The scope tokens: `scope` split on runs of Unicode `White_Space`, as every
+    /// Caracal component splits it (Go's `strings.Fields`).
+    ///
+    /// RFC 6749 §3.3 separates scopes with U+0020, but Caracal's STS copies the
+    /// requested scope string into the mandate as sent, and its own verifiers and
+    /// policy split on any white space: tab, line feed, NBSP, U+3000 and the rest.
+    /// Splitting on U+0020 alone would deny mandates Caracal's policy allowed.
+    /// Characters without the property, such as U+200B ZERO WIDTH SPACE and U+FEFF,
+    /// stay part of a token. Each token still matches exactly.
     pub fn scopes(&self) -> impl Iterator<Item = &str> + '_ {
-        self.c()
-            .scope()
-            .unwrap_or("")
-            .split(' ')
-            .filter(|s| !s.is_empty())
+        scope_tokens(self.c().scope().unwrap_or(""))
     }
     /// Whether the mandate carries `scope` exactly.
     pub fn has_scope(&self, scope: &str) -> bool {
@@ -641,5 +645,54 @@ impl Mandate {
     /// The algorithm that verified the signature.
     pub fn algorithm(&self) -> Algorithm {
         self.0.alg
+    }
+}
+
+/// Split a `scope` string as Go's `strings.Fields` does: on runs of characters with
+/// the Unicode `White_Space` property (`char::is_whitespace`), dropping empty tokens.
+pub(crate) fn scope_tokens(scope: &str) -> std::str::SplitWhitespace<'_> {
+    scope.split_whitespace()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scope_tokens;
+
+    /// Go's `unicode.IsSpace`, which `strings.Fields` splits on: the Unicode
+    /// `White_Space` property, listed out.
+    const GO_SPACE: &[(u32, u32)] = &[
+        (0x09, 0x0D),
+        (0x20, 0x20),
+        (0x85, 0x85),
+        (0xA0, 0xA0),
+        (0x1680, 0x1680),
+        (0x2000, 0x200A),
+        (0x2028, 0x2029),
+        (0x202F, 0x202F),
+        (0x205F, 0x205F),
+        (0x3000, 0x3000),
+    ];
+
+    #[test]
+    fn scope_separators_are_exactly_gos_white_space() {
+        for c in (0..=0x10FFFF).filter_map(char::from_u32) {
+            let go = GO_SPACE
+                .iter()
+                .any(|&(lo, hi)| (lo..=hi).contains(&u32::from(c)));
+            let scope = format!("a{c}b");
+            let tokens: Vec<&str> = scope_tokens(&scope).collect();
+            if go {
+                assert_eq!(tokens, ["a", "b"], "U+{:04X} separates", u32::from(c));
+            } else {
+                assert_eq!(tokens, [scope.as_str()], "U+{:04X} does not", u32::from(c));
+            }
+        }
+        for c in ['\u{200B}', '\u{FEFF}', '\u{180E}', '\u{2060}'] {
+            assert_eq!(scope_tokens(&format!("a{c}b")).count(), 1);
+        }
+        assert_eq!(
+            scope_tokens(" \t a \u{3000}\u{A0} b\n").collect::<Vec<_>>(),
+            ["a", "b"]
+        );
     }
 }

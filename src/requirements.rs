@@ -14,6 +14,8 @@
 //! # let _ = (payouts, orchestrate);
 //! ```
 
+use std::time::Duration;
+
 use crate::error::{AuthError, ChainFault, InvalidReason};
 use crate::mandate::Mandate;
 
@@ -32,6 +34,8 @@ pub struct Requirements {
     chain_contains: Vec<String>,
     max_hops: u32,
     single_use: bool,
+    /// Seconds, rounded up; 0 is off.
+    min_remaining: u64,
 }
 
 impl Default for Requirements {
@@ -51,11 +55,14 @@ impl Requirements {
             chain_contains: Vec::new(),
             max_hops: DEFAULT_MAX_HOPS,
             single_use: false,
+            min_remaining: 0,
         }
     }
 
     /// Every listed scope must be in the mandate's `scope` (exact, case-sensitive
-    /// token match). Denial: 403 `scope_insufficient`, naming the missing scope.
+    /// token match; tokens are split on any Unicode white space, as Caracal splits
+    /// them, see [`Mandate::scopes`]). Denial: 403 `scope_insufficient`, naming the
+    /// missing scope.
     pub fn scopes<I, S>(mut self, scopes: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -66,7 +73,9 @@ impl Requirements {
     }
 
     /// Every listed resource must be in the mandate's `target`. Denial: 401
-    /// `invalid_token` with reason `target`, as Caracal's verifiers answer.
+    /// `invalid_token` with reason `target`, as Caracal's verifiers answer. Checked
+    /// after every other requirement, as Caracal's guard does, so a mandate that also
+    /// lacks a required scope is 403 `scope_insufficient`.
     pub fn targets<I, S>(mut self, targets: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -90,8 +99,14 @@ impl Requirements {
         self
     }
 
-    /// Each listed application must appear in the delegation chain (or be the
-    /// mandate's `client_id`). Denial: 403 `chain_mismatch`.
+    /// Each listed application must be the `application_id` of a hop in the
+    /// mandate's `delegation_chain`. Denial: 403 `chain_mismatch`.
+    ///
+    /// Only chain hops count, as in Caracal's route guard: a mandate minted directly
+    /// for the application (its `client_id`) with no chain does not satisfy it, since
+    /// accepting it would let an application's own authority stand in for a
+    /// delegation through it. A chain's last hop is the presenting client, so a
+    /// delegated mandate does count its `client_id`.
     pub fn chain_contains<I, S>(mut self, apps: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -127,6 +142,40 @@ impl Requirements {
         self
     }
 
+    /// Refuse a mandate that expires within `window`: one with less than `window`
+    /// left before its `exp`, by the verifier's clock, is 401 `invalid_token` with
+    /// reason `expiring`, as Caracal's Gateway refuses it (`denials_expiring`).
+    /// A mandate with exactly `window` left is accepted. Default off (zero): a
+    /// mandate is accepted until its `exp`.
+    ///
+    /// Use it for routes that start work outliving the request (a long upload, a
+    /// job that calls on with the same mandate), so the work does not begin on
+    /// authority that is about to lapse. Sub-second parts round up to the next
+    /// second. It is checked by [`Verifier::verify`](crate::Verifier::verify) and
+    /// [`Verifier::authorize`](crate::Verifier::authorize) right after the token's
+    /// own times, before the other route checks; [`check`](Self::check) has no
+    /// clock and does not apply it.
+    pub fn min_remaining(mut self, window: Duration) -> Self {
+        self.min_remaining = window
+            .as_secs()
+            .saturating_add(u64::from(window.subsec_nanos() > 0));
+        self
+    }
+
+    /// The [`min_remaining`](Self::min_remaining) window, if set.
+    pub fn min_remaining_window(&self) -> Option<Duration> {
+        (self.min_remaining > 0).then(|| Duration::from_secs(self.min_remaining))
+    }
+
+    /// Refuse `m` if it expires within the [`min_remaining`](Self::min_remaining)
+    /// window of `now` (seconds since the epoch).
+    pub(crate) fn check_remaining(&self, m: &Mandate, now: u64) -> Result<(), AuthError> {
+        if self.min_remaining > 0 && m.expires_at().saturating_sub(now) < self.min_remaining {
+            return Err(AuthError::invalid(InvalidReason::Expiring));
+        }
+        Ok(())
+    }
+
     /// The required scopes.
     pub fn required_scopes(&self) -> &[String] {
         &self.scopes
@@ -147,20 +196,16 @@ impl Requirements {
             .extend(other.chain_contains.iter().cloned());
         self.max_hops = self.max_hops.min(other.max_hops);
         self.single_use |= other.single_use;
+        self.min_remaining = self.min_remaining.max(other.min_remaining);
         self
     }
 
-    /// Check a verified mandate. Targets are checked first (a 401, like the other
-    /// token-binding failures), then scopes, agent, delegation, chain consistency,
-    /// required chain members and the hop limit.
+    /// Check a verified mandate, in the order Caracal's route guard runs: scopes,
+    /// agent session, delegation (and the chain's consistency), required chain
+    /// members, the hop limit, then targets. The first failure is the answer, so a
+    /// mandate lacking both a required scope and a target is 403
+    /// `scope_insufficient`, as Caracal answers it.
     pub fn check(&self, m: &Mandate) -> Result<(), AuthError> {
-        if !self
-            .targets
-            .iter()
-            .all(|t| m.targets().iter().any(|x| x == t))
-        {
-            return Err(AuthError::invalid(InvalidReason::Target));
-        }
         if let Some(missing) = self.scopes.iter().find(|s| !m.has_scope(s)) {
             return Err(AuthError::ScopeInsufficient {
                 missing: missing.clone(),
@@ -175,10 +220,10 @@ impl Requirements {
         }
         check_chain_consistency(m)?;
         for app in &self.chain_contains {
-            let present = m.client_id() == app
-                || m.delegation_chain()
-                    .iter()
-                    .any(|h| h.application_id() == app);
+            let present = m
+                .delegation_chain()
+                .iter()
+                .any(|h| h.application_id() == app);
             if !present {
                 return Err(AuthError::ChainMismatch {
                     fault: ChainFault::MissingApplication(app.clone()),
@@ -191,6 +236,13 @@ impl Requirements {
                 hops,
                 limit: u64::from(self.max_hops),
             });
+        }
+        if !self
+            .targets
+            .iter()
+            .all(|t| m.targets().iter().any(|x| x == t))
+        {
+            return Err(AuthError::invalid(InvalidReason::Target));
         }
         Ok(())
     }

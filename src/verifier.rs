@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::cache::{DEFAULT_CACHE_BYTES, DEFAULT_CACHE_ENTRIES, MandateCache};
 use crate::claims::parse_payload;
 use crate::clock::{Clock, SharedClock, SystemClock};
-use crate::error::{AnchorKind, AuthError, ConfigError, InvalidReason};
+use crate::error::{AnchorKind, AuthError, CodeSpelling, ConfigError, InvalidReason};
 use crate::jwk::Algorithm;
 use crate::jwks::{
     DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, HttpFetcher, JwksFetcher, KeyCache,
@@ -22,8 +22,10 @@ use crate::token::{self, HeaderAlg};
 
 /// The default clock leeway (60 s).
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
-/// The default token size cap (8 KiB).
-pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// The default token size cap (16 KiB): room for real mandates, which list every
+/// granted resource in both `aud` and `target` (40–60 UUID resources make 9–12 KB
+/// tokens; a ten-hop chain with UUID ids is about 4 KB).
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// The longest a verified mandate stays in the cache, whatever its `exp`.
 const MAX_CACHE_TTL_SECS: u64 = 24 * 3600;
 
@@ -70,6 +72,7 @@ pub(crate) struct Inner {
     cache: Option<MandateCache>,
     pub(crate) replay: Arc<dyn ReplayGuard>,
     pub(crate) clock: SharedClock,
+    code_spelling: CodeSpelling,
     #[cfg(feature = "redis")]
     feed: Option<crate::redis::FeedHandle>,
 }
@@ -151,6 +154,12 @@ impl Verifier {
         &self.inner.audience
     }
 
+    /// How a [`MandateLayer`](crate::layer::MandateLayer)'s default JSON body spells
+    /// denials; see [`VerifierBuilder::code_spelling`].
+    pub fn code_spelling(&self) -> CodeSpelling {
+        self.inner.code_spelling
+    }
+
     /// The revocation set this verifier checks. Apply events to it directly for
     /// single-process deployments, webhooks and tests.
     pub fn revocations(&self) -> &RevocationSet {
@@ -195,14 +204,31 @@ impl Verifier {
 
     /// Verify a mandate and check it against a route's requirements.
     ///
-    /// Order: size, cache, structure, header, key, signature, claims, revocation,
-    /// then the route's requirements and, for single-use routes, the replay guard.
+    /// The checks run in Caracal's order, and the first failure is the answer:
+    ///
+    /// 1. the token: size (413 `payload_too_large`), structure, header, key and
+    ///    signature (401 `invalid_token`);
+    /// 2. registered claims: `exp` (no leeway), `nbf` and `iat` (with the leeway),
+    ///    `iss`, `aud`, then `use` (401 `invalid_token`);
+    /// 3. `zone_id` (401 `zone_invalid`, also when it is missing or not a string);
+    /// 4. the route: its [`min_remaining`](Requirements::min_remaining) window, if
+    ///    any (401 `invalid_token`, reason `expiring`), then
+    ///    [`Requirements::check`]: scopes (403 `scope_insufficient`),
+    ///    agent session, delegation, chain contents, hop limit, then targets
+    ///    (401 `invalid_token`, reason `target`);
+    /// 5. revocation anchors (401 `session_revoked`, or 503 when the feed is not
+    ///    current), then the delegation epoch (401 `delegation_stale`);
+    /// 6. for single-use routes, the replay guard.
+    ///
+    /// So a mandate lacking both a required scope and a target is 403
+    /// `scope_insufficient`, and a revoked mandate that also fails the route gets
+    /// the route's answer, as from Caracal's own guard.
     pub async fn verify(&self, token: &str, reqs: &Requirements) -> Result<Mandate, AuthError> {
         // One clock read for the whole decision; the times were just checked by
-        // `authenticate_at`, so only revocation and the route remain.
+        // `authenticate_at`, so only the route and revocation remain.
         let now = self.inner.clock.now().as_secs();
         let mandate = self.authenticate_at(token, now).await?;
-        self.revocation_and_route(&mandate, reqs, now)?;
+        self.route_and_revocation(&mandate, reqs, now)?;
         if reqs.is_single_use() {
             self.consume(&mandate).await?;
         }
@@ -245,13 +271,11 @@ impl Verifier {
         let mandate = self.verify_cold(token, now).await?;
         if let Some((cache, slot)) = cached {
             let c = &mandate.0.claims;
-            // `exp` is attacker-influenced only within a valid signature, but an STS bug
-            // could still send a far-future value: saturate, and never keep an entry
-            // longer than a day (expiry is checked on every hit regardless).
-            let expires_at = c
-                .exp
-                .saturating_add(inner.leeway)
-                .min(now.saturating_add(MAX_CACHE_TTL_SECS));
+            // A mandate is dead at `exp` (no leeway), so the entry goes then. `exp` is
+            // attacker-influenced only within a valid signature, but an STS bug could
+            // still send a far-future value: never keep an entry longer than a day
+            // (expiry is checked on every hit regardless).
+            let expires_at = c.exp.min(now.saturating_add(MAX_CACHE_TTL_SECS));
             cache.insert_at(slot, token, mandate.clone(), expires_at, now);
         }
         Ok(mandate)
@@ -290,9 +314,11 @@ impl Verifier {
         })))
     }
 
+    /// `exp` is exact: a mandate is dead at `exp`, as Caracal re-checks active
+    /// authority with no leeway. The leeway covers `nbf` and `iat` only.
     fn check_times(&self, c: &Claims, now: u64) -> Result<(), AuthError> {
         let leeway = self.inner.leeway;
-        if now >= c.exp.saturating_add(leeway) {
+        if now >= c.exp {
             return Err(AuthError::invalid(InvalidReason::Expired));
         }
         if c.nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
@@ -348,39 +374,44 @@ impl Verifier {
                 cache: None,
                 replay: Arc::new(guard),
                 clock: Arc::clone(&i.clock),
+                code_spelling: i.code_spelling,
                 #[cfg(feature = "redis")]
                 feed: None,
             }),
         }
     }
 
-    /// Check a verified mandate against revocation and a route's requirements.
-    /// Synchronous and cheap: one read lock and a few hash probes.
+    /// Check a verified mandate against a route's requirements and revocation, in
+    /// [`verify`](Self::verify)'s order. Synchronous and cheap: one read lock and a few hash probes.
     pub fn authorize(&self, mandate: &Mandate, reqs: &Requirements) -> Result<(), AuthError> {
         let now = self.inner.clock.now().as_secs();
         // A mandate from the extensions may come from another layer: re-check expiry.
         self.check_times(&mandate.0.claims, now)?;
-        self.revocation_and_route(mandate, reqs, now)
+        self.route_and_revocation(mandate, reqs, now)
     }
 
-    fn revocation_and_route(
+    /// The route's requirements, then revocation: Caracal checks revocation last.
+    fn route_and_revocation(
         &self,
         mandate: &Mandate,
         reqs: &Requirements,
         now: u64,
     ) -> Result<(), AuthError> {
+        reqs.check_remaining(mandate, now)?;
+        reqs.check(mandate)?;
         self.inner.revocations.check(
             &mandate.0.anchors,
             mandate.zone_id(),
             mandate.delegation_graph_epoch(),
             now,
-        )?;
-        reqs.check(mandate)
+        )
     }
 
     /// Record a single-use mandate's use. The second call for the same `iss` and
     /// `jti` is 401 `invalid_token` (`replayed`); a guard failure is 503.
     pub async fn consume(&self, mandate: &Mandate) -> Result<(), AuthError> {
+        // The mandate dies at `exp`; the use is kept a leeway longer so replicas
+        // sharing a guard, whose clocks may lag this one, still see it.
         let until = mandate.expires_at().saturating_add(self.inner.leeway);
         match self
             .inner
@@ -452,6 +483,7 @@ pub struct VerifierBuilder {
     cache_bytes: u64,
     replay: Option<Arc<dyn ReplayGuard>>,
     replay_capacity: Option<u64>,
+    code_spelling: CodeSpelling,
     #[cfg(feature = "redis")]
     redis: Option<crate::redis::RedisRevocations>,
 }
@@ -489,6 +521,7 @@ impl Default for VerifierBuilder {
             cache_bytes: DEFAULT_CACHE_BYTES,
             replay: None,
             replay_capacity: None,
+            code_spelling: CodeSpelling::Documented,
             #[cfg(feature = "redis")]
             redis: None,
         }
@@ -524,11 +557,12 @@ impl VerifierBuilder {
     /// | `CARACAL_AUDIENCE` | [`audience`](Self::audience) | required |
     /// | `CARACAL_TOKEN_USE` | [`token_use`](Self::token_use) | `resource` |
     /// | `CARACAL_LEEWAY_SECS` | [`leeway`](Self::leeway) | 60 |
-    /// | `CARACAL_MAX_TOKEN_BYTES` | [`max_token_bytes`](Self::max_token_bytes) | 8192 |
+    /// | `CARACAL_MAX_TOKEN_BYTES` | [`max_token_bytes`](Self::max_token_bytes) | 16384 |
     /// | `CARACAL_JWKS_TTL_SECS` | [`jwks_ttl`](Self::jwks_ttl) | 300 |
     /// | `CARACAL_JWKS_MAX_STALENESS_SECS` | [`jwks_max_staleness`](Self::jwks_max_staleness) | 1800 |
     /// | `CARACAL_JWKS_COOLDOWN_SECS` | [`jwks_cooldown`](Self::jwks_cooldown) | 2 |
     /// | `CARACAL_MANDATE_CACHE` | [`mandate_cache`](Self::mandate_cache) (`on`/`off`) | `on` |
+    /// | `CARACAL_CODE_SPELLING` | [`code_spelling`](Self::code_spelling) (`documented`/`sdk`) | `documented` |
     ///
     /// With the `redis` feature, `CARACAL_REDIS_URL` and the variables next to it
     /// attach the Redis revocation feed (see `RedisRevocations::from_lookup`). Without
@@ -581,6 +615,16 @@ impl VerifierBuilder {
                 });
             }
         }
+        match get("CARACAL_CODE_SPELLING").as_deref().map(str::trim) {
+            None | Some("") | Some("documented") => {}
+            Some("sdk") => b = b.code_spelling(CodeSpelling::CaracalSdk),
+            Some(_) => {
+                return Err(ConfigError::Env {
+                    var: "CARACAL_CODE_SPELLING",
+                    reason: "expected documented or sdk".into(),
+                });
+            }
+        }
         #[cfg(feature = "redis")]
         if let Some(redis) = crate::redis::RedisRevocations::from_lookup(get)? {
             b = b.redis_revocations(redis);
@@ -627,15 +671,34 @@ impl VerifierBuilder {
         self
     }
 
-    /// Clock skew tolerated on `exp`, `nbf` and `iat`. Default 60 s, Caracal's.
-    /// Larger values keep expired mandates alive longer.
+    /// Clock skew tolerated on `nbf` and `iat`. Default 60 s, Caracal's.
+    ///
+    /// `exp` gets no leeway: a mandate is refused from the second of its `exp` on
+    /// (`now >= exp`, 401 `invalid_token`, reason `expired`), as Caracal's own
+    /// verifiers re-check active authority with none. The leeway only lets a
+    /// mandate minted by an STS whose clock runs ahead be used at once. Larger
+    /// values accept mandates whose `nbf` or `iat` lie further in the future.
     pub fn leeway(mut self, leeway: Duration) -> Self {
         self.leeway = leeway;
         self
     }
 
-    /// The largest token accepted. Default 8 KiB; larger tokens are 413
-    /// `payload_too_large` before any decoding.
+    /// The largest token accepted. Default 16 KiB ([`DEFAULT_MAX_TOKEN_BYTES`]);
+    /// larger tokens are 413 `payload_too_large` before any decoding.
+    ///
+    /// Caracal's STS lists every granted resource in both `aud` and `target`, with no
+    /// cap on their number: 40–60 UUID resources make 9–12 KB mandates, and a
+    /// ten-hop chain with UUID ids about 4 KB. Caracal's own verifiers set no cap.
+    /// Raise it if your STS grants more resources per mandate; the cap bounds the
+    /// work an unauthenticated request can cause (one base64 decode and one
+    /// signature check per token, before any cache).
+    ///
+    /// Everything in front must pass an `Authorization` header this large too.
+    /// hyper's HTTP/1 server (axum's default) buffers up to about 408 KiB of request
+    /// head, so it does. hyper's HTTP/2 server advertises a 16 KiB header list by
+    /// default (names, values and 32 bytes per field), which a token near the cap
+    /// exceeds: raise `max_header_list_size` there, and check proxies (nginx's
+    /// default `large_client_header_buffers 4 8k` refuses any header over 8 KiB).
     pub fn max_token_bytes(mut self, bytes: usize) -> Self {
         self.max_token_bytes = bytes;
         self
@@ -741,6 +804,23 @@ impl VerifierBuilder {
         self
     }
 
+    /// How a [`MandateLayer`](crate::layer::MandateLayer) spells denials in its
+    /// default JSON body. Default [`CodeSpelling::Documented`]: the documented codes
+    /// (`zone_invalid`, `scope_insufficient`, `agent_identity_required`) and `hint`.
+    ///
+    /// [`CodeSpelling::CaracalSdk`] answers as Caracal's TypeScript, Go and Python
+    /// verifier packages do (`invalid_zone`, `insufficient_scope`,
+    /// `session_required`, and `error_hint`), for clients written against them. It
+    /// changes only the body: [`AuthError::code`], the status, the trace events and
+    /// the `WWW-Authenticate` header (RFC 6750's own `invalid_token` and
+    /// `insufficient_scope`) are the same under both. A custom
+    /// [`Renderer`](crate::layer::Renderer) can read it with
+    /// [`Verifier::code_spelling`] and [`AuthError::to_json_spelled`].
+    pub fn code_spelling(mut self, spelling: CodeSpelling) -> Self {
+        self.code_spelling = spelling;
+        self
+    }
+
     /// Keep the revocation set current from Caracal's Redis Streams. `build` then
     /// starts the consumer on its own thread and runtime. Default: no
     /// feed (revocations come only through [`Verifier::revocations`]).
@@ -840,6 +920,7 @@ impl VerifierBuilder {
                     .then(|| MandateCache::new(self.cache_entries, self.cache_bytes)),
                 replay,
                 clock: self.clock,
+                code_spelling: self.code_spelling,
                 #[cfg(feature = "redis")]
                 feed,
             }),
@@ -909,6 +990,36 @@ mod tests {
         vars.push(("CARACAL_REDIS_URL", " "));
         vars.push(("STREAMS_HMAC_KEY", ""));
         assert!(VerifierBuilder::from_lookup(&lookup(&vars)).is_ok());
+    }
+
+    #[test]
+    fn from_lookup_reads_the_code_spelling() {
+        let spelling = |value: &str| {
+            let mut vars = BASE.to_vec();
+            vars.push(("CARACAL_CODE_SPELLING", value));
+            VerifierBuilder::from_lookup(&lookup(&vars)).map(|b| b.code_spelling)
+        };
+        assert_eq!(
+            VerifierBuilder::from_lookup(&lookup(&BASE))
+                .unwrap()
+                .code_spelling,
+            CodeSpelling::Documented
+        );
+        assert_eq!(spelling("sdk"), Ok(CodeSpelling::CaracalSdk));
+        assert_eq!(spelling(" sdk "), Ok(CodeSpelling::CaracalSdk));
+        assert_eq!(spelling("documented"), Ok(CodeSpelling::Documented));
+        assert_eq!(spelling(""), Ok(CodeSpelling::Documented));
+        let err = spelling("SDKs").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Env {
+                    var: "CARACAL_CODE_SPELLING",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 
     #[cfg(not(feature = "redis"))]

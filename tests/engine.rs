@@ -7,8 +7,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as URL_SAFE;
 use caracal_verifier::replay::{ReplayError, ReplayGuard};
 use caracal_verifier::testing::{ChainHop, JwksFault, TestIssuer};
 use caracal_verifier::{
-    Algorithm, AnchorKind, AuthError, BoxFuture, ConfigError, ErrorCode, FetchError, HttpFetcher,
-    InvalidReason, JwksFetcher, ManualClock, Requirements, SubjectType, Verifier, VerifierBuilder,
+    Algorithm, AnchorKind, AuthError, BoxFuture, CodeSpelling, ConfigError, ErrorCode, FetchError,
+    HttpFetcher, InvalidReason, JwksFetcher, ManualClock, Requirements, SubjectType, Verifier,
+    VerifierBuilder,
 };
 use serde_json::{Value, json};
 
@@ -288,6 +289,50 @@ fn from_lookup_reads_the_documented_variables() {
     ));
 }
 
+/// The SDK spelling is a wire rendering only: the verifier's codes stay documented.
+#[tokio::test]
+async fn the_code_spelling_is_read_from_the_environment_and_changes_only_rendering() {
+    let lookup = |spelling: &'static str| {
+        move |k: &str| {
+            [
+                ("CARACAL_STS_URL", "https://sts.example.com"),
+                ("CARACAL_ZONE_ID", ZONE),
+                ("CARACAL_AUDIENCE", AUD),
+                ("CARACAL_CODE_SPELLING", spelling),
+                ("CARACAL_MAX_TOKEN_BYTES", "20000"),
+            ]
+            .iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v.to_string())
+        }
+    };
+    let v = VerifierBuilder::from_lookup(&lookup("sdk"))
+        .unwrap()
+        .build()
+        .unwrap();
+    assert_eq!(v.code_spelling(), CodeSpelling::CaracalSdk);
+    let v = VerifierBuilder::from_lookup(&lookup("documented"))
+        .unwrap()
+        .build()
+        .unwrap();
+    assert_eq!(v.code_spelling(), CodeSpelling::Documented);
+    assert!(VerifierBuilder::from_lookup(&lookup("caracal")).is_err());
+
+    let e = env_with(|b| b.code_spelling(CodeSpelling::CaracalSdk)).await;
+    let err = deny(
+        &e,
+        &e.sts.mandate().sign(),
+        &Requirements::new().scopes(["a"]),
+    )
+    .await;
+    assert_eq!(err.code(), ErrorCode::ScopeInsufficient);
+    assert_eq!(err.code().as_str(), "scope_insufficient");
+    assert_eq!(err.to_json("r")["error"], "scope_insufficient");
+    let body = err.to_json_spelled("r", e.verifier.code_spelling());
+    assert_eq!(body["error"], "insufficient_scope");
+    assert_eq!(body["error_hint"], err.hint());
+}
+
 // ---------------------------------------------------------------------------
 // Claims
 
@@ -382,6 +427,61 @@ async fn zone_mismatch_is_zone_invalid() {
     }
 }
 
+/// A missing or non-string `zone_id` is `zone_invalid`, as Caracal answers it, but
+/// only once the checks Caracal runs before `zone_id` have passed.
+#[tokio::test]
+async fn a_missing_or_non_string_zone_id_is_zone_invalid() {
+    let e = env().await;
+    let mut bad = vec![("missing", e.sts.mandate().remove_claim("zone_id").sign())];
+    for (name, v) in [
+        ("null", Value::Null),
+        ("number", json!(1)),
+        ("empty", json!("")),
+        ("array", json!([ZONE])),
+    ] {
+        bad.push((name, e.sts.mandate().claim("zone_id", v).sign()));
+    }
+    for (name, token) in &bad {
+        let err = deny(&e, token, &none()).await;
+        assert_eq!(err.code(), ErrorCode::ZoneInvalid, "zone_id {name}");
+        assert_eq!(err.status(), 401);
+    }
+    // Earlier checks answer first; other claim faults stay `invalid_token`.
+    let no_zone = || e.sts.mandate().remove_claim("zone_id");
+    for (token, want) in [
+        (
+            no_zone().issued_at(T0 - 600).expires_at(T0).sign(),
+            InvalidReason::Expired,
+        ),
+        (
+            no_zone().claim("iss", json!("https://evil.example")).sign(),
+            InvalidReason::Issuer,
+        ),
+        (
+            no_zone().audience("resource://other").sign(),
+            InvalidReason::Audience,
+        ),
+        (
+            no_zone().claim("use", json!("session")).sign(),
+            InvalidReason::Use,
+        ),
+        (no_zone().remove_claim("sub").sign(), InvalidReason::Claims),
+        (
+            e.sts
+                .mandate()
+                .claim("zone_id", json!(7))
+                .claim("hop_count", json!(-1))
+                .sign(),
+            InvalidReason::Claims,
+        ),
+    ] {
+        assert_eq!(reason(&e, &token).await, Some(want));
+    }
+    // And `zone_id` answers before the route.
+    let err = deny(&e, &no_zone().sign(), &Requirements::new().scopes(["x"])).await;
+    assert_eq!(err.code(), ErrorCode::ZoneInvalid);
+}
+
 #[tokio::test]
 async fn use_must_be_resource_unless_configured() {
     let e = env().await;
@@ -418,7 +518,6 @@ async fn required_claims_and_types() {
         "exp",
         "iat",
         "jti",
-        "zone_id",
         "client_id",
         "sid",
         "root_sid",
@@ -457,26 +556,10 @@ async fn time_claims_with_sixty_seconds_leeway() {
         let v = e.verifier.clone();
         async move { v.verify(&t, &Requirements::new()).await }
     };
-    // exp: valid while now < exp + 60.
-    assert!(
-        ok(e.sts
-            .mandate()
-            .issued_at(T0 - 100)
-            .expires_at(T0 - 59)
-            .sign())
-        .await
-        .is_ok()
-    );
+    // exp: no leeway (see `exp_has_no_leeway`).
+    assert!(ok(e.sts.mandate().expires_at(T0 + 1).sign()).await.is_ok());
     assert_eq!(
-        reason(
-            &e,
-            &e.sts
-                .mandate()
-                .issued_at(T0 - 100)
-                .expires_at(T0 - 60)
-                .sign()
-        )
-        .await,
+        reason(&e, &e.sts.mandate().expires_at(T0).sign()).await,
         Some(InvalidReason::Expired)
     );
     // nbf: enforced when present.
@@ -490,6 +573,43 @@ async fn time_claims_with_sixty_seconds_leeway() {
     assert_eq!(
         reason(&e, &e.sts.mandate().issued_at(T0 + 61).sign()).await,
         Some(InvalidReason::IssuedInFuture)
+    );
+}
+
+/// Caracal re-checks active authority with no leeway: a mandate is dead at `exp`.
+/// Checked at exp-1, exp and exp+59 (inside the old leeway), for a token seen for
+/// the first time and for one already in the mandate cache.
+#[tokio::test]
+async fn exp_has_no_leeway() {
+    let e = env().await;
+    let exp = T0 + 100;
+    let cached = e.sts.mandate().issued_at(T0).expires_at(exp).sign();
+    e.verifier.verify(&cached, &none()).await.unwrap();
+    e.verifier.verify(&cached, &none()).await.unwrap();
+
+    e.clock.set(Duration::from_secs(exp - 1));
+    let fresh = e.sts.mandate().issued_at(T0).expires_at(exp).sign();
+    e.verifier.verify(&fresh, &none()).await.expect("exp-1");
+    e.verifier
+        .verify(&cached, &none())
+        .await
+        .expect("exp-1, cached");
+
+    for at in [exp, exp + 1, exp + 59] {
+        e.clock.set(Duration::from_secs(at));
+        let fresh = e.sts.mandate().issued_at(T0).expires_at(exp).sign();
+        for token in [&fresh, &cached] {
+            let err = deny(&e, token, &none()).await;
+            assert_eq!(err.code(), ErrorCode::InvalidToken, "at exp+{}", at - exp);
+            assert_eq!(err.status(), 401);
+            assert_eq!(err.reason(), Some(InvalidReason::Expired));
+        }
+    }
+    // `authenticate` (no route) draws the same line.
+    e.clock.set(Duration::from_secs(exp));
+    assert_eq!(
+        e.verifier.authenticate(&cached).await.unwrap_err().reason(),
+        Some(InvalidReason::Expired)
     );
 }
 
@@ -536,6 +656,195 @@ async fn scopes_exact_and_missing_one_is_named() {
             .code(),
         ErrorCode::ScopeInsufficient
     );
+}
+
+/// Every Unicode `White_Space` separator Go's `strings.Fields` splits on (the STS
+/// copies the requested scope string as sent).
+const SCOPE_SEPARATORS: [char; 25] = [
+    '\t', '\n', '\u{0B}', '\u{0C}', '\r', ' ', '\u{85}', '\u{A0}', '\u{1680}', '\u{2000}',
+    '\u{2001}', '\u{2002}', '\u{2003}', '\u{2004}', '\u{2005}', '\u{2006}', '\u{2007}', '\u{2008}',
+    '\u{2009}', '\u{200A}', '\u{2028}', '\u{2029}', '\u{202F}', '\u{205F}', '\u{3000}',
+];
+
+#[tokio::test]
+async fn scopes_split_on_any_unicode_white_space() {
+    let e = env().await;
+    let both = Requirements::new().scopes(["tickets:read", "tickets:write"]);
+    for sep in SCOPE_SEPARATORS {
+        let scope = format!("tickets:read{sep}{sep}tickets:write");
+        let token = e.sts.mandate().claim("scope", json!(scope)).sign();
+        let m = e
+            .verifier
+            .verify(&token, &both)
+            .await
+            .unwrap_or_else(|err| panic!("U+{:04X}: {err}", u32::from(sep)));
+        assert_eq!(
+            m.scopes().collect::<Vec<_>>(),
+            ["tickets:read", "tickets:write"]
+        );
+    }
+    // Not White_Space, as in Go: the two scopes stay one token that matches neither.
+    for sep in ['\u{200B}', '\u{FEFF}'] {
+        let scope = format!("tickets:read{sep}tickets:write");
+        let token = e.sts.mandate().claim("scope", json!(scope)).sign();
+        let err = deny(&e, &token, &both).await;
+        assert_eq!(
+            err.code(),
+            ErrorCode::ScopeInsufficient,
+            "U+{:04X}",
+            u32::from(sep)
+        );
+        assert_eq!(err.status(), 403);
+        assert_eq!(err.details()["missing_scope"], "tickets:read");
+    }
+    // Matching stays exact per token.
+    let token = e
+        .sts
+        .mandate()
+        .claim("scope", json!("tickets:read\u{3000}tickets:writer"))
+        .sign();
+    let err = deny(&e, &token, &both).await;
+    assert_eq!(err.details()["missing_scope"], "tickets:write");
+}
+
+/// Caracal's guard order: scopes, agent session, delegation, chain contains, hop
+/// limit, targets, then revocation anchors and the delegation epoch.
+#[tokio::test]
+async fn checks_run_in_caracal_order() {
+    let e = env().await;
+    let code = |reqs: Requirements, token: String| {
+        let v = e.verifier.clone();
+        async move { v.verify(&token, &reqs).await.unwrap_err().code() }
+    };
+    let scoped_target = || {
+        Requirements::new()
+            .scopes(["tickets:read"])
+            .targets(["resource://billing"])
+    };
+    // Lacking both a scope and a target: the scope answers (403, not 401).
+    let err = deny(&e, &e.sts.mandate().sign(), &scoped_target()).await;
+    assert_eq!(err.code(), ErrorCode::ScopeInsufficient);
+    assert_eq!(err.status(), 403);
+    // Lacking only the target: 401 `invalid_token`, reason `target`.
+    let err = deny(
+        &e,
+        &e.sts.mandate().scopes(["tickets:read"]).sign(),
+        &scoped_target(),
+    )
+    .await;
+    assert_eq!(
+        (err.status().as_u16(), err.reason()),
+        (401, Some(InvalidReason::Target))
+    );
+    // Each route check answers before the targets.
+    let target = || Requirements::new().targets(["resource://billing"]);
+    assert_eq!(
+        code(target().agent(), e.sts.mandate().sign()).await,
+        ErrorCode::AgentIdentityRequired
+    );
+    assert_eq!(
+        code(target().delegation(), e.sts.mandate().sign()).await,
+        ErrorCode::DelegationRequired
+    );
+    assert_eq!(
+        code(target().chain_contains(["app-x"]), e.sts.mandate().sign()).await,
+        ErrorCode::ChainMismatch
+    );
+    assert_eq!(
+        code(target().max_hops(1), e.sts.mandate().delegation(2).sign()).await,
+        ErrorCode::HopCountExceeded
+    );
+    // Scopes before agent, agent before delegation, delegation before the chain.
+    assert_eq!(
+        code(
+            Requirements::new().scopes(["a"]).agent(),
+            e.sts.mandate().sign()
+        )
+        .await,
+        ErrorCode::ScopeInsufficient
+    );
+    assert_eq!(
+        code(
+            Requirements::new().agent().delegation(),
+            e.sts.mandate().sign()
+        )
+        .await,
+        ErrorCode::AgentIdentityRequired
+    );
+    assert_eq!(
+        code(
+            Requirements::new().delegation().chain_contains(["app-x"]),
+            e.sts.mandate().sign()
+        )
+        .await,
+        ErrorCode::DelegationRequired
+    );
+
+    // Revocation runs last: a revoked mandate that fails the route gets the route's
+    // answer; one that meets the route is `session_revoked`.
+    let revoked = e.sts.mandate().sid("sid-revoked").sign();
+    e.verifier.revocations().revoke("sid-revoked");
+    assert_eq!(
+        code(Requirements::new().scopes(["a"]), revoked.clone()).await,
+        ErrorCode::ScopeInsufficient
+    );
+    let err = deny(&e, &revoked, &target()).await;
+    assert_eq!(err.reason(), Some(InvalidReason::Target));
+    assert_eq!(code(none(), revoked).await, ErrorCode::SessionRevoked);
+    // Anchors before the epoch; the epoch after the route too.
+    e.verifier.revocations().raise_epoch(ZONE, 9);
+    let both = e.sts.mandate().sid("sid-revoked-2").epoch(3).sign();
+    e.verifier.revocations().revoke("sid-revoked-2");
+    assert_eq!(code(none(), both).await, ErrorCode::SessionRevoked);
+    let stale = e.sts.mandate().epoch(3).sign();
+    assert_eq!(
+        code(Requirements::new().scopes(["a"]), stale.clone()).await,
+        ErrorCode::ScopeInsufficient
+    );
+    assert_eq!(code(none(), stale).await, ErrorCode::DelegationStale);
+}
+
+/// The Gateway's `denials_expiring`: a route may refuse mandates about to lapse.
+#[tokio::test]
+async fn min_remaining_refuses_a_mandate_about_to_expire() {
+    let e = env().await;
+    let fresh = Requirements::new().min_remaining(Duration::from_secs(60));
+    assert_eq!(fresh.min_remaining_window(), Some(Duration::from_secs(60)));
+    assert_eq!(none().min_remaining_window(), None);
+    let exp = T0 + 100;
+    let token = e.sts.mandate().issued_at(T0).expires_at(exp).sign();
+    // 100 s left, then exactly 60 s left: accepted.
+    e.verifier.verify(&token, &fresh).await.unwrap();
+    e.clock.set(Duration::from_secs(exp - 60));
+    e.verifier.verify(&token, &fresh).await.unwrap();
+    // 59 s left: refused on this route, still fine on others.
+    e.clock.set(Duration::from_secs(exp - 59));
+    let err = deny(&e, &token, &fresh).await;
+    assert_eq!(err.code(), ErrorCode::InvalidToken);
+    assert_eq!(err.status(), 401);
+    assert_eq!(err.reason(), Some(InvalidReason::Expiring));
+    assert_eq!(err.details()["reason"], "expiring");
+    e.verifier.verify(&token, &none()).await.unwrap();
+    // A stacked layer reusing the mandate applies it too.
+    let m = e.verifier.authenticate(&token).await.unwrap();
+    assert_eq!(
+        e.verifier.authorize(&m, &fresh).unwrap_err().reason(),
+        Some(InvalidReason::Expiring)
+    );
+    // Merged requirements keep the longer window; sub-seconds round up.
+    let merged = none()
+        .min_remaining(Duration::from_millis(10_500))
+        .and(&fresh);
+    assert_eq!(merged.min_remaining_window(), Some(Duration::from_secs(60)));
+    assert_eq!(
+        none()
+            .min_remaining(Duration::from_millis(10_500))
+            .min_remaining_window(),
+        Some(Duration::from_secs(11))
+    );
+    // It answers before the other route checks.
+    let err = deny(&e, &token, &fresh.clone().scopes(["missing"])).await;
+    assert_eq!(err.reason(), Some(InvalidReason::Expiring));
 }
 
 #[tokio::test]
@@ -614,7 +923,7 @@ async fn chain_contains_each_listed_application() {
     .await;
     assert_eq!(err.code(), ErrorCode::ChainMismatch);
     assert_eq!(err.details()["application_id"], "app-orchestrator");
-    // No chain at all: only the client itself is "in" it.
+    // No chain at all: nothing is in it.
     let plain = e.sts.mandate().sign();
     assert_eq!(
         deny(
@@ -626,6 +935,28 @@ async fn chain_contains_each_listed_application() {
         .code(),
         ErrorCode::ChainMismatch
     );
+}
+
+/// A mandate minted directly for the required application, with no delegation
+/// chain, is not a delegation through it: Caracal's guard counts chain hops only.
+#[tokio::test]
+async fn chain_contains_ignores_a_bare_client_id() {
+    let e = env().await;
+    let reqs = Requirements::new().chain_contains(["app-orchestrator"]);
+    let direct = e.sts.mandate().client_id("app-orchestrator").sign();
+    let err = deny(&e, &direct, &reqs).await;
+    assert_eq!(err.code(), ErrorCode::ChainMismatch);
+    assert_eq!(err.status(), 403);
+    assert_eq!(err.details()["reason"], "missing_application");
+    assert_eq!(err.details()["application_id"], "app-orchestrator");
+    // The same client as the chain's last hop is in the chain.
+    let delegated = e
+        .sts
+        .mandate()
+        .client_id("app-orchestrator")
+        .delegation(1)
+        .sign();
+    e.verifier.verify(&delegated, &reqs).await.unwrap();
 }
 
 #[tokio::test]
@@ -967,11 +1298,62 @@ impl ReplayGuard for BrokenGuard {
     }
 }
 
+/// A resource id shaped like the STS's: UUIDs.
+fn resource_id(i: usize) -> String {
+    format!("resource://7d1c2a9e-4b3f-4c8e-9a1d-{i:012x}/0f6b9c3e-2d4a-4e7b-8c5f-{i:012x}")
+}
+
+/// A mandate as Caracal's STS mints it for `n` granted resources: each listed in
+/// both `aud` and `target`.
+fn with_resources(sts: &TestIssuer, n: usize) -> String {
+    let resources: Vec<String> = (0..n).map(resource_id).collect();
+    let mut aud = vec![AUD.to_owned()];
+    aud.extend(resources.iter().cloned());
+    sts.mandate()
+        .claim("aud", json!(aud))
+        .targets(resources)
+        .delegation(10)
+        .sign()
+}
+
+/// Real mandates list every granted resource in `aud` and `target`: the 16 KiB
+/// default fits sixty UUID resources and a ten-hop chain.
+#[tokio::test]
+async fn the_default_size_cap_fits_real_mandates() {
+    let e = env().await;
+    assert_eq!(caracal_verifier::DEFAULT_MAX_TOKEN_BYTES, 16 * 1024);
+    let token = with_resources(&e.sts, 60);
+    assert!(
+        (14 * 1024..=16 * 1024).contains(&token.len()),
+        "{} bytes",
+        token.len()
+    );
+    let m = e
+        .verifier
+        .verify(&token, &Requirements::new().targets([resource_id(59)]))
+        .await
+        .unwrap();
+    assert_eq!(m.targets().len(), 60);
+    let over = with_resources(&e.sts, 70);
+    assert!(over.len() > 16 * 1024);
+    let err = deny(&e, &over, &none()).await;
+    assert_eq!(
+        (err.code(), err.status().as_u16()),
+        (ErrorCode::PayloadTooLarge, 413)
+    );
+    // Still configurable.
+    let big = env_with(|b| b.max_token_bytes(32 * 1024)).await;
+    big.verifier
+        .verify(&with_resources(&big.sts, 70), &none())
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn every_engine_code_is_produced() {
     let e = env().await;
     assert_eq!(deny(&e, "", &none()).await.code(), ErrorCode::MissingToken);
-    let huge = "a".repeat(8 * 1024 + 1);
+    let huge = "a".repeat(16 * 1024 + 1);
     let err = deny(&e, &huge, &none()).await;
     assert_eq!(
         (err.code(), err.status().as_u16()),
@@ -1145,10 +1527,13 @@ async fn a_memory_guard_on_the_verifier_clock_expires_by_that_clock() {
     verifier.verify(&short, &once).await.unwrap();
     let err = verifier.verify(&long, &once).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::RevocationUnavailable);
-    // exp + leeway = T0 + 70.
+    // The use is kept until exp + leeway = T0 + 70 (the mandate itself is dead
+    // from its exp, T0 + 10): until then the full guard still refuses.
     clock.advance(Duration::from_secs(69));
     let err = verifier.verify(&short, &once).await.unwrap_err();
-    assert_eq!(err.reason(), Some(InvalidReason::Replayed));
+    assert_eq!(err.reason(), Some(InvalidReason::Expired));
+    let err = verifier.verify(&long, &once).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::RevocationUnavailable);
     clock.advance(Duration::from_secs(1));
     verifier.verify(&long, &once).await.unwrap();
 }

@@ -7,6 +7,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::routing::{MethodRouter, get};
 use axum::{Json, Router};
@@ -14,7 +15,8 @@ use bytes::Bytes;
 use caracal_verifier::layer::MandateLayer;
 use caracal_verifier::testing::TestIssuer;
 use caracal_verifier::{
-    AuthError, BoxFuture, FetchError, JwksFetcher, Mandate, Requirements, Verifier,
+    AuthError, BoxFuture, CodeSpelling, FetchError, JwksFetcher, Mandate, ManualClock,
+    Requirements, Verifier, VerifierBuilder,
 };
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -255,10 +257,10 @@ async fn every_route_denial_has_its_code_and_status() {
             "invalid_token",
         ),
         (
-            "over 8 KiB",
+            "over 16 KiB",
             "/any",
             sts.mandate()
-                .claim("pad", json!("x".repeat(9 * 1024)))
+                .claim("pad", json!("x".repeat(17 * 1024)))
                 .sign(),
             413,
             "payload_too_large",
@@ -310,10 +312,10 @@ async fn invalid_token_details_name_the_reason() {
     let big = app
         .sts
         .mandate()
-        .claim("pad", json!("x".repeat(9 * 1024)))
+        .claim("pad", json!("x".repeat(17 * 1024)))
         .sign();
     let reply = app.call("/any", &big).await;
-    assert_eq!(reply.body["details"]["limit"], 8192);
+    assert_eq!(reply.body["details"]["limit"], 16384);
 }
 
 #[tokio::test]
@@ -469,7 +471,7 @@ async fn www_authenticate_follows_rfc_6750() {
             "/any",
             &app.sts
                 .mandate()
-                .claim("pad", json!("x".repeat(9000)))
+                .claim("pad", json!("x".repeat(17 * 1024)))
                 .sign(),
         )
         .await;
@@ -1007,4 +1009,318 @@ async fn handlers_see_the_authorization_header_marked_sensitive() {
     .await;
     assert_eq!(reply.status, 200, "{reply:#?}");
     assert_eq!(reply.body, "sensitive=true");
+}
+
+// ---------------------------------------------------------------------------
+// Deciding as Caracal decides (issue #11): what a client sees over HTTP.
+
+/// The clock start for the parity server.
+const T0: u64 = 1_790_000_100;
+
+/// A resource server on a manual clock, with one route per decision of issue #11.
+struct Parity {
+    sts: TestIssuer,
+    clock: ManualClock,
+    verifier: Verifier,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Parity {
+    async fn start() -> Parity {
+        Parity::start_with(|b| b).await
+    }
+
+    async fn start_with(f: impl FnOnce(VerifierBuilder) -> VerifierBuilder) -> Parity {
+        let sts = TestIssuer::start(ZONE).await.expect("start issuer");
+        let clock = ManualClock::new(Duration::from_secs(T0));
+        sts.set_clock(clock.clone());
+        let builder = Verifier::builder()
+            .issuer(sts.issuer_url())
+            .audience(AUDIENCE)
+            .zone(ZONE)
+            .clock(clock.clone());
+        let v = f(builder).build().expect("valid verifier settings");
+        // One layer per route: each decision is one layer's, in Caracal's order
+        // (a router-wide layer in front would decide revocation on its own first).
+        let router = Router::new()
+            .route("/any", guarded(&v, Requirements::new()))
+            .route(
+                "/chain",
+                guarded(&v, Requirements::new().chain_contains(["app-orchestrator"])),
+            )
+            .route(
+                "/scoped",
+                guarded(&v, Requirements::new().scopes(["tickets:read"])),
+            )
+            .route("/agent", guarded(&v, Requirements::new().agent()))
+            .route(
+                "/fresh",
+                guarded(
+                    &v,
+                    Requirements::new().min_remaining(Duration::from_secs(60)),
+                ),
+            )
+            .route(
+                "/scoped-target",
+                guarded(
+                    &v,
+                    Requirements::new()
+                        .scopes(["tickets:read"])
+                        .targets(["resource://billing"]),
+                ),
+            );
+        let addr = serve(router).await;
+        Parity {
+            sts,
+            clock,
+            verifier: v,
+            base: format!("http://{addr}"),
+            http: client(),
+        }
+    }
+
+    async fn call(&self, path: &str, token: &str) -> Reply {
+        Reply::of(
+            self.http
+                .get(format!("{}{path}", self.base))
+                .bearer_auth(token),
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn over_http_a_mandate_is_refused_from_its_exp_on() {
+    let app = Parity::start().await;
+    let exp = T0 + 100;
+    let token = app.sts.mandate().issued_at(T0).expires_at(exp).sign();
+    assert_eq!(app.call("/any", &token).await.status, 200);
+    app.clock.set(Duration::from_secs(exp - 1));
+    assert_eq!(app.call("/any", &token).await.status, 200, "exp-1");
+    for at in [exp, exp + 59] {
+        app.clock.set(Duration::from_secs(at));
+        let reply = app.call("/any", &token).await;
+        reply.assert_denied(401, "invalid_token");
+        assert_eq!(
+            reply.body["details"]["reason"],
+            "expired",
+            "exp+{}",
+            at - exp
+        );
+    }
+}
+
+#[tokio::test]
+async fn over_http_a_bare_client_id_is_not_in_the_chain() {
+    let app = Parity::start().await;
+    let direct = app.sts.mandate().client_id("app-orchestrator").sign();
+    let reply = app.call("/chain", &direct).await;
+    reply.assert_denied(403, "chain_mismatch");
+    assert_eq!(reply.body["details"]["application_id"], "app-orchestrator");
+    let delegated = app
+        .sts
+        .mandate()
+        .client_id("app-orchestrator")
+        .delegation(1)
+        .sign();
+    assert_eq!(app.call("/chain", &delegated).await.status, 200);
+}
+
+#[tokio::test]
+async fn over_http_scopes_split_on_any_unicode_white_space() {
+    let app = Parity::start().await;
+    let separators = [
+        '\t', '\n', '\u{0B}', '\u{0C}', '\r', ' ', '\u{85}', '\u{A0}', '\u{1680}', '\u{2000}',
+        '\u{2005}', '\u{200A}', '\u{2028}', '\u{2029}', '\u{202F}', '\u{205F}', '\u{3000}',
+    ];
+    for sep in separators {
+        let scope = format!("agents:run{sep}tickets:read");
+        let token = app.sts.mandate().claim("scope", json!(scope)).sign();
+        let reply = app.call("/scoped", &token).await;
+        assert_eq!(reply.status, 200, "U+{:04X}: {reply:#?}", u32::from(sep));
+        assert_eq!(reply.body["scopes"], json!(["agents:run", "tickets:read"]));
+    }
+    for sep in ['\u{200B}', '\u{FEFF}'] {
+        let scope = format!("agents:run{sep}tickets:read");
+        let token = app.sts.mandate().claim("scope", json!(scope)).sign();
+        let reply = app.call("/scoped", &token).await;
+        reply.assert_denied(403, "scope_insufficient");
+        assert_eq!(reply.body["details"]["missing_scope"], "tickets:read");
+    }
+}
+
+#[tokio::test]
+async fn over_http_checks_run_in_caracal_order() {
+    let app = Parity::start().await;
+    // Lacking both the route's scope and its target: 403 `scope_insufficient`.
+    let bare = app.sts.mandate().sid("sid-order").sign();
+    let reply = app.call("/scoped-target", &bare).await;
+    reply.assert_denied(403, "scope_insufficient");
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some(
+            "Bearer realm=\"resource://api\", error=\"insufficient_scope\", scope=\"tickets:read\""
+        )
+    );
+    // The scope alone: the target answers, 401 `invalid_token`.
+    let scoped = app.sts.mandate().scopes(["tickets:read"]).sign();
+    let reply = app.call("/scoped-target", &scoped).await;
+    reply.assert_denied(401, "invalid_token");
+    assert_eq!(reply.body["details"]["reason"], "target");
+    // Revocation runs after the route.
+    app.verifier.revocations().revoke("sid-order");
+    app.call("/scoped-target", &bare)
+        .await
+        .assert_denied(403, "scope_insufficient");
+    app.call("/any", &bare)
+        .await
+        .assert_denied(401, "session_revoked");
+}
+
+#[tokio::test]
+async fn over_http_a_missing_or_non_string_zone_id_is_zone_invalid() {
+    let app = Parity::start().await;
+    for token in [
+        app.sts.mandate().remove_claim("zone_id").sign(),
+        app.sts.mandate().claim("zone_id", json!(42)).sign(),
+        app.sts.mandate().claim("zone_id", Value::Null).sign(),
+    ] {
+        let reply = app.call("/scoped", &token).await;
+        reply.assert_denied(401, "zone_invalid");
+        assert_eq!(
+            reply.header("www-authenticate"),
+            Some("Bearer realm=\"resource://api\", error=\"invalid_token\"")
+        );
+    }
+    // Another missing claim stays `invalid_token`.
+    let no_sub = app.sts.mandate().remove_claim("sub").sign();
+    let reply = app.call("/any", &no_sub).await;
+    reply.assert_denied(401, "invalid_token");
+    assert_eq!(reply.body["details"]["reason"], "claims");
+}
+
+/// A mandate as Caracal's STS mints it for `n` granted UUID resources: each listed
+/// in both `aud` and `target`, with a ten-hop chain.
+fn with_resources(sts: &TestIssuer, n: usize) -> String {
+    let resources: Vec<String> = (0..n)
+        .map(|i| {
+            format!("resource://7d1c2a9e-4b3f-4c8e-9a1d-{i:012x}/0f6b9c3e-2d4a-4e7b-8c5f-{i:012x}")
+        })
+        .collect();
+    let mut aud = vec![AUDIENCE.to_owned()];
+    aud.extend(resources.iter().cloned());
+    sts.mandate()
+        .claim("aud", json!(aud))
+        .targets(resources)
+        .delegation(10)
+        .sign()
+}
+
+/// The 16 KiB default cap fits real mandates, and axum's HTTP/1 server (hyper, a
+/// read buffer of about 408 KiB) passes such an `Authorization` header through:
+/// sent with a plain hyper client.
+#[tokio::test]
+async fn over_http_a_fifteen_kib_mandate_is_accepted_and_one_over_the_cap_is_413() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let app = Parity::start().await;
+    let http = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let send = |token: String| {
+        let http = http.clone();
+        let uri = format!("{}/any", app.base);
+        async move {
+            let req = http::Request::get(uri)
+                .header("authorization", format!("Bearer {token}"))
+                .body(Empty::new())
+                .unwrap();
+            let res = http.request(req).await.expect("request reaches the server");
+            let status = res.status().as_u16();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            (status, serde_json::from_slice::<Value>(&body).unwrap())
+        }
+    };
+    let fits = with_resources(&app.sts, 60);
+    assert!(
+        (14 * 1024..=16 * 1024).contains(&fits.len()),
+        "{} bytes",
+        fits.len()
+    );
+    let (status, body) = send(fits).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["sub"], "user-1");
+
+    let over = with_resources(&app.sts, 70);
+    assert!(over.len() > 16 * 1024);
+    let (status, body) = send(over).await;
+    assert_eq!((status, &body["error"]), (413, &json!("payload_too_large")));
+    assert_eq!(body["details"]["limit"], 16384);
+}
+
+#[tokio::test]
+async fn over_http_a_mandate_expiring_within_the_window_is_refused() {
+    let app = Parity::start().await;
+    let exp = T0 + 100;
+    let token = app.sts.mandate().issued_at(T0).expires_at(exp).sign();
+    assert_eq!(app.call("/fresh", &token).await.status, 200);
+    app.clock.set(Duration::from_secs(exp - 60));
+    assert_eq!(app.call("/fresh", &token).await.status, 200, "60 s left");
+    app.clock.set(Duration::from_secs(exp - 59));
+    let reply = app.call("/fresh", &token).await;
+    reply.assert_denied(401, "invalid_token");
+    assert_eq!(reply.body["details"]["reason"], "expiring");
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some("Bearer realm=\"resource://api\", error=\"invalid_token\"")
+    );
+    assert_eq!(app.call("/any", &token).await.status, 200, "other routes");
+}
+
+#[tokio::test]
+async fn the_sdk_code_spelling_changes_the_body_a_client_reads() {
+    let app = Parity::start_with(|b| b.code_spelling(CodeSpelling::CaracalSdk)).await;
+    let sts = &app.sts;
+    let reply = app.call("/scoped", &sts.mandate().sign()).await;
+    assert_eq!(reply.status, 403);
+    assert_eq!(reply.body["error"], "insufficient_scope");
+    assert!(reply.body["error_hint"].is_string(), "{reply:#?}");
+    assert!(reply.body.get("hint").is_none());
+    assert_eq!(reply.body["details"]["missing_scope"], "tickets:read");
+    // RFC 6750's own values in the challenge are untouched.
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some(
+            "Bearer realm=\"resource://api\", error=\"insufficient_scope\", scope=\"tickets:read\""
+        )
+    );
+    for (path, token, status, error) in [
+        (
+            "/any",
+            sts.mandate().zone("zone-2").sign(),
+            401,
+            "invalid_zone",
+        ),
+        ("/agent", sts.mandate().sign(), 403, "session_required"),
+        ("/chain", sts.mandate().sign(), 403, "chain_mismatch"),
+        ("/any", "not-a-jwt".to_owned(), 401, "invalid_token"),
+    ] {
+        let reply = app.call(path, &token).await;
+        assert_eq!((reply.status, reply.code()), (status, error), "{reply:#?}");
+        assert!(reply.body["error_hint"].is_string());
+    }
+
+    // The default spelling is unchanged.
+    let documented = Parity::start().await;
+    let reply = documented
+        .call("/scoped", &documented.sts.mandate().sign())
+        .await;
+    reply.assert_denied(403, "scope_insufficient");
+    assert!(reply.body["hint"].is_string());
+    assert!(reply.body.get("error_hint").is_none());
+    let reply = documented
+        .call("/agent", &documented.sts.mandate().sign())
+        .await;
+    reply.assert_denied(403, "agent_identity_required");
 }

@@ -65,6 +65,12 @@
 //! Attribute values come from configuration, sanitized, never from the request.
 //! Replace the body with a [`Renderer`].
 //!
+//! For clients built on Caracal's TypeScript, Go or Python verifier packages,
+//! [`VerifierBuilder::code_spelling`](crate::VerifierBuilder::code_spelling)
+//! (`CARACAL_CODE_SPELLING=sdk`) makes the default body answer `invalid_zone`,
+//! `insufficient_scope` and `session_required`, with the hint under `error_hint`.
+//! Statuses and headers do not change.
+//!
 //! # Tracing
 //!
 //! Each decision emits one event with target `caracal_verifier::decision`: `decision`
@@ -91,6 +97,14 @@
 //! algorithms, key source, revocation set). A single-use mandate is recorded once
 //! per replay guard per request, however many layers require it: layers sharing a
 //! verifier record it once, and a layer with another guard records it in its own.
+//!
+//! Each layer decides with its own requirements, in
+//! [`Verifier::verify`](crate::Verifier::verify)'s order (route requirements, then
+//! revocation). Stacked, the outer layer decides first: behind a router-wide layer, a
+//! revoked mandate is 401 `session_revoked` even on a route whose layer would have
+//! answered 403 `scope_insufficient`. Caracal's guard checks a route's requirements
+//! before revocation; to get its answer in every case, give each route one layer
+//! carrying all of its requirements.
 
 mod bearer;
 mod builder_ext;

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
-use crate::error::AuthError;
+use crate::error::{AuthError, CodeSpelling};
 
 /// The request id header: read from requests, set on every rejection.
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -65,9 +65,14 @@ where
     }
 }
 
-/// The default renderer: the error's status and an `application/json` body
-/// `{"error", "error_description", "hint", "requestId", "details"}`
-/// (see [`AuthError::to_json`]).
+/// The JSON renderer with the documented codes: the error's status and an
+/// `application/json` body `{"error", "error_description", "hint", "requestId",
+/// "details"}` (see [`AuthError::to_json`]).
+///
+/// A layer with no [`renderer`](super::MandateLayer::renderer) set renders this
+/// body in its verifier's
+/// [`code_spelling`](crate::VerifierBuilder::code_spelling); `JsonRenderer` set
+/// explicitly always uses the documented codes.
 ///
 /// ```
 /// use caracal_verifier::AuthError;
@@ -84,7 +89,17 @@ pub struct JsonRenderer;
 
 impl Renderer for JsonRenderer {
     fn render(&self, err: &AuthError, request_id: &str) -> Response<Bytes> {
-        let body = Bytes::from(err.to_json(request_id).to_string());
+        SpelledJson(CodeSpelling::Documented).render(err, request_id)
+    }
+}
+
+/// The layer's default renderer: [`JsonRenderer`]'s body in the verifier's spelling.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SpelledJson(pub(crate) CodeSpelling);
+
+impl Renderer for SpelledJson {
+    fn render(&self, err: &AuthError, request_id: &str) -> Response<Bytes> {
+        let body = Bytes::from(err.to_json_spelled(request_id, self.0).to_string());
         let mut response = Response::new(body);
         *response.status_mut() = err.status();
         response
@@ -291,6 +306,31 @@ mod tests {
         assert_eq!(res.headers()[X_REQUEST_ID], "req-9");
         let res = r.reject(&AuthError::MissingToken, "req-9");
         assert_eq!(res.headers()[WWW_AUTHENTICATE], "Bearer realm=\"api\"");
+    }
+
+    #[test]
+    fn the_sdk_spelling_changes_the_body_not_the_challenge() {
+        let sdk = Rejecter {
+            renderer: Arc::new(SpelledJson(CodeSpelling::CaracalSdk)),
+            realm: "resource://api".into(),
+        };
+        let scope = AuthError::ScopeInsufficient {
+            missing: "a".into(),
+            required: vec!["a".into()],
+        };
+        let res = sdk.reject(&scope, "r");
+        assert_eq!(res.status(), 403);
+        assert_eq!(
+            res.headers()[WWW_AUTHENTICATE],
+            "Bearer realm=\"resource://api\", error=\"insufficient_scope\", scope=\"a\""
+        );
+        let body: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
+        assert_eq!(body["error"], "insufficient_scope");
+        assert!(body["error_hint"].is_string());
+        let res = rejecter().reject(&scope, "r");
+        let body: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
+        assert_eq!(body["error"], "scope_insufficient");
+        assert!(body["hint"].is_string());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::bearer::bearer;
-use super::reject::{self, JsonRenderer, Rejecter, Renderer};
+use super::reject::{self, Rejecter, Renderer, SpelledJson};
 use crate::error::AuthError;
 use crate::mandate::Mandate;
 use crate::replay::ReplayGuard;
@@ -89,19 +89,20 @@ impl MandateLayer {
     /// Require a valid mandate that meets `reqs`.
     ///
     /// Defaults: credentials are required (see [`optional`](Self::optional)),
-    /// denials are rendered by [`JsonRenderer`], and the challenge realm is the
-    /// verifier's audience (see [`realm`](Self::realm)).
+    /// denials are rendered as [`JsonRenderer`] renders them, in the verifier's
+    /// [`code_spelling`](crate::VerifierBuilder::code_spelling), and the challenge
+    /// realm is the verifier's audience (see [`realm`](Self::realm)).
+    ///
+    /// [`JsonRenderer`]: super::JsonRenderer
     pub fn new(verifier: Verifier, reqs: Requirements) -> Self {
         let realm = reject::sanitize(verifier.audience());
+        let renderer = Arc::new(SpelledJson(verifier.code_spelling()));
         Self {
             config: Arc::new(Config {
                 verifier,
                 reqs,
                 optional: false,
-                rejecter: Rejecter {
-                    renderer: Arc::new(JsonRenderer),
-                    realm,
-                },
+                rejecter: Rejecter { renderer, realm },
             }),
         }
     }
@@ -118,7 +119,7 @@ impl MandateLayer {
         self
     }
 
-    /// Render denials with `renderer` instead of [`JsonRenderer`].
+    /// Render denials with `renderer` instead of the default JSON body.
     /// The layer still adds the protocol headers (see [`Renderer`]).
     pub fn renderer(mut self, renderer: impl Renderer) -> Self {
         Arc::make_mut(&mut self.config).rejecter.renderer = Arc::new(renderer);
