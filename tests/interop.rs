@@ -16,9 +16,9 @@
 //!   mandate; otherwise it must be listed in `interop/allowlist.json`.
 //! - **different-code**: both deny with different codes. Must be listed.
 //!
-//! An allowlist entry names the case (a `*` suffix matches a prefix), the class and
-//! optionally the route and both codes, and cites the rule that makes our answer
-//! deliberate.
+//! An allowlist entry names the case (a glob, `*` matching any run of characters,
+//! or a list of globs), the class and optionally the route and both codes, and
+//! cites the rule that makes our answer deliberate.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
