@@ -830,7 +830,9 @@ impl VerifierBuilder {
         self
     }
 
-    /// Build the verifier. Does no I/O; call [`Verifier::warm_up`] to fetch keys.
+    /// Build the verifier. Fetches no keys (call [`Verifier::warm_up`] for that) and
+    /// does not wait on the network; with a Redis feed it starts the feed's thread,
+    /// which connects and catches up in the background.
     pub fn build(self) -> Result<Verifier, ConfigError> {
         let issuer = self.issuer.ok_or(ConfigError::Missing("issuer"))?;
         let audience = self.audience.ok_or(ConfigError::Missing("audience"))?;
