@@ -1007,24 +1007,10 @@ mod tests {
     use serde_json::{Value, json};
 
     /// The contract's valid resource mandate (caracal-contracts fixture
-    /// `jwt-claims.resource.valid.json`), restated here.
+    /// `jwt-claims.resource.valid.json`), shared with `tests/engine.rs`.
     pub(crate) fn fixture() -> Value {
-        json!({
-            "iss": "https://sts.example.com", "sub": "user-1", "aud": "resource://api",
-            "exp": 1790000300u64, "iat": 1790000000u64,
-            "jti": "018f7d6a-8f4a-7d9f-9a54-5e4fd7df0001", "zone_id": "zone-1",
-            "client_id": "app-1", "scope": "read write", "sid": "authority-record-1",
-            "root_sid": "authority-record-root", "use": "resource", "sub_type": "user",
-            "target": ["resource://api"], "agent_session_id": "session-child",
-            "delegation_edge_id": "delegation-1", "source_session_id": "session-parent",
-            "target_session_id": "session-child", "delegation_path": ["delegation-1"],
-            "delegation_chain": [
-                {"application_id": "app-parent", "agent_session_id": "session-parent",
-                 "delegation_edge_id": "delegation-1"},
-                {"application_id": "app-1", "agent_session_id": "session-child"}
-            ],
-            "hop_count": 1, "delegation_graph_epoch": 7
-        })
+        serde_json::from_str(include_str!("../tests/data/jwt-claims.resource.valid.json"))
+            .expect("the contract fixture is JSON")
     }
 
     /// Parse as the verifier does, after checking the fast path agrees with the
