@@ -440,8 +440,11 @@ macro_rules! schema {
         }
 
         impl Claim {
+            /// Every claim, in table order.
+            pub(crate) const ALL: &[Claim] = &[$(Claim::$name),*];
+
             /// How many claims the contract has.
-            pub(crate) const COUNT: usize = [$(Claim::$name),*].len();
+            pub(crate) const COUNT: usize = Claim::ALL.len();
 
             #[inline]
             pub(crate) fn from_name(name: &[u8]) -> Option<Claim> {
@@ -455,6 +458,14 @@ macro_rules! schema {
             pub(crate) fn name(self) -> &'static str {
                 match self {
                     $(Claim::$name => const { wire($wire) },)*
+                }
+            }
+
+            /// Whether both parsers refuse a payload without this claim.
+            #[cfg(test)]
+            pub(crate) fn is_required(self) -> bool {
+                match self {
+                    $(Claim::$name => $presence::<$kind>(None).is_none(),)*
                 }
             }
         }
@@ -572,5 +583,51 @@ impl Claim {
     #[inline]
     pub(crate) fn bit(self) -> u32 {
         1 << self as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::claims::tests::fixture;
+    use crate::claims::{fast_path_agrees, parse_claims_json};
+
+    #[test]
+    fn every_name_dispatches_to_its_own_claim_and_bit() {
+        let mut bits = 0u32;
+        for &c in Claim::ALL {
+            assert_eq!(Claim::from_name(c.name().as_bytes()), Some(c));
+            assert_eq!(bits & c.bit(), 0, "{c:?}");
+            bits |= c.bit();
+        }
+        assert_eq!(bits.count_ones() as usize, Claim::COUNT);
+    }
+
+    /// Both parsers honour the table's `required` / `optional` for every claim.
+    #[test]
+    fn a_missing_claim_is_refused_exactly_when_the_table_requires_it() {
+        let mut full = fixture();
+        full["nbf"] = json!(1790000000u64);
+        for &c in Claim::ALL {
+            let mut v = full.clone();
+            let map = v.as_object_mut().unwrap();
+            assert!(map.remove(c.name()).is_some(), "no {} to remove", c.name());
+            let text = serde_json::to_string(&v).unwrap();
+            let fast = fast_path_agrees(&text);
+            let parsed = parse_claims_json(text.as_bytes());
+            if c == Claim::zone_id {
+                // The strict parser's fault mode: parsed, with an empty zone.
+                assert!(!fast);
+                assert_eq!(parsed.unwrap().zone_id(), "");
+            } else if c.is_required() {
+                assert!(!fast, "{}", c.name());
+                assert!(parsed.is_err(), "{}", c.name());
+            } else {
+                assert!(fast, "{}", c.name());
+                assert!(parsed.is_ok(), "{}", c.name());
+            }
+        }
     }
 }
