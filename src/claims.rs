@@ -172,14 +172,14 @@ pub(crate) mod fast {
 
     impl Scan<'_> {
         #[inline]
-        pub(crate) fn ws(&mut self) {
+        fn ws(&mut self) {
             while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.b.get(self.i) {
                 self.i += 1;
             }
         }
 
         #[inline]
-        pub(crate) fn eat(&mut self, c: u8) -> bool {
+        fn eat(&mut self, c: u8) -> bool {
             self.ws();
             if self.b.get(self.i) == Some(&c) {
                 self.i += 1;

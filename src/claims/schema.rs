@@ -1,6 +1,6 @@
 //! The claim schema of `caracal-jwt-claims-2026-05-21`, written once.
 //!
-//! The table at the end of this file holds one line per claim: its wire name, the
+//! The table below holds one line per claim: its wire name, the
 //! field and accessor of [`Claims`] that keep it, its [`Kind`] (JSON type and rules)
 //! and whether it is `required` or `optional`. The `schema!` macro generates from it:
 //!
@@ -29,6 +29,45 @@ use super::fast::Scan;
 use super::{Arena, AudienceSeed, ChainSeed, ParsedHop, opt_string, positive};
 use crate::json::{Key, StringList, non_empty};
 use crate::mandate::{Chain, Items, Span, StrList, SubjectType, span_str};
+
+/// The 2026-05-21 claims, one per line, in the order `Debug` prints them:
+///
+/// `wire name => field and accessor: kind, presence;`
+///
+/// The kind is a [`Kind`] below; the presence is `required` (a payload without the
+/// claim is refused) or `optional` (the kind's absent value), and the compiler holds
+/// it to the kind ([`Required`], [`Optional`]). Hands the table to `$then`.
+macro_rules! claim_table {
+    ($then:ident) => {
+        $then! {
+            b"iss" => iss: NonEmpty, required;
+            b"sub" => sub: NonEmpty, required;
+            b"aud" => aud: Audience, required;
+            b"exp" => exp: Positive, required;
+            b"iat" => iat: Positive, required;
+            b"nbf" => nbf: OptU64, optional;
+            b"jti" => jti: NonEmpty, required;
+            // In the strict parser's fault mode, any value or none (see `claims.rs`).
+            b"zone_id" => zone_id: NonEmpty, required;
+            b"client_id" => client_id: NonEmpty, required;
+            b"sid" => sid: NonEmpty, required;
+            b"root_sid" => root_sid: NonEmpty, required;
+            b"use" => token_use: Str, required;
+            b"sub_type" => sub_type: SubType, required;
+            // Split into scopes by `Mandate::scopes`.
+            b"scope" => scope: OptStr, optional;
+            b"target" => target: UniqueList, optional;
+            b"agent_session_id" => agent_session_id: Anchor, optional;
+            b"delegation_edge_id" => delegation_edge_id: Anchor, optional;
+            b"source_session_id" => source_session_id: Anchor, optional;
+            b"target_session_id" => target_session_id: Anchor, optional;
+            b"delegation_path" => delegation_path: List, optional;
+            b"delegation_chain" => chain: DelegationChain, optional;
+            b"hop_count" => hop_count: OptU64, optional;
+            b"delegation_graph_epoch" => delegation_graph_epoch: OptU64, optional;
+        }
+    };
+}
 
 /// How one claim is read, kept and handed out.
 pub(crate) trait Kind {
@@ -543,34 +582,7 @@ macro_rules! schema {
     };
 }
 
-// The 2026-05-21 claims: wire name => field and accessor: kind, presence.
-schema! {
-    b"iss" => iss: NonEmpty, required;
-    b"sub" => sub: NonEmpty, required;
-    b"aud" => aud: Audience, required;
-    b"exp" => exp: Positive, required;
-    b"iat" => iat: Positive, required;
-    b"nbf" => nbf: OptU64, optional;
-    b"jti" => jti: NonEmpty, required;
-    // In the strict parser's fault mode, any value or none (see `claims.rs`).
-    b"zone_id" => zone_id: NonEmpty, required;
-    b"client_id" => client_id: NonEmpty, required;
-    b"sid" => sid: NonEmpty, required;
-    b"root_sid" => root_sid: NonEmpty, required;
-    b"use" => token_use: Str, required;
-    b"sub_type" => sub_type: SubType, required;
-    // Split into scopes by `Mandate::scopes`.
-    b"scope" => scope: OptStr, optional;
-    b"target" => target: UniqueList, optional;
-    b"agent_session_id" => agent_session_id: Anchor, optional;
-    b"delegation_edge_id" => delegation_edge_id: Anchor, optional;
-    b"source_session_id" => source_session_id: Anchor, optional;
-    b"target_session_id" => target_session_id: Anchor, optional;
-    b"delegation_path" => delegation_path: List, optional;
-    b"delegation_chain" => chain: DelegationChain, optional;
-    b"hop_count" => hop_count: OptU64, optional;
-    b"delegation_graph_epoch" => delegation_graph_epoch: OptU64, optional;
-}
+claim_table!(schema);
 
 // Each claim is a bit of the parsers' `u32` duplicate mask.
 const _: () = assert!(
