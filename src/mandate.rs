@@ -3,8 +3,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
+pub(crate) use crate::claims::Claims;
 use crate::jwk::Algorithm;
 
 /// Whether the mandate's subject is a user or an application (`sub_type`).
@@ -50,173 +51,6 @@ pub(crate) struct Items {
     pub(crate) end: u32,
 }
 
-/// The claims of a mandate, as parsed.
-///
-/// Strings are spans into one buffer, and list items and chain hops are runs of one
-/// span table, so a parsed mandate costs two allocations however many claims it has.
-/// On the fast path the buffer is the decoded payload itself.
-#[derive(Clone)]
-pub(crate) struct Claims {
-    pub(crate) text: String,
-    pub(crate) items: Vec<Span>,
-    pub(crate) iss: Span,
-    pub(crate) sub: Span,
-    pub(crate) aud: Items,
-    pub(crate) exp: u64,
-    pub(crate) iat: u64,
-    pub(crate) nbf: Option<u64>,
-    pub(crate) jti: Span,
-    pub(crate) zone_id: Span,
-    pub(crate) client_id: Span,
-    pub(crate) sid: Span,
-    pub(crate) root_sid: Span,
-    pub(crate) token_use: Span,
-    pub(crate) sub_type: SubjectType,
-    pub(crate) scope: Option<Span>,
-    pub(crate) target: Items,
-    pub(crate) agent_session_id: Option<Span>,
-    pub(crate) delegation_edge_id: Option<Span>,
-    pub(crate) source_session_id: Option<Span>,
-    pub(crate) target_session_id: Option<Span>,
-    pub(crate) delegation_path: Items,
-    /// Three spans per hop: application, agent session, delegation edge.
-    pub(crate) delegation_chain: Option<Items>,
-    pub(crate) hop_count: Option<u64>,
-    pub(crate) delegation_graph_epoch: Option<u64>,
-    pub(crate) extra: Map<String, Value>,
-}
-
-impl Claims {
-    fn s(&self, sp: Span) -> &str {
-        span_str(&self.text, sp)
-    }
-    fn opt(&self, sp: Option<Span>) -> Option<&str> {
-        sp.map(|sp| self.s(sp))
-    }
-    fn list(&self, r: Items) -> StrList<'_> {
-        StrList {
-            text: &self.text,
-            spans: &self.items[r.start as usize..r.end as usize],
-        }
-    }
-    pub(crate) fn iss(&self) -> &str {
-        self.s(self.iss)
-    }
-    pub(crate) fn sub(&self) -> &str {
-        self.s(self.sub)
-    }
-    pub(crate) fn aud(&self) -> StrList<'_> {
-        self.list(self.aud)
-    }
-    pub(crate) fn jti(&self) -> &str {
-        self.s(self.jti)
-    }
-    pub(crate) fn zone_id(&self) -> &str {
-        self.s(self.zone_id)
-    }
-    pub(crate) fn client_id(&self) -> &str {
-        self.s(self.client_id)
-    }
-    pub(crate) fn sid(&self) -> &str {
-        self.s(self.sid)
-    }
-    pub(crate) fn root_sid(&self) -> &str {
-        self.s(self.root_sid)
-    }
-    pub(crate) fn token_use(&self) -> &str {
-        self.s(self.token_use)
-    }
-    pub(crate) fn scope(&self) -> Option<&str> {
-        self.opt(self.scope)
-    }
-    pub(crate) fn target(&self) -> StrList<'_> {
-        self.list(self.target)
-    }
-    pub(crate) fn agent_session_id(&self) -> Option<&str> {
-        self.opt(self.agent_session_id)
-    }
-    pub(crate) fn delegation_edge_id(&self) -> Option<&str> {
-        self.opt(self.delegation_edge_id)
-    }
-    pub(crate) fn source_session_id(&self) -> Option<&str> {
-        self.opt(self.source_session_id)
-    }
-    pub(crate) fn target_session_id(&self) -> Option<&str> {
-        self.opt(self.target_session_id)
-    }
-    pub(crate) fn delegation_path(&self) -> StrList<'_> {
-        self.list(self.delegation_path)
-    }
-    /// The chain, or `None` when the claim is absent (an empty chain is `Some`).
-    pub(crate) fn chain(&self) -> Option<Chain<'_>> {
-        self.delegation_chain.map(|r| Chain {
-            text: &self.text,
-            spans: &self.items[r.start as usize..r.end as usize],
-        })
-    }
-}
-
-/// Claims are equal when every claim is: the layout of the buffer does not matter.
-impl PartialEq for Claims {
-    fn eq(&self, o: &Self) -> bool {
-        self.iss() == o.iss()
-            && self.sub() == o.sub()
-            && self.aud() == o.aud()
-            && (self.exp, self.iat, self.nbf) == (o.exp, o.iat, o.nbf)
-            && self.jti() == o.jti()
-            && self.zone_id() == o.zone_id()
-            && self.client_id() == o.client_id()
-            && self.sid() == o.sid()
-            && self.root_sid() == o.root_sid()
-            && self.token_use() == o.token_use()
-            && self.sub_type == o.sub_type
-            && self.scope() == o.scope()
-            && self.target() == o.target()
-            && self.agent_session_id() == o.agent_session_id()
-            && self.delegation_edge_id() == o.delegation_edge_id()
-            && self.source_session_id() == o.source_session_id()
-            && self.target_session_id() == o.target_session_id()
-            && self.delegation_path() == o.delegation_path()
-            && self.chain() == o.chain()
-            && (self.hop_count, self.delegation_graph_epoch)
-                == (o.hop_count, o.delegation_graph_epoch)
-            && self.extra == o.extra
-    }
-}
-
-impl Eq for Claims {}
-
-impl fmt::Debug for Claims {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Claims")
-            .field("iss", &self.iss())
-            .field("sub", &self.sub())
-            .field("aud", &self.aud())
-            .field("exp", &self.exp)
-            .field("iat", &self.iat)
-            .field("nbf", &self.nbf)
-            .field("jti", &self.jti())
-            .field("zone_id", &self.zone_id())
-            .field("client_id", &self.client_id())
-            .field("sid", &self.sid())
-            .field("root_sid", &self.root_sid())
-            .field("use", &self.token_use())
-            .field("sub_type", &self.sub_type)
-            .field("scope", &self.scope())
-            .field("target", &self.target())
-            .field("agent_session_id", &self.agent_session_id())
-            .field("delegation_edge_id", &self.delegation_edge_id())
-            .field("source_session_id", &self.source_session_id())
-            .field("target_session_id", &self.target_session_id())
-            .field("delegation_path", &self.delegation_path())
-            .field("delegation_chain", &self.chain())
-            .field("hop_count", &self.hop_count)
-            .field("delegation_graph_epoch", &self.delegation_graph_epoch)
-            .field("extra", &self.extra)
-            .finish()
-    }
-}
-
 /// A list claim (`aud`, `target`, `delegation_path`): borrowed strings, in order.
 ///
 /// Like a slice: [`len`](Self::len), [`get`](Self::get), [`iter`](Self::iter),
@@ -242,6 +76,9 @@ pub struct StrList<'a> {
 }
 
 impl<'a> StrList<'a> {
+    pub(crate) fn new(text: &'a str, spans: &'a [Span]) -> Self {
+        StrList { text, spans }
+    }
     /// Number of items.
     pub fn len(&self) -> usize {
         self.spans.len()
@@ -338,7 +175,7 @@ impl fmt::Debug for StrIter<'_> {
     }
 }
 
-fn span_str(text: &str, sp: Span) -> &str {
+pub(crate) fn span_str(text: &str, sp: Span) -> &str {
     &text[sp.start as usize..sp.start as usize + sp.len as usize]
 }
 
@@ -384,6 +221,10 @@ const NO_CHAIN: Chain<'static> = Chain {
 };
 
 impl<'a> Chain<'a> {
+    /// `spans` holds three per hop.
+    pub(crate) fn new(text: &'a str, spans: &'a [Span]) -> Self {
+        Chain { text, spans }
+    }
     /// Number of hops.
     pub fn len(&self) -> usize {
         self.spans.len() / 3
@@ -501,7 +342,7 @@ impl fmt::Debug for Mandate {
             .field("zone_id", &c.zone_id())
             .field("sid", &c.sid())
             .field("jti", &c.jti())
-            .field("exp", &c.exp)
+            .field("exp", &c.exp())
             .field("scope", &c.scope())
             .field("agent_session_id", &c.agent_session_id())
             .field("delegation_edge_id", &c.delegation_edge_id())
@@ -524,7 +365,7 @@ impl Mandate {
     }
     /// `sub_type`.
     pub fn subject_type(&self) -> SubjectType {
-        self.c().sub_type
+        self.c().sub_type()
     }
     /// `aud`, always as a list.
     pub fn audience(&self) -> StrList<'_> {
@@ -532,15 +373,15 @@ impl Mandate {
     }
     /// `exp`, seconds since the Unix epoch.
     pub fn expires_at(&self) -> u64 {
-        self.c().exp
+        self.c().exp()
     }
     /// `iat`, seconds since the Unix epoch.
     pub fn issued_at(&self) -> u64 {
-        self.c().iat
+        self.c().iat()
     }
     /// `nbf`, when present.
     pub fn not_before(&self) -> Option<u64> {
-        self.c().nbf
+        self.c().nbf()
     }
     /// `jti`: the token id.
     pub fn jti(&self) -> &str {
@@ -616,7 +457,7 @@ impl Mandate {
     }
     /// `hop_count` as sent.
     pub fn hop_count(&self) -> Option<u64> {
-        self.c().hop_count
+        self.c().hop_count()
     }
     /// Effective hops: the largest of `hop_count`, the delegation edges in the
     /// chain and the edges in `delegation_path`, so no claim can understate the
@@ -628,11 +469,11 @@ impl Mandate {
             .filter(|h| h.delegation_edge_id().is_some())
             .count() as u64;
         let path = self.delegation_path().len() as u64;
-        self.c().hop_count.unwrap_or(0).max(edges).max(path)
+        self.c().hop_count().unwrap_or(0).max(edges).max(path)
     }
     /// `delegation_graph_epoch`.
     pub fn delegation_graph_epoch(&self) -> Option<u64> {
-        self.c().delegation_graph_epoch
+        self.c().delegation_graph_epoch()
     }
     /// A claim outside the contract, as JSON.
     pub fn extra_claim(&self, name: &str) -> Option<&Value> {

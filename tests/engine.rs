@@ -67,24 +67,11 @@ async fn reason(e: &Env, token: &str) -> Option<InvalidReason> {
 // ---------------------------------------------------------------------------
 // The contract fixture
 
-/// `jwt-claims.resource.valid.json` from the Caracal contracts, restated.
+/// `jwt-claims.resource.valid.json` from the Caracal contracts (one copy, shared
+/// with the claims parser's unit tests).
 fn contract_fixture() -> Value {
-    json!({
-        "iss": "https://sts.example.com", "sub": "user-1", "aud": "resource://api",
-        "exp": 1790000300u64, "iat": 1790000000u64,
-        "jti": "018f7d6a-8f4a-7d9f-9a54-5e4fd7df0001", "zone_id": "zone-1",
-        "client_id": "app-1", "scope": "read write", "sid": "authority-record-1",
-        "root_sid": "authority-record-root", "use": "resource", "sub_type": "user",
-        "target": ["resource://api"], "agent_session_id": "session-child",
-        "delegation_edge_id": "delegation-1", "source_session_id": "session-parent",
-        "target_session_id": "session-child", "delegation_path": ["delegation-1"],
-        "delegation_chain": [
-            {"application_id": "app-parent", "agent_session_id": "session-parent",
-             "delegation_edge_id": "delegation-1"},
-            {"application_id": "app-1", "agent_session_id": "session-child"}
-        ],
-        "hop_count": 1, "delegation_graph_epoch": 7
-    })
+    serde_json::from_str(include_str!("data/jwt-claims.resource.valid.json"))
+        .expect("the contract fixture is JSON")
 }
 
 /// Serves `https://sts.example.com/...` from the loopback issuer: a user-supplied
