@@ -35,22 +35,13 @@ use caracal_verifier::testing::TestIssuer;
 use caracal_verifier::{ErrorCode, Requirements, Verifier};
 
 mod common;
-use common::now;
+use common::{ms, now, percentile};
 
 #[path = "../tests/redis_common/mod.rs"]
 mod redis_common;
-use redis_common::{RedisServer, resident_bytes, stream_key};
+use redis_common::{RedisServer, ready_verifier as ready, resident_bytes, stream_key};
 
 const DEADLINE: Duration = Duration::from_secs(20);
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[i.clamp(1, sorted.len()) - 1]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
 
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
@@ -314,21 +305,4 @@ fn main() {
         }
     }
     drop(redis);
-}
-
-async fn ready(sts: &TestIssuer, feed: RedisRevocations) -> Verifier {
-    let v = Verifier::builder()
-        .issuer(sts.issuer_url())
-        .audience("resource://api")
-        .zone("zone-1")
-        .redis_revocations(feed)
-        .build()
-        .expect("verifier settings");
-    v.warm_up().await.expect("JWKS from the test issuer");
-    let started = Instant::now();
-    while !v.is_ready() {
-        assert!(started.elapsed() < DEADLINE, "the feed never became ready");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    v
 }

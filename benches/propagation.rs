@@ -28,7 +28,7 @@ use caracal_verifier::testing::TestIssuer;
 use caracal_verifier::{ErrorCode, Requirements, Verifier};
 
 mod common;
-use common::now;
+use common::{ms, now, percentile};
 
 // The Redis tests' helpers: a real `redis-server` on a free loopback port, killed on
 // drop, and the stream key.
@@ -38,15 +38,6 @@ use redis_common::{RedisServer, stream_key};
 
 /// The longest a checker waits for the revocation before the run fails.
 const DEADLINE: Duration = Duration::from_secs(10);
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[i.clamp(1, sorted.len()) - 1]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
 
 /// Verify until the mandate is rejected as revoked; returns when that happened.
 fn until_revoked(v: &Verifier, token: &str, reqs: &Requirements, start: &Barrier) -> Instant {

@@ -17,7 +17,7 @@ use caracal_verifier::revocation::{
 };
 use caracal_verifier::testing::{ChainHop, TestIssuer};
 use caracal_verifier::{AnchorKind, AuthError, InvalidReason, Requirements, Verifier};
-use redis_common::{RedisServer, eventually, feed, ready_verifier, stream_key, verifier};
+use redis_common::{RedisServer, eventually, feed, now_ms, ready_verifier, stream_key, verifier};
 use serde_json::json;
 
 async fn check(v: &Verifier, token: &str) -> Result<(), AuthError> {
@@ -32,16 +32,6 @@ async fn check_single_use(v: &Verifier, token: &str) -> Result<(), AuthError> {
 
 fn revoked(anchor: AnchorKind) -> Result<(), AuthError> {
     Err(AuthError::SessionRevoked { anchor })
-}
-
-fn now_ms() -> u64 {
-    u64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
 }
 
 async fn issuer() -> TestIssuer {

@@ -25,7 +25,8 @@ use caracal_verifier::revocation::{
 use caracal_verifier::testing::TestIssuer;
 use caracal_verifier::{AuthError, ManualClock, Requirements, Verifier};
 use redis_common::{
-    Publisher, RedisServer, eventually, feed, ready_verifier, resident_bytes, stream_key, verifier,
+    Publisher, RedisServer, eventually, feed, now_ms, ready_verifier, resident_bytes, stream_key,
+    verifier,
 };
 use tokio::sync::{RwLock, RwLockReadGuard};
 
@@ -88,16 +89,6 @@ async fn eventually_recovers(v: &Verifier, sts: &TestIssuer) {
         async || status(v).fresh && check(v, &innocent).await.is_ok(),
     )
     .await;
-}
-
-fn now_ms() -> u64 {
-    u64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
 }
 
 /// `XADD stream <id> fields… _sig`, signed with the real key.

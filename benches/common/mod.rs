@@ -73,3 +73,14 @@ pub fn token(s: &Setup) -> String {
 pub fn reqs() -> Requirements {
     Requirements::new().scopes(["tickets:read"])
 }
+
+/// The `p`th percentile of sorted samples (nearest rank).
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[i.clamp(1, sorted.len()) - 1]
+}
+
+/// Milliseconds, for printing.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
