@@ -51,8 +51,9 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 13] = [
+    /// Every code, in documentation order. A slice, so that a new code is not a
+    /// breaking change.
+    pub const ALL: &'static [ErrorCode] = &[
         ErrorCode::MissingToken,
         ErrorCode::InvalidToken,
         ErrorCode::ZoneInvalid,
@@ -571,7 +572,7 @@ mod tests {
             (ErrorCode::ScopeInsufficient, "insufficient_scope"),
             (ErrorCode::AgentIdentityRequired, "session_required"),
         ];
-        for code in ErrorCode::ALL {
+        for &code in ErrorCode::ALL {
             let want = renamed
                 .iter()
                 .find(|(c, _)| *c == code)
