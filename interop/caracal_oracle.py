@@ -8,7 +8,7 @@ On start it writes one line:
 
 Then, per request line
     {"token": "...", "issuer": "...", "audience": "...", "zone": "...",
-     "jwks_url": "...",
+     "jwks_url": "...", "now": int (optional),
      "route": {"scopes": [...], "targets": [...], "agent": bool,
                "delegation": bool, "chain_contains": [...], "max_hops": int|null}}
 it writes one answer line
@@ -16,9 +16,10 @@ it writes one answer line
      "error": str|null}
 
 `code` is the package's own spelling (e.g. "insufficient_scope"); mapping to the
-documented codes is the Rust side's job. `now` is the wall-clock second at which
-the decision was made, so the caller can tell whether a time-edge case was
-decided in the second it was minted for. An exception the package lets escape is
+documented codes is the Rust side's job. With `now`, the package decides as if the
+clock read that second (`time.time` and PyJWT's `datetime.now` are held there for
+the call), so both verifiers judge time edges on the same clock; the answer's
+`now` is the second the decision was made at. An exception the package lets escape is
 answered as {"allow": false, "code": "exception", "status": 500, "error": ...}.
 
 Only the package's public API is used: caracalai_verify.authenticate with an
@@ -28,10 +29,15 @@ empty caracalai_revocation.InMemoryRevocationStore.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime
 import json
 import sys
 import time
 from importlib import metadata
+from unittest import mock
+
+import jwt.api_jwt
 
 import caracalai_verify
 from caracalai_revocation import InMemoryRevocationStore
@@ -42,15 +48,29 @@ def _write(obj: dict) -> None:
     sys.stdout.flush()
 
 
-async def _decide(request: dict, revocations: InMemoryRevocationStore) -> dict:
-    route = request.get("route") or {}
-    expected_jwks = request.get("jwks_url")
-    issuer = request["issuer"]
-    # The package derives the JWKS URL from the issuer and the configured zone;
-    # the harness sends the URL it serves so a mismatch is caught, not guessed.
-    if expected_jwks and not expected_jwks.startswith(issuer.rstrip("/") + "/.well-known/jwks.json?"):
-        raise ValueError(f"jwks_url {expected_jwks!r} is not under issuer {issuer!r}")
-    result = await caracalai_verify.authenticate(
+class _HeldDatetime(datetime.datetime):
+    """`datetime.now` held at `held` seconds since the epoch."""
+
+    held = 0.0
+
+    @classmethod
+    def now(cls, tz=None):
+        return datetime.datetime.fromtimestamp(cls.held, tz)
+
+
+def _clock_at(now):
+    """Hold the clocks the package reads at `now` (seconds), or leave them be."""
+    if now is None:
+        return contextlib.nullcontext()
+    _HeldDatetime.held = float(now)
+    stack = contextlib.ExitStack()
+    stack.enter_context(mock.patch("time.time", lambda: float(now)))
+    stack.enter_context(mock.patch.object(jwt.api_jwt, "datetime", _HeldDatetime))
+    return stack
+
+
+async def _authenticate(request: dict, route: dict, issuer: str, revocations):
+    return await caracalai_verify.authenticate(
         request["token"],
         issuer,
         request["audience"],
@@ -63,7 +83,19 @@ async def _decide(request: dict, revocations: InMemoryRevocationStore) -> dict:
         max_hop_count=route.get("max_hops"),
         required_targets=list(route.get("targets") or []),
     )
-    now = int(time.time())
+
+
+async def _decide(request: dict, revocations: InMemoryRevocationStore) -> dict:
+    route = request.get("route") or {}
+    expected_jwks = request.get("jwks_url")
+    issuer = request["issuer"]
+    # The package derives the JWKS URL from the issuer and the configured zone;
+    # the harness sends the URL it serves so a mismatch is caught, not guessed.
+    if expected_jwks and not expected_jwks.startswith(issuer.rstrip("/") + "/.well-known/jwks.json?"):
+        raise ValueError(f"jwks_url {expected_jwks!r} is not under issuer {issuer!r}")
+    with _clock_at(request.get("now")):
+        result = await _authenticate(request, route, issuer, revocations)
+        now = int(time.time())
     if result.ok:
         return {"allow": True, "code": None, "status": None, "now": now, "error": None}
     code = result.error.code
