@@ -114,18 +114,8 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--list") {
+    let Some((full, rounds)) = common::rounds("CARACAL_HOSTILE_N", 200, 5) else {
         return;
-    }
-    let full = args.iter().any(|a| a == "--bench");
-    let rounds: usize = if full {
-        std::env::var("CARACAL_HOSTILE_N")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(200)
-    } else {
-        5
     };
     let huge: usize = if full { 100 << 20 } else { 4 << 20 };
     let calls = if full { 20_000 } else { 1_000 };

@@ -60,18 +60,8 @@ fn until_revoked(v: &Verifier, token: &str, reqs: &Requirements, start: &Barrier
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--list") {
+    let Some((_, n)) = common::rounds("CARACAL_PROPAGATION_N", 300, 10) else {
         return;
-    }
-    let full = args.iter().any(|a| a == "--bench");
-    let n: usize = if full {
-        std::env::var("CARACAL_PROPAGATION_N")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(300)
-    } else {
-        10
     };
 
     let rt = tokio::runtime::Builder::new_multi_thread()

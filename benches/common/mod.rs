@@ -84,3 +84,21 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
+
+/// For the harness-less benches: `None` under `--list`; otherwise whether this is a
+/// full run (`--bench`) and the round count: `var` or `full` rounds in a full run,
+/// `smoke` rounds under `cargo test --benches`.
+pub fn rounds(var: &str, full: usize, smoke: usize) -> Option<(bool, usize)> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        return None;
+    }
+    if !args.iter().any(|a| a == "--bench") {
+        return Some((false, smoke));
+    }
+    let n = std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(full);
+    Some((true, n))
+}
