@@ -827,8 +827,6 @@ impl Consumer {
     fn handle(&mut self, i: usize, entry: &RawEntry<'_>, live: bool) {
         let id = entry.id;
         let within = id.ms <= self.server_now_ms();
-        // A screened entry's fields may be a marker: no identity to check later.
-        let digest = (!self.screened()).then(|| reply::digest(&self.digest_key, entry.fields));
         let s = &self.streams[i];
         if s.pos.is_some_and(|p| id <= p) {
             return;
@@ -862,6 +860,10 @@ impl Consumer {
             }
             Err(_) => {}
         }
+        // The identity of the entry the position moves to; a screened entry's fields
+        // may be a marker, so it has none to check later.
+        let digest =
+            (within && !self.screened()).then(|| reply::digest(&self.digest_key, entry.fields));
         let s = &mut self.streams[i];
         s.seen = true;
         if first_sighting {
