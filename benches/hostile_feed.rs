@@ -98,7 +98,7 @@ impl RssSampler {
 
 fn dropped(v: &Verifier) -> u64 {
     v.revocation_feed()
-        .and_then(|f| f.status())
+        .and_then(|f| f.status().feed)
         .map_or(0, |s| s.dropped)
 }
 

@@ -19,6 +19,7 @@ mod mandate;
 pub mod replay;
 mod requirements;
 pub mod revocation;
+pub mod source;
 mod token;
 mod verifier;
 

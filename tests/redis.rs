@@ -126,7 +126,7 @@ async fn signed_events_revoke_each_anchor_type() {
         assert_eq!(err.status().as_u16(), 401);
         assert_eq!(err.code().as_str(), "session_revoked");
     }
-    let status = v.revocation_feed().unwrap().status().unwrap();
+    let status = v.revocation_feed().unwrap().status().feed.unwrap();
     assert_eq!(status.applied, cases.len() as u64);
     assert_eq!(status.dropped, 0);
     assert!(status.fresh && status.connected && status.caught_up);
@@ -148,7 +148,7 @@ async fn epochs_only_rise_under_out_of_order_events() {
     publisher.epoch(5).await;
     let feed = v.revocation_feed().unwrap();
     eventually("both epoch events are applied", async || {
-        feed.status().unwrap().applied == 2
+        feed.status().feed.unwrap().applied == 2
     })
     .await;
     assert_eq!(v.revocations().epoch("zone-1"), Some(10));
@@ -223,7 +223,7 @@ async fn history_published_before_start_is_enforced_from_the_first_request() {
     check(&v, &sts.mandate().sid("sid-ancient").sign())
         .await
         .expect("outside the catch-up window");
-    let status = v.revocation_feed().unwrap().status().unwrap();
+    let status = v.revocation_feed().unwrap().status().feed.unwrap();
     assert_eq!(status.applied, 2502);
     assert_eq!(status.dropped, 0);
     // Replayed history does not count as lag.
@@ -332,7 +332,7 @@ async fn poison_messages_are_dropped_and_never_stall_the_stream() {
     ] {
         assert!(!v.revocations().is_revoked(poison), "{poison}");
     }
-    let status = v.revocation_feed().unwrap().status().unwrap();
+    let status = v.revocation_feed().unwrap().status().feed.unwrap();
     assert_eq!(status.dropped, 7, "{status:?}");
     assert_eq!(status.applied, 7, "{status:?}");
     assert!(status.fresh);
@@ -510,7 +510,12 @@ async fn a_restart_is_detected_even_when_the_new_ids_look_continuous() {
     // The feed polls while an entry ahead of the clock sits in its stream, so it may
     // take a poll interval to notice the lost connection.
     eventually("the feed notices the lost connection", async || {
-        !v.revocation_feed().unwrap().status().unwrap().connected
+        !v.revocation_feed()
+            .unwrap()
+            .status()
+            .feed
+            .unwrap()
+            .connected
     })
     .await;
     // The new server's stream ends beyond the feed's cursor, so only the changed run
@@ -556,7 +561,7 @@ async fn redis_down_longer_than_max_staleness_fails_closed_then_recovers() {
     assert_eq!(err.code().as_str(), "revocation_unavailable");
     assert!(!v.readiness().revocation);
     assert!(!v.is_ready());
-    let status = v.revocation_feed().unwrap().status().unwrap();
+    let status = v.revocation_feed().unwrap().status().feed.unwrap();
     assert!(!status.fresh && !status.connected, "{status:?}");
     assert!(status.since_last_read.unwrap() > max_staleness);
 
@@ -615,7 +620,7 @@ async fn shutdown_stops_the_feed_and_fails_closed() {
         .await
         .expect("shutdown is prompt");
     assert!(!feed.is_running());
-    assert!(!feed.status().unwrap().connected);
+    assert!(!feed.status().feed.unwrap().connected);
     assert_eq!(
         check(&v, &sts.mandate().sign()).await,
         Err(AuthError::RevocationUnavailable)
@@ -666,7 +671,7 @@ async fn catch_up_of_a_million_anchors() {
     )
     .await;
     let after = redis_common::resident_bytes();
-    let status = v.revocation_feed().unwrap().status().unwrap();
+    let status = v.revocation_feed().unwrap().status().feed.unwrap();
     assert_eq!(status.applied, N as u64);
     assert_eq!(v.revocations().len(), N);
     assert!(v.revocations().is_revoked("anchor-0"));

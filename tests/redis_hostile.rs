@@ -56,7 +56,8 @@ fn status(v: &Verifier) -> FeedStatus {
     v.revocation_feed()
         .expect("the verifier runs a feed")
         .status()
-        .expect("a running feed reports its status")
+        .feed
+        .expect("a revocation feed reports its status")
 }
 
 fn is_revoked(answer: &Result<(), AuthError>) -> bool {

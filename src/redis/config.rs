@@ -7,12 +7,13 @@ use tokio::sync::watch;
 
 use super::consumer::{Connect, Consumer, Limits, Settings};
 use super::handle::FeedHandle;
-use crate::clock::SharedClock;
+use crate::VerifierBuilder;
 use crate::error::ConfigError;
 use crate::revocation::{
-    DEFAULT_MAX_STALENESS, DEFAULT_REVOCATION_TTL, DELEGATIONS_INVALIDATE_STREAM, FeedHealth,
-    RevocationSet, SESSIONS_REVOKE_STREAM, StreamKey,
+    DEFAULT_MAX_STALENESS, DEFAULT_REVOCATION_TTL, DELEGATIONS_INVALIDATE_STREAM,
+    SESSIONS_REVOKE_STREAM, StreamKey,
 };
+use crate::source::{FeedPolicy, Running, Source, SourceContext};
 
 /// The default longest wait of one `XREAD BLOCK` (1 s).
 pub const DEFAULT_BLOCK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -385,16 +386,27 @@ impl RedisRevocations {
         }
         Ok(())
     }
+}
 
-    /// Validate, attach the feed's health to `set` and start the consumer on its own
-    /// thread and single-threaded runtime: parsing stream entries and checking their
-    /// signatures never runs on a worker that serves requests, and building the
-    /// verifier needs no runtime.
-    pub(crate) fn spawn(
-        self,
-        set: RevocationSet,
-        clock: SharedClock,
-    ) -> Result<FeedHandle, ConfigError> {
+impl VerifierBuilder {
+    /// Keep the revocation set current from Caracal's Redis Streams (feature
+    /// `redis`): `build` starts the consumer on its own thread and runtime. Default:
+    /// no feed (revocations come only through [`Verifier::revocations`](crate::Verifier::revocations)).
+    /// The same as [`source(feed)`](VerifierBuilder::source).
+    pub fn redis_revocations(self, feed: RedisRevocations) -> Self {
+        self.source(feed)
+    }
+}
+
+/// Validates the settings, attaches the feed to the verifier's revocation set, and
+/// starts the consumer on its own thread and single-threaded runtime: parsing stream
+/// entries and checking their signatures never runs on a worker that serves
+/// requests, and building the verifier needs no runtime.
+impl Source for RedisRevocations {
+    fn start(
+        self: Box<Self>,
+        ctx: &mut SourceContext<'_>,
+    ) -> Result<Box<dyn Running>, ConfigError> {
         use ::redis::IntoConnectionInfo;
         self.validate()?;
         // Never echo the URL: it may carry a password.
@@ -418,13 +430,12 @@ impl RedisRevocations {
                 "revocation feed over TLS: the reply size bound (max_reply_bytes) is not enforced"
             );
         }
-        let health = FeedHealth::new(clock, self.max_staleness, self.fail_open);
-        set.attach_feed(health.clone()).map_err(|_| {
-            ConfigError::invalid(
-                "revocations",
-                "this revocation set is already kept current by another feed",
-            )
-        })?;
+        let mut policy = FeedPolicy::new(self.max_staleness);
+        if self.fail_open {
+            policy = policy.dangerous_fail_open();
+        }
+        let health = ctx.attach_revocation_feed(policy)?;
+        let set = ctx.revocations().clone();
         let key = self.stream_key.clone();
         if key.is_none() {
             tracing::warn!(
@@ -484,7 +495,7 @@ impl RedisRevocations {
             .map_err(|_| {
                 ConfigError::invalid("redis_revocations", "cannot start the feed's thread")
             })?;
-        Ok(FeedHandle::new(health, stop, finished))
+        Ok(Box::new(FeedHandle::new(stop, finished)))
     }
 }
 
@@ -495,6 +506,16 @@ mod tests {
 
     use super::*;
     use crate::SystemClock;
+    use crate::clock::SharedClock;
+    use crate::revocation::RevocationSet;
+    use crate::source::{SourceHandle, start_all};
+
+    /// Start `feed` as `build` does, on `set`.
+    fn start_on(feed: RedisRevocations, set: &RevocationSet) -> Result<SourceHandle, ConfigError> {
+        let clock: SharedClock = Arc::new(SystemClock);
+        let mut started = start_all(vec![Box::new(feed)], set, &clock)?;
+        Ok(started.remove(0))
+    }
 
     const KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
@@ -636,10 +657,11 @@ mod tests {
     #[test]
     fn the_feed_runs_on_its_own_thread_without_a_runtime() {
         let set = RevocationSet::new();
-        let feed = RedisRevocations::new("redis://127.0.0.1:1")
-            .stream_key(key())
-            .spawn(set.clone(), Arc::new(SystemClock))
-            .unwrap();
+        let feed = start_on(
+            RedisRevocations::new("redis://127.0.0.1:1").stream_key(key()),
+            &set,
+        )
+        .unwrap();
         assert!(feed.is_running());
         assert!(set.feed_status().is_some_and(|s| !s.fresh));
         drop(feed);
@@ -691,20 +713,23 @@ mod tests {
     #[tokio::test]
     async fn one_feed_per_set_and_bad_urls_are_not_echoed() {
         let set = RevocationSet::new();
-        let err = RedisRevocations::new("nonsense://user:hunter2@host")
-            .stream_key(key())
-            .spawn(set.clone(), Arc::new(SystemClock))
-            .unwrap_err();
+        let err = start_on(
+            RedisRevocations::new("nonsense://user:hunter2@host").stream_key(key()),
+            &set,
+        )
+        .unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
 
-        let first = RedisRevocations::new("redis://127.0.0.1:1")
-            .stream_key(key())
-            .spawn(set.clone(), Arc::new(SystemClock))
-            .unwrap();
-        let err = RedisRevocations::new("redis://127.0.0.1:1")
-            .stream_key(key())
-            .spawn(set.clone(), Arc::new(SystemClock))
-            .unwrap_err();
+        let first = start_on(
+            RedisRevocations::new("redis://127.0.0.1:1").stream_key(key()),
+            &set,
+        )
+        .unwrap();
+        let err = start_on(
+            RedisRevocations::new("redis://127.0.0.1:1").stream_key(key()),
+            &set,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("another feed"), "{err}");
         first.shutdown().await;
     }

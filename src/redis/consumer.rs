@@ -33,7 +33,8 @@ use tokio::sync::watch;
 
 use super::capped::{Capped, ReplyBudget};
 use super::reply::{self, RawEntry, StreamId, StreamMeta, Unexpected};
-use crate::revocation::{EventError, FeedHealth, RevocationEvent, RevocationSet, StreamKey};
+use crate::revocation::{EventError, RevocationEvent, RevocationSet, StreamKey};
+use crate::source::FeedReporter;
 
 /// Entries asked for per stream and per plain read.
 const PAGE: usize = 128;
@@ -132,7 +133,7 @@ pub(crate) struct Settings {
     pub(crate) reconnect_max: Duration,
     pub(crate) limits: Limits,
     pub(crate) set: RevocationSet,
-    pub(crate) health: Arc<FeedHealth>,
+    pub(crate) health: FeedReporter,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -343,7 +344,7 @@ pub(crate) struct Consumer {
     backoff: Backoff,
     limits: Limits,
     set: RevocationSet,
-    health: Arc<FeedHealth>,
+    health: FeedReporter,
     /// The server's `run_id` at the last sync; a change means it restarted.
     run_id: Option<String>,
     /// The server's clock at the last `TIME`, and when it was read here.

@@ -1,23 +1,23 @@
-//! [`FeedHandle`]: the running consumer task, its health and its shutdown.
+//! [`FeedHandle`]: the running consumer thread, as the verifier's
+//! [`Running`](crate::source::Running) source.
 
 use std::fmt;
-use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::revocation::{FeedHealth, FeedStatus};
+use crate::jwks::BoxFuture;
+use crate::source::Running;
 
-/// The running revocation feed, owned by the [`Verifier`](crate::Verifier) that
-/// started it; reach it with [`Verifier::revocation_feed`](crate::Verifier::revocation_feed).
+/// The running revocation feed; the verifier holds it as a
+/// [`SourceHandle`](crate::source::SourceHandle), reached with
+/// [`Verifier::revocation_feed`](crate::Verifier::revocation_feed).
 ///
 /// The consumer runs on its own thread (named `caracal-revocation-feed`) with a
 /// single-threaded Tokio runtime, so parsing and checking stream entries never takes
 /// a worker that serves requests. Dropping the handle (that is, the last clone of the
-/// verifier) tells it to stop.
-/// Once the feed has stopped, the revocation set it kept current counts as stale, so
-/// verification fails closed (unless the feed was configured to fail open).
-pub struct FeedHandle {
-    health: Arc<FeedHealth>,
+/// verifier) tells it to stop. The verifier, not this handle, marks the feed stale
+/// once it stops (see [`source`](crate::source)).
+pub(crate) struct FeedHandle {
     stop: watch::Sender<bool>,
     finished: watch::Receiver<bool>,
 }
@@ -26,55 +26,38 @@ impl fmt::Debug for FeedHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FeedHandle")
             .field("running", &self.is_running())
-            .field("status", &self.health.status())
             .finish()
     }
 }
 
 impl FeedHandle {
-    pub(crate) fn new(
-        health: Arc<FeedHealth>,
-        stop: watch::Sender<bool>,
-        finished: watch::Receiver<bool>,
-    ) -> Self {
-        Self {
-            health,
-            stop,
-            finished,
-        }
+    pub(crate) fn new(stop: watch::Sender<bool>, finished: watch::Receiver<bool>) -> Self {
+        Self { stop, finished }
+    }
+}
+
+impl Running for FeedHandle {
+    fn name(&self) -> &str {
+        "redis-revocations"
     }
 
-    /// The feed's health for readiness probes and metrics: whether it is fresh,
-    /// connected and caught up, the time since its last read and last applied event,
-    /// the lag of the last live event behind its publication (from its stream id),
-    /// and the counts of applied and dropped messages. Always `Some` for a feed
-    /// started by the verifier.
-    pub fn status(&self) -> Option<FeedStatus> {
-        Some(self.health.status())
-    }
-
-    /// Whether the consumer task is still running.
-    pub fn is_running(&self) -> bool {
+    fn is_running(&self) -> bool {
         !*self.finished.borrow()
     }
 
-    /// Stop the consumer and wait for it to finish. Idempotent. Afterwards the feed is
-    /// disconnected, so verification fails closed (503 `revocation_unavailable`)
-    /// unless the feed was configured to fail open: call it when the server is
-    /// shutting down, after it stopped accepting requests.
-    pub async fn shutdown(&self) {
-        let _ = self.stop.send(true);
-        let mut finished = self.finished.clone();
-        // An error means the thread is gone, which is just as finished.
-        let _ = finished.wait_for(|done| *done).await;
-        self.health.mark_disconnected();
+    /// Tells the consumer to stop and waits for its thread to finish. Idempotent.
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let _ = self.stop.send(true);
+            let mut finished = self.finished.clone();
+            // An error means the thread is gone, which is just as finished.
+            let _ = finished.wait_for(|done| *done).await;
+        })
     }
 }
 
 impl Drop for FeedHandle {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
-        // The set may outlive the verifier: it must not keep looking current.
-        self.health.mark_disconnected();
     }
 }

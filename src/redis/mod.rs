@@ -30,12 +30,12 @@
 //! }
 //!
 //! let feed = verifier.revocation_feed().expect("configured above");
-//! if let Some(status) = feed.status() {
+//! if let Some(status) = feed.status().feed {
 //!     println!("fresh={} lag={:?} dropped={}", status.fresh, status.lag, status.dropped);
 //! }
 //!
 //! // On shutdown, after the server stopped taking requests:
-//! feed.shutdown().await;
+//! verifier.shutdown().await;
 //! # Ok(()) }
 //! ```
 //!
@@ -137,10 +137,13 @@
 //!
 //! # Lifecycle
 //!
-//! [`VerifierBuilder::build`](crate::VerifierBuilder::build) starts the consumer on its
-//! own thread (no runtime is needed to build); [`Verifier::revocation_feed`](crate::Verifier::revocation_feed)
-//! returns its [`FeedHandle`], whose [`status`](FeedHandle::status) reports freshness,
-//! lag and last-event time, and whose [`shutdown`](FeedHandle::shutdown) stops it.
+//! The feed is a [source](crate::source): [`VerifierBuilder::build`](crate::VerifierBuilder::build)
+//! starts the consumer on its own thread (no runtime is needed to build), and
+//! [`Verifier::revocation_feed`](crate::Verifier::revocation_feed) returns its
+//! [`SourceHandle`](crate::source::SourceHandle), whose
+//! [`status`](crate::source::SourceHandle::status) reports freshness, lag and
+//! last-event time, and whose [`shutdown`](crate::source::SourceHandle::shutdown)
+//! stops it ([`Verifier::shutdown`](crate::Verifier::shutdown) stops every source).
 //! Dropping the last verifier clone stops it too.
 
 mod capped;
@@ -154,5 +157,4 @@ pub use config::{
     DEFAULT_BLOCK_TIMEOUT, DEFAULT_MAX_ENTRY_BYTES, DEFAULT_MAX_ENTRY_FIELDS,
     DEFAULT_MAX_REPLY_BYTES, DEFAULT_RECONNECT_MAX, DEFAULT_RECONNECT_MIN, RedisRevocations,
 };
-pub use handle::FeedHandle;
 pub use replay::{DEFAULT_REPLAY_KEY_PREFIX, DEFAULT_REPLAY_TIMEOUT, RedisReplayGuard};

@@ -19,6 +19,8 @@ pub(crate) struct FeedHealth {
     fail_open: bool,
     connected: AtomicBool,
     caught_up: AtomicBool,
+    /// Set when the source was shut down or dropped; never cleared.
+    closed: AtomicBool,
     last_ok_ms: AtomicU64,
     last_event_ms: AtomicU64,
     applied: AtomicU64,
@@ -64,8 +66,6 @@ pub struct FeedStatus {
     pub resets: u64,
 }
 
-// Only the Redis feed (feature `redis`) drives the health today.
-#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 impl FeedHealth {
     pub(crate) fn new(clock: SharedClock, max_staleness: Duration, fail_open: bool) -> Arc<Self> {
         Arc::new(Self {
@@ -74,6 +74,7 @@ impl FeedHealth {
             fail_open,
             connected: AtomicBool::new(false),
             caught_up: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             last_ok_ms: AtomicU64::new(0),
             last_event_ms: AtomicU64::new(0),
             applied: AtomicU64::new(0),
@@ -94,6 +95,13 @@ impl FeedHealth {
     }
 
     pub(crate) fn mark_disconnected(&self) {
+        self.connected.store(false, Ordering::Release);
+    }
+
+    /// The source was shut down or dropped: the set is stale for good, whatever
+    /// the source's leftover work still reports.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
         self.connected.store(false, Ordering::Release);
     }
 
@@ -127,6 +135,7 @@ impl FeedHealth {
     pub(crate) fn is_fresh(&self) -> bool {
         let last = self.last_ok_ms.load(Ordering::Acquire);
         self.connected.load(Ordering::Acquire)
+            && !self.closed.load(Ordering::Acquire)
             && self.caught_up.load(Ordering::Acquire)
             && last != 0
             && self.now_ms().saturating_sub(last)
@@ -150,7 +159,8 @@ impl FeedHealth {
         let since = |ms: u64| (ms != 0).then(|| Duration::from_millis(now.saturating_sub(ms)));
         FeedStatus {
             fresh: self.is_fresh(),
-            connected: self.connected.load(Ordering::Acquire),
+            connected: self.connected.load(Ordering::Acquire)
+                && !self.closed.load(Ordering::Acquire),
             caught_up: self.caught_up.load(Ordering::Acquire),
             since_last_read: since(self.last_ok_ms.load(Ordering::Acquire)),
             since_last_event: since(self.last_event_ms.load(Ordering::Acquire)),

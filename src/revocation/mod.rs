@@ -22,7 +22,6 @@ pub use event::{
     RevocationEvent, SESSIONS_REVOKE_STREAM, StreamKey, canonical_form, is_valid_field_name,
     sign_fields, verify_fields,
 };
-#[cfg(feature = "redis")]
 pub(crate) use feed::FeedHealth;
 pub use feed::{DEFAULT_MAX_STALENESS, FeedStatus};
 pub(crate) use set::{Anchor, fingerprint};

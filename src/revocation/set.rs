@@ -317,7 +317,6 @@ impl RevocationSet {
 
     /// Attach the health of the feed that keeps this set current. Once attached,
     /// checks fail closed while the feed is stale. Only one feed can be attached.
-    #[cfg(feature = "redis")]
     pub(crate) fn attach_feed(&self, feed: Arc<FeedHealth>) -> Result<(), Arc<FeedHealth>> {
         self.inner.feed.set(feed)
     }

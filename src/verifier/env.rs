@@ -1,0 +1,202 @@
+//! The builder's settings from the environment.
+
+use std::time::Duration;
+
+use super::VerifierBuilder;
+use crate::error::{CodeSpelling, ConfigError};
+
+/// Variables that configure the Redis revocation feed: set in a build without the
+/// `redis` feature, they are refused rather than ignored.
+#[cfg(not(feature = "redis"))]
+const REDIS_VARS: [&str; 2] = ["CARACAL_REDIS_URL", "STREAMS_HMAC_KEY"];
+
+fn env_parse<T: std::str::FromStr>(
+    get: &dyn Fn(&str) -> Option<String>,
+    var: &'static str,
+) -> Result<Option<T>, ConfigError> {
+    match get(var) {
+        None => Ok(None),
+        Some(v) if v.trim().is_empty() => Ok(None),
+        Some(v) => v.trim().parse().map(Some).map_err(|_| ConfigError::Env {
+            var,
+            reason: "not a valid number".into(),
+        }),
+    }
+}
+
+impl VerifierBuilder {
+    /// Settings from the environment:
+    ///
+    /// | variable | setting | default |
+    /// | --- | --- | --- |
+    /// | `CARACAL_STS_URL` | [`issuer`](Self::issuer) | required |
+    /// | `CARACAL_ZONE_ID` | [`zone`](Self::zone) | required |
+    /// | `CARACAL_AUDIENCE` | [`audience`](Self::audience) | required |
+    /// | `CARACAL_TOKEN_USE` | [`token_use`](Self::token_use) | `resource` |
+    /// | `CARACAL_LEEWAY_SECS` | [`leeway`](Self::leeway) | 60 |
+    /// | `CARACAL_MAX_TOKEN_BYTES` | [`max_token_bytes`](Self::max_token_bytes) | 16384 |
+    /// | `CARACAL_JWKS_TTL_SECS` | [`jwks_ttl`](Self::jwks_ttl) | 300 |
+    /// | `CARACAL_JWKS_MAX_STALENESS_SECS` | [`jwks_max_staleness`](Self::jwks_max_staleness) | 1800 |
+    /// | `CARACAL_JWKS_COOLDOWN_SECS` | [`jwks_cooldown`](Self::jwks_cooldown) | 2 |
+    /// | `CARACAL_MANDATE_CACHE` | [`mandate_cache`](Self::mandate_cache) (`on`/`off`) | `on` |
+    /// | `CARACAL_CODE_SPELLING` | [`code_spelling`](Self::code_spelling) (`documented`/`sdk`) | `documented` |
+    ///
+    /// With the `redis` feature, `CARACAL_REDIS_URL` and the variables next to it
+    /// attach the Redis revocation feed (see `RedisRevocations::from_lookup`). Without
+    /// the feature, a non-empty `CARACAL_REDIS_URL` or `STREAMS_HMAC_KEY` is an error
+    /// ([`ConfigError::Env`] naming it) rather than a verifier that silently runs
+    /// without the revocation feed it was configured for.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(&|k| std::env::var(k).ok())
+    }
+
+    /// Like [`from_env`](Self::from_env), reading variables through `get`.
+    pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let required = |var: &'static str| {
+            get(var)
+                .filter(|v| !v.trim().is_empty())
+                .ok_or(ConfigError::Env {
+                    var,
+                    reason: "not set".into(),
+                })
+        };
+        let mut b = Self::default()
+            .issuer(required("CARACAL_STS_URL")?)
+            .zone(required("CARACAL_ZONE_ID")?)
+            .audience(required("CARACAL_AUDIENCE")?);
+        if let Some(u) = get("CARACAL_TOKEN_USE").filter(|v| !v.is_empty()) {
+            b = b.token_use(u);
+        }
+        if let Some(s) = env_parse::<u64>(get, "CARACAL_LEEWAY_SECS")? {
+            b = b.leeway(Duration::from_secs(s));
+        }
+        if let Some(n) = env_parse::<usize>(get, "CARACAL_MAX_TOKEN_BYTES")? {
+            b = b.max_token_bytes(n);
+        }
+        if let Some(s) = env_parse::<u64>(get, "CARACAL_JWKS_TTL_SECS")? {
+            b = b.jwks_ttl(Duration::from_secs(s));
+        }
+        if let Some(s) = env_parse::<u64>(get, "CARACAL_JWKS_MAX_STALENESS_SECS")? {
+            b = b.jwks_max_staleness(Duration::from_secs(s));
+        }
+        if let Some(s) = env_parse::<u64>(get, "CARACAL_JWKS_COOLDOWN_SECS")? {
+            b = b.jwks_cooldown(Duration::from_secs(s));
+        }
+        match get("CARACAL_MANDATE_CACHE").as_deref().map(str::trim) {
+            None | Some("") | Some("on") | Some("true") | Some("1") => {}
+            Some("off") | Some("false") | Some("0") => b = b.mandate_cache(false),
+            Some(_) => {
+                return Err(ConfigError::Env {
+                    var: "CARACAL_MANDATE_CACHE",
+                    reason: "expected on or off".into(),
+                });
+            }
+        }
+        match get("CARACAL_CODE_SPELLING").as_deref().map(str::trim) {
+            None | Some("") | Some("documented") => {}
+            Some("sdk") => b = b.code_spelling(CodeSpelling::CaracalSdk),
+            Some(_) => {
+                return Err(ConfigError::Env {
+                    var: "CARACAL_CODE_SPELLING",
+                    reason: "expected documented or sdk".into(),
+                });
+            }
+        }
+        #[cfg(feature = "redis")]
+        if let Some(redis) = crate::redis::RedisRevocations::from_lookup(get)? {
+            b = b.redis_revocations(redis);
+        }
+        #[cfg(not(feature = "redis"))]
+        for var in REDIS_VARS {
+            if get(var).is_some_and(|v| !v.trim().is_empty()) {
+                return Err(ConfigError::Env {
+                    var,
+                    reason: "set, but caracal-verifier was built without the `redis` \
+                             feature, so the revocation feed would not run; enable the \
+                             feature or unset the variable"
+                        .into(),
+                });
+            }
+        }
+        Ok(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    }
+
+    const BASE: [(&str, &str); 3] = [
+        ("CARACAL_STS_URL", "https://sts.example.com"),
+        ("CARACAL_ZONE_ID", "zone-1"),
+        ("CARACAL_AUDIENCE", "resource://api"),
+    ];
+
+    #[test]
+    fn from_lookup_reads_the_base_settings() {
+        let b = VerifierBuilder::from_lookup(&lookup(&BASE)).unwrap();
+        assert_eq!(b.zone.as_deref(), Some("zone-1"));
+        // Empty values count as unset.
+        let mut vars = BASE.to_vec();
+        vars.push(("CARACAL_REDIS_URL", " "));
+        vars.push(("STREAMS_HMAC_KEY", ""));
+        assert!(VerifierBuilder::from_lookup(&lookup(&vars)).is_ok());
+    }
+
+    #[test]
+    fn from_lookup_reads_the_code_spelling() {
+        let spelling = |value: &str| {
+            let mut vars = BASE.to_vec();
+            vars.push(("CARACAL_CODE_SPELLING", value));
+            VerifierBuilder::from_lookup(&lookup(&vars)).map(|b| b.code_spelling)
+        };
+        assert_eq!(
+            VerifierBuilder::from_lookup(&lookup(&BASE))
+                .unwrap()
+                .code_spelling,
+            CodeSpelling::Documented
+        );
+        assert_eq!(spelling("sdk"), Ok(CodeSpelling::CaracalSdk));
+        assert_eq!(spelling(" sdk "), Ok(CodeSpelling::CaracalSdk));
+        assert_eq!(spelling("documented"), Ok(CodeSpelling::Documented));
+        assert_eq!(spelling(""), Ok(CodeSpelling::Documented));
+        let err = spelling("SDKs").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Env {
+                    var: "CARACAL_CODE_SPELLING",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[cfg(not(feature = "redis"))]
+    #[test]
+    fn redis_settings_without_the_redis_feature_are_refused() {
+        for (var, value) in [
+            ("CARACAL_REDIS_URL", "redis://redis.internal:6379"),
+            ("STREAMS_HMAC_KEY", "c2VjcmV0"),
+        ] {
+            let mut vars = BASE.to_vec();
+            vars.push((var, value));
+            let err = VerifierBuilder::from_lookup(&lookup(&vars)).unwrap_err();
+            let ConfigError::Env { var: named, reason } = &err else {
+                panic!("expected an Env error, got {err:?}");
+            };
+            assert_eq!(*named, var);
+            assert!(reason.contains("without the `redis` feature"), "{reason}");
+            assert!(!err.to_string().contains(value), "the value is not echoed");
+        }
+    }
+}
