@@ -1,5 +1,7 @@
 //! The `verify` pipeline. Read top to bottom, it is the order of the checks: the
-//! entry points first, then each step as they call it.
+//! entry points first (`verify`, `authenticate`, `authorize`), then each step in the
+//! order `verify` takes it: size and cache, token and signature, times, registered
+//! claims and zone, the route, revocation, and the single-use record.
 
 use std::sync::Arc;
 
@@ -52,6 +54,15 @@ impl Verifier {
     pub async fn authenticate(&self, token: &str) -> Result<Mandate, AuthError> {
         self.authenticate_at(token, self.inner.clock.now().as_secs())
             .await
+    }
+
+    /// Check a verified mandate against a route's requirements and revocation, in
+    /// [`verify`](Self::verify)'s order. Synchronous and cheap: one read lock and a few hash probes.
+    pub fn authorize(&self, mandate: &Mandate, reqs: &Requirements) -> Result<(), AuthError> {
+        let now = self.inner.clock.now().as_secs();
+        // A mandate from the extensions may come from another layer: re-check expiry.
+        self.check_times(&mandate.0.claims, now)?;
+        self.route_and_revocation(mandate, reqs, now)
     }
 
     async fn authenticate_at(&self, token: &str, now: u64) -> Result<Mandate, AuthError> {
@@ -159,15 +170,6 @@ impl Verifier {
             return Err(AuthError::ZoneInvalid);
         }
         Ok(())
-    }
-
-    /// Check a verified mandate against a route's requirements and revocation, in
-    /// [`verify`](Self::verify)'s order. Synchronous and cheap: one read lock and a few hash probes.
-    pub fn authorize(&self, mandate: &Mandate, reqs: &Requirements) -> Result<(), AuthError> {
-        let now = self.inner.clock.now().as_secs();
-        // A mandate from the extensions may come from another layer: re-check expiry.
-        self.check_times(&mandate.0.claims, now)?;
-        self.route_and_revocation(mandate, reqs, now)
     }
 
     /// The route's requirements, then revocation: Caracal checks revocation last.

@@ -7,10 +7,10 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use caracal_verifier::Verifier;
 use caracal_verifier::redis::RedisRevocations;
 use caracal_verifier::revocation::{StreamKey, sign_fields};
 use caracal_verifier::testing::TestIssuer;
+use caracal_verifier::{Verifier, VerifierBuilder};
 use redis::Value;
 use redis::aio::MultiplexedConnection;
 
@@ -240,13 +240,22 @@ pub fn feed(server: &RedisServer) -> RedisRevocations {
 
 /// A verifier for `sts` with `feed`, keys fetched. Must run inside the test runtime.
 pub async fn verifier(sts: &TestIssuer, feed: RedisRevocations) -> Verifier {
-    let verifier = Verifier::builder()
+    verifier_with(sts, feed, |b| b).await
+}
+
+/// Like [`verifier`], with more settings (such as an injected clock, which the
+/// feed's staleness and lag are measured on).
+pub async fn verifier_with(
+    sts: &TestIssuer,
+    feed: RedisRevocations,
+    more: impl FnOnce(VerifierBuilder) -> VerifierBuilder,
+) -> Verifier {
+    let builder = Verifier::builder()
         .issuer(sts.issuer_url())
         .audience("resource://api")
         .zone("zone-1")
-        .redis_revocations(feed)
-        .build()
-        .expect("valid verifier settings");
+        .redis_revocations(feed);
+    let verifier = more(builder).build().expect("valid verifier settings");
     verifier.warm_up().await.expect("JWKS from the test issuer");
     verifier
 }
