@@ -235,7 +235,7 @@ impl VerifierBuilder {
         self
     }
 
-    /// The store for [`Requirements::single_use`]. Default: a
+    /// The store for [`Requirements::single_use`](crate::Requirements::single_use). Default: a
     /// [`MemoryReplayGuard`] of [`replay_capacity`](Self::replay_capacity) on this
     /// verifier's clock, which remembers uses for one replica only; use a shared
     /// store (`RedisReplayGuard`, feature `redis`) when several replicas serve a
@@ -267,11 +267,11 @@ impl VerifierBuilder {
     /// [`CodeSpelling::CaracalSdk`] answers as Caracal's TypeScript, Go and Python
     /// verifier packages do (`invalid_zone`, `insufficient_scope`,
     /// `session_required`, and `error_hint`), for clients written against them. It
-    /// changes only the body: [`AuthError::code`], the status, the trace events and
+    /// changes only the body: [`AuthError::code`](crate::AuthError::code), the status, the trace events and
     /// the `WWW-Authenticate` header (RFC 6750's own `invalid_token` and
     /// `insufficient_scope`) are the same under both. A custom
     /// [`Renderer`](crate::layer::Renderer) can read it with
-    /// [`Verifier::code_spelling`] and [`AuthError::to_json_spelled`].
+    /// [`Verifier::code_spelling`] and [`AuthError::to_json_spelled`](crate::AuthError::to_json_spelled).
     pub fn code_spelling(mut self, spelling: CodeSpelling) -> Self {
         self.code_spelling = spelling;
         self
