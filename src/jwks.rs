@@ -13,9 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use crate::alg::Algorithm;
 use crate::clock::SharedClock;
 use crate::error::{AuthError, ConfigError, InvalidReason};
-use crate::jwk::{Algorithm, KeyMap, VerifyKey, parse_jwks};
+use crate::jwk::{KeyMap, VerifyKey, parse_jwks};
 
 /// A boxed, sendable future.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -4,6 +4,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc = include_str!("../README.md")]
 
+mod alg;
+mod b64;
 mod cache;
 mod claims;
 mod clock;
@@ -34,6 +36,7 @@ pub mod internals;
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
 
+pub use alg::Algorithm;
 pub use cache::{DEFAULT_CACHE_BYTES, DEFAULT_CACHE_ENTRIES};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{
@@ -41,7 +44,6 @@ pub use error::{
 };
 #[cfg(feature = "axum")]
 pub use extract::MissingMandate;
-pub use jwk::Algorithm;
 pub use jwks::{
     BoxFuture, DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, FetchError, HttpFetcher,
     HttpFetcherBuilder, JwksFetcher,

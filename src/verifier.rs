@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::alg::Algorithm;
 use crate::cache::{DEFAULT_CACHE_BYTES, DEFAULT_CACHE_ENTRIES, MandateCache};
 use crate::claims::parse_payload;
 use crate::clock::{Clock, SharedClock, SystemClock};
 use crate::error::{AnchorKind, AuthError, CodeSpelling, ConfigError, InvalidReason};
-use crate::jwk::Algorithm;
 use crate::jwks::{
     DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, HttpFetcher, JwksFetcher, KeyCache,
     KeyCacheConfig,
