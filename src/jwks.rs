@@ -7,8 +7,6 @@
 //! maximum staleness, then verification answers 503 `sts_unavailable`.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -16,10 +14,8 @@ use std::time::Duration;
 use crate::alg::Algorithm;
 use crate::clock::SharedClock;
 use crate::error::{AuthError, ConfigError, InvalidReason};
+use crate::future::BoxFuture;
 use crate::jwk::{KeyMap, VerifyKey, parse_jwks};
-
-/// A boxed, sendable future.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Why a JWKS fetch failed. Its message never contains response bodies or secrets.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

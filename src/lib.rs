@@ -12,6 +12,7 @@ mod clock;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
+mod future;
 mod hash;
 mod json;
 mod jwk;
@@ -44,9 +45,10 @@ pub use error::{
 };
 #[cfg(feature = "axum")]
 pub use extract::MissingMandate;
+pub use future::BoxFuture;
 pub use jwks::{
-    BoxFuture, DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, FetchError, HttpFetcher,
-    HttpFetcherBuilder, JwksFetcher,
+    DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, FetchError, HttpFetcher, HttpFetcherBuilder,
+    JwksFetcher,
 };
 pub use layer::MandateLayer;
 pub use mandate::{Chain, ChainHop, ChainIter, Mandate, StrIter, StrList, SubjectType};
