@@ -123,12 +123,12 @@ pub(crate) enum SkipReason {
     DuplicateKid,
 }
 
-/// Parse a JWKS document. Returns the usable keys by kid and what was skipped.
-/// Usable keys by kid.
-/// Keys by `kid`. Built from the issuer's keyset only (a request's `kid` is looked up,
-/// never inserted), so a fast seeded hash is enough.
+/// Usable keys by `kid`. Built from the issuer's keyset only (a request's `kid` is
+/// looked up, never inserted), so a fast seeded hash is enough.
 pub(crate) type KeyMap = HashMap<Box<str>, Arc<VerifyKey>, foldhash::fast::RandomState>;
 
+/// Parse a JWKS document. Returns the usable keys by kid and why each other key was
+/// skipped.
 pub(crate) fn parse_jwks(
     body: &[u8],
     accepted: &[Algorithm],

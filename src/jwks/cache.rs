@@ -41,10 +41,10 @@ struct Attempts {
     last_error: Option<&'static str>,
 }
 
-/// Per issuer-and-zone keyset cache.
-/// [`KeyCache::current_fetched_ms`] before the first keyset.
+/// The value of [`KeyCache::current_fetched_ms`] before the first keyset.
 const NO_KEYS: u64 = u64::MAX;
 
+/// Per issuer-and-zone keyset cache.
 pub(crate) struct KeyCache {
     url: String,
     fetcher: Arc<dyn JwksFetcher>,
