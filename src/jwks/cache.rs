@@ -59,6 +59,9 @@ pub(crate) struct KeyCache {
     flight: tokio::sync::Mutex<()>,
     refreshing: AtomicBool,
     fetch_count: AtomicU64,
+    /// Attempts finished so far, published once each attempt's outcome is in place
+    /// (its keyset installed, or its error recorded): the "refresh completed" signal.
+    finished: tokio::sync::watch::Sender<u64>,
 }
 
 impl fmt::Debug for KeyCache {
@@ -95,6 +98,7 @@ impl KeyCache {
             flight: tokio::sync::Mutex::new(()),
             refreshing: AtomicBool::new(false),
             fetch_count: AtomicU64::new(0),
+            finished: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -125,6 +129,18 @@ impl KeyCache {
     /// How many fetches were started.
     pub(crate) fn fetch_count(&self) -> u64 {
         self.fetch_count.load(Ordering::Relaxed)
+    }
+
+    /// How many fetch attempts have finished, whatever their outcome.
+    pub(crate) fn finished_count(&self) -> u64 {
+        *self.finished.borrow()
+    }
+
+    /// Wait until more than `n` fetch attempts have finished.
+    pub(crate) async fn finished_since(&self, n: u64) {
+        let mut finished = self.finished.subscribe();
+        // `self` holds the sender, so the channel cannot close while this waits.
+        let _ = finished.wait_for(|&done| done > n).await;
     }
 
     /// The age of the keyset, if any.
@@ -289,7 +305,7 @@ impl KeyCache {
         let mut a = self.attempts();
         a.done += 1;
         let seq = a.done;
-        match outcome {
+        let result = match outcome {
             Ok(keys) => {
                 a.last_error = None;
                 drop(a);
@@ -302,7 +318,15 @@ impl KeyCache {
                 tracing::warn!(url = %self.url, error = e, "jwks refresh failed; keeping last good keys");
                 Err(RefreshError::Failed(e))
             }
-        }
+        };
+        // Attempts are serialised by the flight lock, so `seq` only grows; `max` keeps
+        // the published count monotonic regardless.
+        self.finished.send_if_modified(|done| {
+            let grew = seq > *done;
+            *done = (*done).max(seq);
+            grew
+        });
+        result
     }
 
     async fn fetch_and_parse(&self) -> Result<KeyMap, &'static str> {
