@@ -230,7 +230,7 @@ impl MandateCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jwk::Algorithm;
+    use crate::alg::Algorithm;
     use crate::mandate::MandateInner;
 
     fn mandate() -> Mandate {

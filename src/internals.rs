@@ -12,10 +12,12 @@
 
 use serde_json::json;
 
+use crate::alg::Algorithm;
+use crate::b64::B64;
 use crate::error::AuthError;
-use crate::jwk::{Algorithm, parse_jwks as parse_jwks_document};
+use crate::jwk::parse_jwks as parse_jwks_document;
 use crate::revocation::{DELEGATIONS_INVALIDATE_STREAM, EventError, RevocationEvent, StreamKey};
-use crate::token::{B64, parse_header, split};
+use crate::token::{parse_header, split};
 
 /// Split a compact token and parse its header and claims, without any signature
 /// check: split → header → payload, in the verifier's order.

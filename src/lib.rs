@@ -4,12 +4,15 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc = include_str!("../README.md")]
 
+mod alg;
+mod b64;
 mod cache;
 mod claims;
 mod clock;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
+mod future;
 mod hash;
 mod json;
 mod jwk;
@@ -35,6 +38,7 @@ pub mod internals;
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
 
+pub use alg::Algorithm;
 pub use cache::{DEFAULT_CACHE_BYTES, DEFAULT_CACHE_ENTRIES};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{
@@ -42,10 +46,10 @@ pub use error::{
 };
 #[cfg(feature = "axum")]
 pub use extract::MissingMandate;
-pub use jwk::Algorithm;
+pub use future::BoxFuture;
 pub use jwks::{
-    BoxFuture, DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, FetchError, HttpFetcher,
-    HttpFetcherBuilder, JwksFetcher,
+    DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, FetchError, HttpFetcher, HttpFetcherBuilder,
+    JwksFetcher,
 };
 pub use layer::MandateLayer;
 pub use mandate::{Chain, ChainHop, ChainIter, Mandate, StrIter, StrList, SubjectType};

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::alg::Algorithm;
 pub(crate) use crate::claims::Claims;
-use crate::jwk::Algorithm;
 
 /// Whether the mandate's subject is a user or an application (`sub_type`).
 #[non_exhaustive]

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::clock::{Clock, SharedClock, SystemClock};
-use crate::jwks::BoxFuture;
+use crate::future::BoxFuture;
 
 /// The default capacity of the in-memory replay guard (1,000,000 live mandates).
 pub const DEFAULT_REPLAY_CAPACITY: u64 = 1_000_000;

@@ -80,7 +80,7 @@ use std::time::Duration;
 
 use crate::clock::{Clock, SharedClock};
 use crate::error::ConfigError;
-use crate::jwks::BoxFuture;
+use crate::future::BoxFuture;
 use crate::revocation::{DEFAULT_MAX_STALENESS, FeedHealth, FeedStatus, RevocationSet};
 
 /// Something that runs beside the request path for a verifier's life: started once

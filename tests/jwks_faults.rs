@@ -263,6 +263,14 @@ async fn redirects_are_never_followed() {
 
 /// Wait (bounded) until `cond` holds. Used only to let a background refresh finish;
 /// nothing asserts on how long it took.
+/// Wait (at most 5 s) until more than `n` of the verifier's JWKS fetches have
+/// finished: succeeded, failed, or been abandoned at the deadline.
+async fn refreshed_since(v: &Verifier, n: u64) {
+    tokio::time::timeout(Duration::from_secs(5), v.jwks_refreshed_since(n))
+        .await
+        .expect("a JWKS fetch finished within 5 s");
+}
+
 async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
     for _ in 0..500 {
         if cond() {
@@ -314,13 +322,17 @@ async fn bad_answers_keep_the_last_good_keys_until_max_staleness() {
         e.sts.set_fault(Some(fault));
 
         // Past the TTL: the refresh fails in the background; the old keys keep serving.
+        let before = e.verifier.jwks_refreshes();
         e.clock.advance(Duration::from_secs(301));
         assert_eq!(verify(&e.verifier, &e.good()).await, ok(), "{name}");
-        assert!(
-            eventually(|| e.sts.jwks_requests() >= 2).await,
-            "{name}: refresh"
+        refreshed_since(&e.verifier, before).await;
+        assert_eq!(e.sts.jwks_requests(), 2, "{name}: one refresh");
+        // The refresh has failed and installed nothing: the keys are the warm-up's.
+        assert_eq!(
+            e.verifier.jwks_age(),
+            Some(Duration::from_secs(301)),
+            "{name}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
         for _ in 0..3 {
             assert_eq!(
                 verify(&e.verifier, &e.good()).await,
@@ -540,16 +552,19 @@ async fn a_thousand_concurrent_requests_on_a_cold_cache_make_one_get() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_during_a_slow_background_refresh_make_no_second_get() {
     let e = env_with(|b| b).await;
+    let before = e.verifier.jwks_refreshes();
     e.sts
         .set_fault(Some(JwksFault::Delay(Duration::from_millis(300))));
     e.clock.advance(Duration::from_secs(301));
     let tokens: Vec<String> = (0..200).map(|_| e.good()).collect();
     let outcomes = burst(&e.verifier, tokens).await;
     assert!(outcomes.iter().all(|o| *o == ok()));
-    assert!(eventually(|| e.sts.jwks_requests() >= 2).await);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Every request of the burst has been answered; once the refresh they started
+    // has completed, any second fetch would have been started too.
+    refreshed_since(&e.verifier, before).await;
     assert_eq!(e.sts.jwks_requests(), 2);
     assert_eq!(e.verifier.jwks_fetches(), 2);
+    assert_eq!(e.verifier.jwks_refreshes(), 2);
 }
 
 // ---------------------------------------------------------------------------------
@@ -637,18 +652,25 @@ async fn a_late_refresh_never_overwrites_a_newer_keyset() {
     let with_key1 = || sts.mandate().kid("key-1").sign();
 
     // 1. The background refresh past the TTL gets the slow answer; the deadline
-    //    abandons it, so it can never complete and install its old document.
+    //    abandons it. Once that attempt has completed, its fetch (and the old
+    //    document it would have answered with) has been dropped, not left running:
+    //    it can never complete and install that document.
     clock.advance(Duration::from_secs(61));
+    let before = v.jwks_refreshes();
     assert_eq!(verify(&v, &with_key1()).await, ok());
-    assert!(eventually(|| script.abandoned.load(Ordering::SeqCst) == 1).await);
+    refreshed_since(&v, before).await;
+    assert_eq!(script.abandoned.load(Ordering::SeqCst), 1);
+    assert_eq!(script.in_flight.load(Ordering::SeqCst), 0);
+    assert_eq!(script.finished.load(Ordering::SeqCst), 1);
 
     // 2. The next fetch gets the new document.
     clock.advance(Duration::from_secs(2));
     assert_eq!(verify(&v, &with_key2()).await, ok());
     assert_eq!(script.finished.load(Ordering::SeqCst), 2);
 
-    // 3. Long after the abandoned fetch would have answered, the new keyset stands.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // 3. No late answer is pending (nothing is in flight, and the abandoned fetch
+    //    no longer exists), so the new keyset stands.
+    assert_eq!(script.in_flight.load(Ordering::SeqCst), 0);
     assert_eq!(verify(&v, &with_key2()).await, ok());
     assert_eq!(script.abandoned.load(Ordering::SeqCst), 1);
     assert_eq!(script.finished.load(Ordering::SeqCst), 2);
@@ -657,9 +679,11 @@ async fn a_late_refresh_never_overwrites_a_newer_keyset() {
     //    from the current keys, no second fetch starts or overlaps it, and whatever it
     //    installs is the newest fetch *started*, so nothing older can land after it.
     clock.advance(Duration::from_secs(61));
+    let before = v.jwks_refreshes();
     let during = burst(&v, (0..20).map(|_| with_key2()).collect()).await;
     assert!(during.iter().all(|o| *o == ok()), "{during:?}");
-    assert!(eventually(|| script.finished.load(Ordering::SeqCst) == 3).await);
+    refreshed_since(&v, before).await;
+    assert_eq!(script.finished.load(Ordering::SeqCst), 3);
     assert_eq!(
         script.max_in_flight.load(Ordering::SeqCst),
         1,

@@ -5,7 +5,7 @@ use std::fmt;
 
 use tokio::sync::watch;
 
-use crate::jwks::BoxFuture;
+use crate::future::BoxFuture;
 use crate::source::Running;
 
 /// The running revocation feed; the verifier holds it as a

@@ -10,7 +10,7 @@ use aws_lc_rs::digest;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::ConfigError;
-use crate::jwks::BoxFuture;
+use crate::future::BoxFuture;
 use crate::replay::{ReplayError, ReplayGuard};
 
 /// The default key prefix.

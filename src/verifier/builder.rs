@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Inner, PolicyId, Verifier};
+use crate::alg::Algorithm;
 use crate::cache::{DEFAULT_CACHE_BYTES, DEFAULT_CACHE_ENTRIES, MandateCache};
 use crate::clock::{Clock, SharedClock, SystemClock};
 use crate::error::{CodeSpelling, ConfigError};
-use crate::jwk::Algorithm;
 use crate::jwks::{
     DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, HttpFetcher, JwksFetcher, KeyCache,
     KeyCacheConfig,

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::alg::Algorithm;
 use crate::cache::MandateCache;
 use crate::clock::SharedClock;
 use crate::error::{AuthError, CodeSpelling, ConfigError};
-use crate::jwk::Algorithm;
 use crate::jwks::KeyCache;
 use crate::mandate::Mandate;
 use crate::replay::ReplayGuard;
@@ -211,6 +211,78 @@ impl Verifier {
     /// Age of the cached keyset, if any.
     pub fn jwks_age(&self) -> Option<Duration> {
         self.inner.keys.age()
+    }
+
+    /// How many JWKS fetch attempts this verifier has finished, whatever their
+    /// outcome: a keyset installed, a failure (a refused answer or document, a
+    /// transport error), or a fetch abandoned at the
+    /// [fetch deadline](VerifierBuilder::jwks_fetch_timeout). The first fetch and
+    /// [`warm_up`](Self::warm_up) count too; [`jwks_fetches`](Self::jwks_fetches)
+    /// counts the attempts started.
+    ///
+    /// An attempt is counted once its outcome is in place: a fetched keyset is
+    /// installed and the keys that left it are retired (with the mandates cached
+    /// under them), or a failure has left the last good keys as they were. A fetch
+    /// made in line by a request that is cancelled before the fetch ends never
+    /// finishes, and is not counted.
+    pub fn jwks_refreshes(&self) -> u64 {
+        self.inner.keys.finished_count()
+    }
+
+    /// Wait until more than `n` JWKS fetch attempts have finished (see
+    /// [`jwks_refreshes`](Self::jwks_refreshes)); ready at once if they already
+    /// have.
+    ///
+    /// Read `n` from `jwks_refreshes` before whatever starts the fetch (a request
+    /// past the keyset's TTL, an unknown `kid`, a warm-up), then await this to know
+    /// that fetch has completed and its outcome is in place, for example in a
+    /// readiness or integration test, instead of sleeping. It waits for as long as
+    /// no attempt finishes, so bound it with a timeout.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// use caracal_verifier::{BoxFuture, FetchError, JwksFetcher, Verifier};
+    ///
+    /// /// A keyset endpoint that is down.
+    /// #[derive(Debug)]
+    /// struct Down;
+    ///
+    /// impl JwksFetcher for Down {
+    ///     fn fetch<'a>(
+    ///         &'a self,
+    ///         _url: &'a str,
+    ///         _max_bytes: usize,
+    ///     ) -> BoxFuture<'a, Result<Vec<u8>, FetchError>> {
+    ///         Box::pin(async { Err(FetchError::new("connect failed")) })
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let verifier = Verifier::builder()
+    ///     .issuer("https://sts.example.com")
+    ///     .audience("resource://api")
+    ///     .zone("zone-1")
+    ///     .jwks_fetcher(Down)
+    ///     .build()
+    ///     .unwrap();
+    /// let before = verifier.jwks_refreshes();
+    /// // A fetch started elsewhere: here a warm-up on another task.
+    /// let v = verifier.clone();
+    /// tokio::spawn(async move {
+    ///     let _ = v.warm_up().await;
+    /// });
+    /// tokio::time::timeout(Duration::from_secs(5), verifier.jwks_refreshed_since(before))
+    ///     .await
+    ///     .expect("the fetch finished");
+    /// // It failed, and that is settled: still no keys.
+    /// assert_eq!(verifier.jwks_refreshes(), before + 1);
+    /// assert!(!verifier.readiness().keys);
+    /// # }
+    /// ```
+    pub async fn jwks_refreshed_since(&self, n: u64) {
+        self.inner.keys.finished_since(n).await
     }
 
     /// Whether `mandate` was verified under this verifier's policy (by this verifier

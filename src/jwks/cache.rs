@@ -1,202 +1,17 @@
-//! The zone keyset: fetched from `{issuer}/.well-known/jwks.json?zone_id={zone}`,
-//! cached, refreshed in the background, and refetched once for an unknown `kid`.
-//!
-//! Fetches are single-flight (a burst on a cold cache makes one request) and
-//! rate-limited by a cooldown (a flood of random kids makes at most one request per
-//! cooldown). When refreshes keep failing, the last good keys serve until the
-//! maximum staleness, then verification answers 503 `sts_unavailable`.
+//! The per-zone keyset cache: when to use, refresh, wait for or refuse the keys
+//! (TTL, maximum staleness, cooldown, single flight), and how a fetched keyset
+//! replaces the last one.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use super::fetch::JwksFetcher;
+use crate::alg::Algorithm;
 use crate::clock::SharedClock;
-use crate::error::{AuthError, ConfigError, InvalidReason};
-use crate::jwk::{Algorithm, KeyMap, VerifyKey, parse_jwks};
-
-/// A boxed, sendable future.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Why a JWKS fetch failed. Its message never contains response bodies or secrets.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("jwks fetch failed: {0}")]
-pub struct FetchError(String);
-
-impl FetchError {
-    /// A fetch error with a short, lowercase description.
-    pub fn new(msg: impl Into<String>) -> Self {
-        Self(msg.into())
-    }
-}
-
-/// Fetches a JWKS document. Implement it to bring your own transport; the
-/// verifier still applies the overall deadline and the size cap.
-pub trait JwksFetcher: Send + Sync + fmt::Debug + 'static {
-    /// GET `url` and return the body of a 200 response, at most `max_bytes` long.
-    /// Anything else (another status, a redirect, a larger body) is an error.
-    fn fetch<'a>(
-        &'a self,
-        url: &'a str,
-        max_bytes: usize,
-    ) -> BoxFuture<'a, Result<Vec<u8>, FetchError>>;
-}
-
-/// The default fetcher: reqwest over rustls, no redirects, no ambient proxy.
-#[derive(Debug, Clone)]
-pub struct HttpFetcher {
-    client: reqwest::Client,
-}
-
-/// Settings for an [`HttpFetcher`]: private CAs, client certificates (mTLS) and proxies.
-#[derive(Debug, Default)]
-#[must_use]
-pub struct HttpFetcherBuilder {
-    roots: Vec<Vec<u8>>,
-    only_custom_roots: bool,
-    identity: Option<Vec<u8>>,
-    proxy: Option<String>,
-    timeout: Option<Duration>,
-}
-
-impl HttpFetcherBuilder {
-    /// Trust this PEM CA certificate (bundle) in addition to the system roots.
-    pub fn add_root_certificate_pem(mut self, pem: &[u8]) -> Self {
-        self.roots.push(pem.to_vec());
-        self
-    }
-
-    /// Trust only the added CA certificates, not the system roots.
-    pub fn only_added_roots(mut self) -> Self {
-        self.only_custom_roots = true;
-        self
-    }
-
-    /// Present this client certificate and private key (PEM) for mutual TLS.
-    pub fn identity_pem(mut self, pem: &[u8]) -> Self {
-        self.identity = Some(pem.to_vec());
-        self
-    }
-
-    /// Send requests through this proxy URL. Default: none (environment proxy
-    /// variables are ignored, so the keyset cannot be redirected by the environment).
-    pub fn proxy(mut self, url: impl Into<String>) -> Self {
-        self.proxy = Some(url.into());
-        self
-    }
-
-    /// The client's own timeout. Default 5 s; the verifier's fetch deadline applies too.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-
-    /// Build the fetcher.
-    pub fn build(self) -> Result<HttpFetcher, ConfigError> {
-        let timeout = self.timeout.unwrap_or(DEFAULT_FETCH_TIMEOUT);
-        let mut b = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .user_agent(concat!("caracal-verifier/", env!("CARGO_PKG_VERSION")))
-            .no_proxy();
-        let mut certs = Vec::new();
-        for pem in &self.roots {
-            certs.extend(
-                reqwest::Certificate::from_pem_bundle(pem)
-                    .map_err(|e| ConfigError::invalid("root_certificate", e.to_string()))?,
-            );
-        }
-        if self.only_custom_roots {
-            b = b.tls_certs_only(certs);
-        } else {
-            for c in certs {
-                b = b.add_root_certificate(c);
-            }
-        }
-        if let Some(pem) = &self.identity {
-            let id = reqwest::Identity::from_pem(pem)
-                .map_err(|e| ConfigError::invalid("identity", e.to_string()))?;
-            b = b.identity(id);
-        }
-        if let Some(p) = &self.proxy {
-            let proxy =
-                reqwest::Proxy::all(p).map_err(|e| ConfigError::invalid("proxy", e.to_string()))?;
-            b = b.proxy(proxy);
-        }
-        let client = b
-            .build()
-            .map_err(|e| ConfigError::invalid("http_client", e.to_string()))?;
-        Ok(HttpFetcher { client })
-    }
-}
-
-impl HttpFetcher {
-    /// Settings for a fetcher.
-    pub fn builder() -> HttpFetcherBuilder {
-        HttpFetcherBuilder::default()
-    }
-}
-
-impl JwksFetcher for HttpFetcher {
-    fn fetch<'a>(
-        &'a self,
-        url: &'a str,
-        max_bytes: usize,
-    ) -> BoxFuture<'a, Result<Vec<u8>, FetchError>> {
-        Box::pin(async move {
-            let mut resp = self
-                .client
-                .get(url)
-                .header(http::header::ACCEPT, "application/json")
-                .send()
-                .await
-                .map_err(|e| FetchError::new(describe_reqwest(&e)))?;
-            if resp.status() != http::StatusCode::OK {
-                return Err(FetchError::new(format!(
-                    "status {}",
-                    resp.status().as_u16()
-                )));
-            }
-            if resp.content_length().is_some_and(|n| n > max_bytes as u64) {
-                return Err(FetchError::new("body exceeds size cap"));
-            }
-            let mut body = Vec::new();
-            while let Some(chunk) = resp
-                .chunk()
-                .await
-                .map_err(|e| FetchError::new(describe_reqwest(&e)))?
-            {
-                if body.len() + chunk.len() > max_bytes {
-                    return Err(FetchError::new("body exceeds size cap"));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(body)
-        })
-    }
-}
-
-fn describe_reqwest(e: &reqwest::Error) -> &'static str {
-    if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connect failed"
-    } else if e.is_redirect() {
-        "redirect refused"
-    } else if e.is_body() || e.is_decode() {
-        "body read failed"
-    } else {
-        "request failed"
-    }
-}
-
-/// The default total deadline of one fetch.
-pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
-/// The default cap on a JWKS document.
-pub const DEFAULT_MAX_JWKS_BYTES: usize = 256 * 1024;
+use crate::error::{AuthError, InvalidReason};
+use crate::jwk::{KeyMap, VerifyKey, parse_jwks};
 
 /// Cache settings, set through [`VerifierBuilder`](crate::VerifierBuilder).
 #[derive(Debug, Clone)]
@@ -226,10 +41,10 @@ struct Attempts {
     last_error: Option<&'static str>,
 }
 
-/// Per issuer-and-zone keyset cache.
-/// [`KeyCache::current_fetched_ms`] before the first keyset.
+/// The value of [`KeyCache::current_fetched_ms`] before the first keyset.
 const NO_KEYS: u64 = u64::MAX;
 
+/// Per issuer-and-zone keyset cache.
 pub(crate) struct KeyCache {
     url: String,
     fetcher: Arc<dyn JwksFetcher>,
@@ -244,6 +59,9 @@ pub(crate) struct KeyCache {
     flight: tokio::sync::Mutex<()>,
     refreshing: AtomicBool,
     fetch_count: AtomicU64,
+    /// Attempts finished so far, published once each attempt's outcome is in place
+    /// (its keyset installed, or its error recorded): the "refresh completed" signal.
+    finished: tokio::sync::watch::Sender<u64>,
 }
 
 impl fmt::Debug for KeyCache {
@@ -280,6 +98,7 @@ impl KeyCache {
             flight: tokio::sync::Mutex::new(()),
             refreshing: AtomicBool::new(false),
             fetch_count: AtomicU64::new(0),
+            finished: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -310,6 +129,18 @@ impl KeyCache {
     /// How many fetches were started.
     pub(crate) fn fetch_count(&self) -> u64 {
         self.fetch_count.load(Ordering::Relaxed)
+    }
+
+    /// How many fetch attempts have finished, whatever their outcome.
+    pub(crate) fn finished_count(&self) -> u64 {
+        *self.finished.borrow()
+    }
+
+    /// Wait until more than `n` fetch attempts have finished.
+    pub(crate) async fn finished_since(&self, n: u64) {
+        let mut finished = self.finished.subscribe();
+        // `self` holds the sender, so the channel cannot close while this waits.
+        let _ = finished.wait_for(|&done| done > n).await;
     }
 
     /// The age of the keyset, if any.
@@ -474,7 +305,7 @@ impl KeyCache {
         let mut a = self.attempts();
         a.done += 1;
         let seq = a.done;
-        match outcome {
+        let result = match outcome {
             Ok(keys) => {
                 a.last_error = None;
                 drop(a);
@@ -487,7 +318,15 @@ impl KeyCache {
                 tracing::warn!(url = %self.url, error = e, "jwks refresh failed; keeping last good keys");
                 Err(RefreshError::Failed(e))
             }
-        }
+        };
+        // Attempts are serialised by the flight lock, so `seq` only grows; `max` keeps
+        // the published count monotonic regardless.
+        self.finished.send_if_modified(|done| {
+            let grew = seq > *done;
+            *done = (*done).max(seq);
+            grew
+        });
+        result
     }
 
     async fn fetch_and_parse(&self) -> Result<KeyMap, &'static str> {
