@@ -261,8 +261,6 @@ async fn redirects_are_never_followed() {
 // Bad answers: keep the last good keys up to max staleness, never cache empty
 // ---------------------------------------------------------------------------------
 
-/// Wait (bounded) until `cond` holds. Used only to let a background refresh finish;
-/// nothing asserts on how long it took.
 /// Wait (at most 5 s) until more than `n` of the verifier's JWKS fetches have
 /// finished: succeeded, failed, or been abandoned at the deadline.
 async fn refreshed_since(v: &Verifier, n: u64) {
