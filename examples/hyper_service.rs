@@ -21,8 +21,9 @@
 use std::convert::Infallible;
 
 use bytes::Bytes;
+use caracal_verifier::layer::MandateLayer;
 use caracal_verifier::testing::TestIssuer;
-use caracal_verifier::{Mandate, MandateLayer, Requirements, Verifier};
+use caracal_verifier::{Mandate, Requirements, Verifier};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;

@@ -32,8 +32,9 @@ use std::process::ExitCode;
 
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use caracal_verifier::layer::MandateLayer;
 use caracal_verifier::testing::TestIssuer;
-use caracal_verifier::{ErrorCode, Mandate, MandateLayer, Requirements, Verifier};
+use caracal_verifier::{ErrorCode, Mandate, Requirements, Verifier};
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;

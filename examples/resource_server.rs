@@ -52,9 +52,8 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use caracal_verifier::{
-    DEFAULT_JWKS_TTL, Mandate, MandateLayer, Requirements, Verifier, VerifierBuilder,
-};
+use caracal_verifier::layer::MandateLayer;
+use caracal_verifier::{DEFAULT_JWKS_TTL, Mandate, Requirements, Verifier, VerifierBuilder};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 

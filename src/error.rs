@@ -326,6 +326,19 @@ impl AnchorKind {
 /// A denial. Its [`code`](Self::code) is stable; its message is for people.
 ///
 /// The token never appears in `Display` or `Debug`.
+///
+/// Variants with fields are `#[non_exhaustive]`, so a field can be added without a
+/// breaking change: match them with `..`, and read their context with
+/// [`code`](Self::code), [`reason`](Self::reason) or [`details`](Self::details).
+///
+/// ```
+/// use caracal_verifier::{AuthError, InvalidReason};
+///
+/// fn is_replay(err: &AuthError) -> bool {
+///     matches!(err, AuthError::InvalidToken { reason: InvalidReason::Replayed, .. })
+/// }
+/// assert!(!is_replay(&AuthError::MissingToken));
+/// ```
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
@@ -334,6 +347,7 @@ pub enum AuthError {
     MissingToken,
     /// The token is invalid; `reason` says how.
     #[error("invalid token: {reason}")]
+    #[non_exhaustive]
     InvalidToken {
         /// The failed check.
         reason: InvalidReason,
@@ -343,12 +357,14 @@ pub enum AuthError {
     ZoneInvalid,
     /// An anchor of the mandate is revoked.
     #[error("session revoked ({})", anchor.as_str())]
+    #[non_exhaustive]
     SessionRevoked {
         /// Which anchor matched.
         anchor: AnchorKind,
     },
     /// The mandate's delegation graph epoch is below the zone's recorded epoch.
     #[error("delegation epoch {token} is below {current}")]
+    #[non_exhaustive]
     DelegationStale {
         /// The mandate's `delegation_graph_epoch`.
         token: u64,
@@ -357,6 +373,7 @@ pub enum AuthError {
     },
     /// A required scope is missing.
     #[error("missing scope {missing}")]
+    #[non_exhaustive]
     ScopeInsufficient {
         /// The first required scope the mandate lacks.
         missing: String,
@@ -371,12 +388,14 @@ pub enum AuthError {
     DelegationRequired,
     /// The chain lacks a required application or is inconsistent.
     #[error("delegation chain mismatch: {fault}")]
+    #[non_exhaustive]
     ChainMismatch {
         /// What was wrong.
         fault: ChainFault,
     },
     /// The delegation chain has more hops than allowed.
     #[error("{hops} delegation hops exceed the limit of {limit}")]
+    #[non_exhaustive]
     HopCountExceeded {
         /// Hops in the mandate: max(`hop_count`, edges in the chain).
         hops: u64,
@@ -385,6 +404,7 @@ pub enum AuthError {
     },
     /// The token exceeds the size cap.
     #[error("token of {size} bytes exceeds the {limit} byte limit")]
+    #[non_exhaustive]
     PayloadTooLarge {
         /// The token's size in bytes.
         size: usize,
@@ -393,6 +413,7 @@ pub enum AuthError {
     },
     /// The zone's keyset cannot be obtained.
     #[error("sts unavailable: {reason}")]
+    #[non_exhaustive]
     StsUnavailable {
         /// Why, e.g. `"no keys fetched yet"`. Never contains secrets.
         reason: &'static str,

@@ -38,6 +38,22 @@ pub mod internals;
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
 
+// Each public item has exactly one public path (`scripts/api-deps` checks it):
+//
+// - The crate root holds the verification engine and its vocabulary, the items a
+//   user names to verify a mandate: `Verifier` (its builder, `Readiness`),
+//   `Requirements`, `Mandate` and its views, the denials (`AuthError`, `ErrorCode`
+//   and their detail enums), `ConfigError`, the clocks, key fetching
+//   (`JwksFetcher`, `HttpFetcher`, `BoxFuture`), the defaults of these settings,
+//   and `MissingMandate`, the rejection of the `Mandate` extractor.
+// - Everything else is named through its module, never also at the root: the
+//   Tower integration in `layer` (`layer::MandateLayer`, its service, renderers
+//   and `ServiceBuilder` extension), single-use guards in `replay`, the revocation
+//   set and stream events in `revocation`, background sources (the seam a
+//   revocation feed plugs into) in `source`, the Redis feed in `redis`, the test
+//   kit in `testing`.
+//
+// Docs, examples and tests use these paths.
 pub use alg::Algorithm;
 pub use cache::{DEFAULT_CACHE_BYTES, DEFAULT_CACHE_ENTRIES};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -51,7 +67,6 @@ pub use jwks::{
     DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, FetchError, HttpFetcher, HttpFetcherBuilder,
     JwksFetcher,
 };
-pub use layer::MandateLayer;
 pub use mandate::{Chain, ChainHop, ChainIter, Mandate, StrIter, StrList, SubjectType};
 pub use requirements::{DEFAULT_MAX_HOPS, Requirements};
 pub use verifier::{

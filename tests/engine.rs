@@ -954,9 +954,17 @@ async fn hops_are_the_larger_of_hop_count_and_chain_edges() {
         .verify(&three, &Requirements::new().max_hops(3))
         .await
         .unwrap();
-    assert_eq!(
-        deny(&e, &three, &Requirements::new().max_hops(2)).await,
-        AuthError::HopCountExceeded { hops: 3, limit: 2 }
+    let err = deny(&e, &three, &Requirements::new().max_hops(2)).await;
+    assert!(
+        matches!(
+            err,
+            AuthError::HopCountExceeded {
+                hops: 3,
+                limit: 2,
+                ..
+            }
+        ),
+        "{err:?}"
     );
     // hop_count understated: the chain still counts.
     let understated = e.sts.mandate().delegation(3).hop_count(1).sign();
@@ -968,13 +976,17 @@ async fn hops_are_the_larger_of_hop_count_and_chain_edges() {
     );
     // hop_count alone, no chain.
     let claimed = e.sts.mandate().hop_count(11).sign();
-    assert_eq!(
-        deny(&e, &claimed, &none()).await,
-        AuthError::HopCountExceeded {
-            hops: 11,
-            limit: 10
-        },
-        "the default limit is 10"
+    let err = deny(&e, &claimed, &none()).await;
+    assert!(
+        matches!(
+            err,
+            AuthError::HopCountExceeded {
+                hops: 11,
+                limit: 10,
+                ..
+            }
+        ),
+        "the default limit is 10: {err:?}"
     );
 }
 
@@ -1061,7 +1073,10 @@ async fn every_anchor_revokes_including_upstream_hops() {
             .expect("valid before revocation");
         e.verifier.revocations().revoke(id);
         let err = deny(&e, &token, &none()).await;
-        assert_eq!(err, AuthError::SessionRevoked { anchor: kind }, "{id}");
+        assert!(
+            matches!(err, AuthError::SessionRevoked { anchor, .. } if anchor == kind),
+            "{id}: {err:?}"
+        );
         assert_eq!(err.status().as_u16(), 401);
     }
 }
@@ -1089,12 +1104,17 @@ async fn stale_delegation_epoch() {
     let token = e.sts.mandate().delegation(1).epoch(6).sign();
     e.verifier.verify(&token, &none()).await.unwrap();
     e.verifier.revocations().raise_epoch(ZONE, 7);
-    assert_eq!(
-        deny(&e, &token, &none()).await,
-        AuthError::DelegationStale {
-            token: 6,
-            current: 7
-        }
+    let err = deny(&e, &token, &none()).await;
+    assert!(
+        matches!(
+            err,
+            AuthError::DelegationStale {
+                token: 6,
+                current: 7,
+                ..
+            }
+        ),
+        "{err:?}"
     );
     let current = e.sts.mandate().delegation(1).epoch(7).sign();
     e.verifier.verify(&current, &none()).await.unwrap();
@@ -1583,11 +1603,15 @@ async fn a_revoked_upstream_edge_in_the_path_kills_a_chainless_mandate() {
     );
     e.verifier.revocations().revoke("edge-1");
     let err = deny(&e, &token, &none()).await;
-    assert_eq!(
-        err,
-        AuthError::SessionRevoked {
-            anchor: AnchorKind::PathEdge
-        }
+    assert!(
+        matches!(
+            err,
+            AuthError::SessionRevoked {
+                anchor: AnchorKind::PathEdge,
+                ..
+            }
+        ),
+        "{err:?}"
     );
     assert_eq!(
         (err.code().as_str(), err.status().as_u16()),
@@ -1608,11 +1632,15 @@ async fn a_revoked_source_session_kills_the_mandate() {
     e.verifier.verify(&token, &none()).await.unwrap();
     e.verifier.revocations().revoke("session-parent");
     let err = deny(&e, &token, &none()).await;
-    assert_eq!(
-        err,
-        AuthError::SessionRevoked {
-            anchor: AnchorKind::SourceSession
-        }
+    assert!(
+        matches!(
+            err,
+            AuthError::SessionRevoked {
+                anchor: AnchorKind::SourceSession,
+                ..
+            }
+        ),
+        "{err:?}"
     );
     assert_eq!(err.code().as_str(), "session_revoked");
     assert_eq!(AnchorKind::SourceSession.as_str(), "source_session_id");
@@ -1628,9 +1656,15 @@ async fn hops_count_the_delegation_path() {
     assert_eq!(m.delegation_path().len(), 4);
     assert_eq!(m.hops(), 4, "the path is longer than hop_count says");
     let err = deny(&e, &understated, &Requirements::new().max_hops(3)).await;
-    assert_eq!(
-        err,
-        AuthError::HopCountExceeded { hops: 4, limit: 3 },
+    assert!(
+        matches!(
+            err,
+            AuthError::HopCountExceeded {
+                hops: 4,
+                limit: 3,
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert_eq!(err.code(), ErrorCode::HopCountExceeded);
