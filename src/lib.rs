@@ -7,6 +7,7 @@
 mod cache;
 mod claims;
 mod clock;
+pub mod context;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
