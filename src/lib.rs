@@ -9,6 +9,7 @@ mod b64;
 mod cache;
 mod claims;
 mod clock;
+pub mod context;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
