@@ -5,8 +5,9 @@
 //! and runs beside the request path for the verifier's life: the Redis revocation feed
 //! (feature `redis`) is one, and a feed of your own (a webhook receiver, another
 //! broker) plugs in the same way through [`VerifierBuilder::source`](crate::VerifierBuilder::source).
-//! The seam is not specific to revocation: a source that needs nothing from the
-//! verifier just starts and reports its status.
+//! The seam is not specific to revocation: an audit emitter attaches an
+//! [`ActionSink`] through the same [`SourceContext`], and a source that needs
+//! nothing from the verifier just starts and reports its status.
 //!
 //! The verifier owns each started source as a [`SourceHandle`], which gives its
 //! [`status`](SourceHandle::status), its part of the [`Readiness`](crate::Readiness)
@@ -78,6 +79,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::action::ActionSink;
 use crate::clock::{Clock, SharedClock};
 use crate::error::ConfigError;
 use crate::future::BoxFuture;
@@ -118,6 +120,7 @@ pub struct SourceContext<'a> {
     revocations: &'a RevocationSet,
     clock: &'a SharedClock,
     feed: Option<FeedReporter>,
+    actions: &'a mut Option<Arc<dyn ActionSink>>,
 }
 
 impl fmt::Debug for SourceContext<'_> {
@@ -129,11 +132,16 @@ impl fmt::Debug for SourceContext<'_> {
 }
 
 impl<'a> SourceContext<'a> {
-    pub(crate) fn new(revocations: &'a RevocationSet, clock: &'a SharedClock) -> Self {
+    pub(crate) fn new(
+        revocations: &'a RevocationSet,
+        clock: &'a SharedClock,
+        actions: &'a mut Option<Arc<dyn ActionSink>>,
+    ) -> Self {
         Self {
             revocations,
             clock,
             feed: None,
+            actions,
         }
     }
 
@@ -168,6 +176,20 @@ impl<'a> SourceContext<'a> {
         let reporter = FeedReporter(health);
         self.feed = Some(reporter.clone());
         Ok(reporter)
+    }
+
+    /// Send the verifier's [action results](crate::action) to `sink`: a
+    /// [`MandateLayer`](crate::layer::MandateLayer) over this verifier then records
+    /// one per request it decides. One sink per verifier; a second is refused.
+    pub fn attach_action_sink(&mut self, sink: Arc<dyn ActionSink>) -> Result<(), ConfigError> {
+        if self.actions.is_some() {
+            return Err(ConfigError::invalid(
+                "action_sink",
+                "this verifier already sends its action results to another sink",
+            ));
+        }
+        *self.actions = Some(sink);
+        Ok(())
     }
 
     pub(crate) fn into_feed(self) -> Option<FeedReporter> {
@@ -370,18 +392,25 @@ pub struct SourceStatus {
     pub feed: Option<FeedStatus>,
 }
 
+/// What `start_all` started: the handles, and the action sink one of them attached.
+pub(crate) struct Started {
+    pub(crate) handles: Vec<SourceHandle>,
+    pub(crate) actions: Option<Arc<dyn ActionSink>>,
+}
+
 /// Start every source in order; on a failure, the sources already started are
 /// dropped, which stops them.
 pub(crate) fn start_all(
     sources: Vec<Box<dyn Source>>,
     revocations: &RevocationSet,
     clock: &SharedClock,
-) -> Result<Vec<SourceHandle>, ConfigError> {
-    let mut started = Vec::with_capacity(sources.len());
+) -> Result<Started, ConfigError> {
+    let mut handles = Vec::with_capacity(sources.len());
+    let mut actions = None;
     for source in sources {
-        let mut ctx = SourceContext::new(revocations, clock);
+        let mut ctx = SourceContext::new(revocations, clock, &mut actions);
         let running = source.start(&mut ctx)?;
-        started.push(SourceHandle::new(running, ctx.into_feed()));
+        handles.push(SourceHandle::new(running, ctx.into_feed()));
     }
-    Ok(started)
+    Ok(Started { handles, actions })
 }

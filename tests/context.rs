@@ -853,14 +853,6 @@ async fn propagate_layer_injects_the_context_from_extensions() {
 // ---------------------------------------------------------------------------
 // axum extractor
 
-async fn attach(mut req: Request<Body>) -> Request<Body> {
-    if let Some(m) = req.extensions().get::<Mandate>().cloned() {
-        let ctx = RequestContext::from_request(req.headers(), &m);
-        req.extensions_mut().insert(ctx);
-    }
-    req
-}
-
 async fn show(ctx: RequestContext) -> String {
     format!("{} {}", ctx.trace_id(), ctx.session())
 }
@@ -882,7 +874,6 @@ async fn axum_extractor_takes_the_attached_context() {
     let app = Router::new()
         .route("/", get(show))
         .route("/maybe", get(maybe))
-        .layer(axum::middleware::map_request(attach))
         .layer(MandateLayer::new(e.verifier.clone(), Requirements::new()).optional());
     let token = e.sts.mandate().sid("authority-record-1").sign();
     let req = Request::get("/")
@@ -906,20 +897,54 @@ async fn axum_extractor_takes_the_attached_context() {
     );
 }
 
+/// The mandate layer attaches the context itself, from the verified claims: the
+/// incoming trace is kept, forged `caracal.*` baggage is not, and a stacked layer
+/// keeps the outer layer's context (and its span).
 #[tokio::test]
-async fn axum_extractor_without_an_attached_context() {
+async fn the_mandate_layer_attaches_the_context() {
     let e = env().await;
-    // A mandate but nobody attached its context: a wiring fault, 500.
     let app = Router::new()
-        .route("/", get(show))
+        .route(
+            "/",
+            get(|ctx: RequestContext| async move {
+                format!(
+                    "{} {} {} {:?}",
+                    ctx.trace_id(),
+                    ctx.span_id(),
+                    ctx.session(),
+                    ctx.baggage_value("caracal.session")
+                )
+            }),
+        )
+        .route_layer(MandateLayer::new(
+            e.verifier.clone(),
+            Requirements::new().scopes(["tickets:read"]),
+        ))
         .layer(MandateLayer::new(e.verifier.clone(), Requirements::new()));
-    let token = e.sts.mandate().sign();
+    let token = e
+        .sts
+        .mandate()
+        .sid("authority-record-1")
+        .scopes(["tickets:read"])
+        .sign();
     let req = Request::get("/")
         .header("authorization", format!("Bearer {token}"))
+        .header("traceparent", TP)
+        .header("baggage", "caracal.session=forged,tenant=example")
         .body(Body::empty())
         .expect("request");
-    let resp = app.oneshot(req).await.expect("infallible");
-    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let resp = app.clone().oneshot(req).await.expect("infallible");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = body(resp).await;
+    let parts: Vec<&str> = text.split(' ').collect();
+    assert_eq!(parts[0], TRACE, "{text}");
+    assert_eq!(parts[1].len(), 16, "{text}");
+    assert_ne!(parts[1], "00f067aa0ba902b7", "a new span for this service");
+    assert_eq!(parts[2], "authority-record-1", "{text}");
+    assert_eq!(
+        parts[3], "None",
+        "forged caracal.* baggage never reaches the context"
+    );
 
     // No layer at all: 401 missing_token, as for Mandate.
     let bare = Router::new().route("/", get(show));

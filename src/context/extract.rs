@@ -12,7 +12,8 @@ use super::RequestContext;
 use crate::MissingMandate;
 use crate::mandate::Mandate;
 
-/// Takes the [`RequestContext`] of the verified request from the request extensions.
+/// Takes the [`RequestContext`] of the verified request from the request extensions,
+/// where [`MandateLayer`](crate::layer::MandateLayer) puts it after verifying.
 ///
 /// Without one, the rejection is [`MissingRequestContext`]: the same 401
 /// `missing_token` as the [`Mandate`] extractor when no mandate was verified, and 500

@@ -14,7 +14,7 @@
 //! use axum::{Router, body::Body, routing::get};
 //! use caracal_verifier::context::RequestContext;
 //! use caracal_verifier::layer::MandateLayer;
-//! use caracal_verifier::{Mandate, Requirements, Verifier, testing::TestIssuer};
+//! use caracal_verifier::{Requirements, Verifier, testing::TestIssuer};
 //! use tower::ServiceExt;
 //!
 //! // The handler sees the context; here it answers with what a downstream call
@@ -34,15 +34,7 @@
 //!     .build()?;
 //! let app = Router::new()
 //!     .route("/", get(handler))
-//!     // Builds the context after verification (what the mandate layer does for you
-//!     // once it attaches contexts itself).
-//!     .layer(axum::middleware::map_request(|mut req: http::Request<Body>| async move {
-//!         if let Some(m) = req.extensions().get::<Mandate>().cloned() {
-//!             let ctx = RequestContext::from_request(req.headers(), &m);
-//!             req.extensions_mut().insert(ctx);
-//!         }
-//!         req
-//!     }))
+//!     // Verifies the mandate, then attaches its context to the request.
 //!     .layer(MandateLayer::new(verifier, Requirements::new()));
 //!
 //! let token = sts.mandate().sid("authority-record-1").sign();
@@ -141,6 +133,7 @@ pub use baggage::{MAX_BAGGAGE_BYTES, MAX_BAGGAGE_MEMBERS};
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use extract::MissingRequestContext;
 pub use propagate::{PropagateLayer, PropagateService};
+pub(crate) use request::incoming_trace_id;
 pub use request::{
     BAGGAGE, BAGGAGE_AGENT_SESSION, BAGGAGE_DELEGATION_EDGE, BAGGAGE_HOP, BAGGAGE_PARENT_EDGE,
     BAGGAGE_SESSION, MAX_HOP, RequestContext, TRACEPARENT, TRACESTATE,

@@ -392,6 +392,14 @@ fn parent_edge(m: &Mandate) -> Option<&str> {
 }
 
 /// The value of `name` when the request has exactly one such field.
+/// The trace id of a valid incoming `traceparent`, in hex: for records of requests
+/// that were denied before a [`RequestContext`] was built.
+pub(crate) fn incoming_trace_id(headers: &HeaderMap) -> Option<String> {
+    single(headers, &TRACEPARENT)
+        .and_then(|v| traceparent::parse(v.as_bytes()))
+        .map(|tp| traceparent::hex(&tp.trace_id))
+}
+
 fn single<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h HeaderValue> {
     let mut values = headers.get_all(name).iter();
     match (values.next(), values.next()) {

@@ -6,6 +6,7 @@ use std::mem;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -15,6 +16,8 @@ use tower_service::Service;
 
 use super::bearer::bearer;
 use super::reject::{self, Rejecter, Renderer, SpelledJson};
+use crate::action::{ActionResult, ActionSink};
+use crate::context::{RequestContext, incoming_trace_id};
 use crate::error::AuthError;
 use crate::mandate::Mandate;
 use crate::replay::ReplayGuard;
@@ -260,10 +263,25 @@ impl Config {
         req: &mut Request<B>,
         mandate: Option<Mandate>,
         request_id: Option<&str>,
+        audit: Option<&mut Audit>,
     ) {
         match mandate {
             Some(m) => {
                 record(self, request_id, Ok(Some(&m)));
+                // The request's trace context, from the verified claims; a stacked
+                // layer keeps the one the outer layer built (and its span).
+                let ext = req.extensions();
+                if ext.get::<RequestContext>().is_none() {
+                    let ctx = RequestContext::from_request(req.headers(), &m);
+                    req.extensions_mut().insert(ctx);
+                }
+                if let Some(a) = audit {
+                    a.trace_id = req
+                        .extensions()
+                        .get::<RequestContext>()
+                        .map(|c| c.trace_id().to_owned());
+                    a.mandate = Some(m.clone());
+                }
                 if self.reqs.is_single_use() {
                     let guard = Arc::clone(&self.verifier.inner.replay);
                     let ext = req.extensions_mut();
@@ -388,18 +406,35 @@ where
         let mut inner = mem::replace(&mut self.inner, clone);
         let config = &self.config;
         mark_authorization_sensitive(req.headers_mut());
-        // Generated only when a denial needs one: allowed requests stay cheap.
-        let request_id = reject::incoming_request_id(req.headers()).map(str::to_owned);
+        // Generated only when a denial or an action record needs one: allowed
+        // requests without an audit sink stay cheap.
+        let mut request_id = reject::incoming_request_id(req.headers()).map(str::to_owned);
+        let mut audit = config.verifier.inner.actions.as_ref().map(|sink| {
+            let id = request_id
+                .get_or_insert_with(reject::generate_request_id)
+                .clone();
+            Box::new(Audit::start(sink, &config.verifier, &req, id))
+        });
         let state = match config.start(req.extensions(), req.headers()) {
             Start::Decided(Ok(mandate)) => {
-                config.admit(&mut req, mandate, request_id.as_deref());
+                config.admit(
+                    &mut req,
+                    mandate,
+                    request_id.as_deref(),
+                    audit.as_deref_mut(),
+                );
                 State::Inner {
                     fut: inner.call(req),
                 }
             }
-            Start::Decided(Err((err, m))) => State::Rejected {
-                response: Some(config.deny(&err, m.as_ref(), request_id.as_deref())),
-            },
+            Start::Decided(Err((err, m))) => {
+                if let Some(a) = audit.as_deref_mut() {
+                    a.denied(&err, m.as_ref());
+                }
+                State::Rejected {
+                    response: Some(config.deny(&err, m.as_ref(), request_id.as_deref())),
+                }
+            }
             Start::Pending(verify) => State::Verify {
                 verify,
                 pending: Some(Pending {
@@ -410,8 +445,89 @@ where
                 }),
             },
         };
-        ResponseFuture { state }
+        ResponseFuture { state, audit }
     }
+}
+
+/// An action record in the making: what the layer learns of a request, handed to
+/// the verifier's [`ActionSink`] once the response head is ready.
+struct Audit {
+    sink: Arc<dyn ActionSink>,
+    arrived: Instant,
+    occurred_at: std::time::SystemTime,
+    request_id: String,
+    method: http::Method,
+    subject_fingerprint: Option<String>,
+    trace_id: Option<String>,
+    mandate: Option<Mandate>,
+    denial: Option<AuthError>,
+}
+
+impl Audit {
+    fn start<B>(
+        sink: &Arc<dyn ActionSink>,
+        verifier: &Verifier,
+        req: &Request<B>,
+        request_id: String,
+    ) -> Self {
+        let now = verifier.inner.clock.now();
+        Audit {
+            sink: Arc::clone(sink),
+            arrived: Instant::now(),
+            occurred_at: std::time::UNIX_EPOCH + now,
+            request_id,
+            method: req.method().clone(),
+            subject_fingerprint: bearer(req.headers()).ok().map(fingerprint),
+            trace_id: incoming_trace_id(req.headers()),
+            mandate: None,
+            denial: None,
+        }
+    }
+
+    fn denied(&mut self, err: &AuthError, mandate: Option<&Mandate>) {
+        self.denial = Some(err.clone());
+        if mandate.is_some() {
+            self.mandate = mandate.cloned();
+        }
+    }
+
+    /// Hand the record to the sink; `status` is what the client got.
+    fn finish(self, status: u16) {
+        let Audit {
+            sink,
+            arrived,
+            occurred_at,
+            request_id,
+            method,
+            subject_fingerprint,
+            trace_id,
+            mandate,
+            denial,
+        } = self;
+        sink.record(ActionResult {
+            request_id,
+            occurred_at,
+            trace_id,
+            method,
+            status,
+            latency: arrived.elapsed(),
+            mandate,
+            denial,
+            subject_fingerprint,
+        });
+    }
+}
+
+/// The first 8 bytes of the token's SHA-256, in hex: how Caracal's Gateway names a
+/// bearer in its action results without recording it.
+fn fingerprint(token: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut out = String::with_capacity(16);
+    for b in &digest.as_ref()[..8] {
+        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        out.push(char::from(b"0123456789abcdef"[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 /// What the future holds while verification runs.
@@ -431,6 +547,7 @@ pin_project! {
     {
         #[pin]
         state: State<S, ReqB>,
+        audit: Option<Box<Audit>>,
     }
 }
 
@@ -479,7 +596,8 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
-            match self.as_mut().project().state.project() {
+            let this = self.as_mut().project();
+            match this.state.project() {
                 StateProj::Verify { verify, pending } => {
                     let result = ready!(verify.as_mut().poll(cx));
                     let Pending {
@@ -492,12 +610,21 @@ where
                         .expect("ResponseFuture polled after completion");
                     match result {
                         Ok(mandate) => {
-                            config.admit(&mut req, Some(mandate), request_id.as_deref());
+                            config.admit(
+                                &mut req,
+                                Some(mandate),
+                                request_id.as_deref(),
+                                this.audit.as_deref_mut(),
+                            );
                             let fut = inner.call(req);
                             self.as_mut().project().state.set(State::Inner { fut });
                         }
                         Err(err) => {
                             let response = config.deny(&err, None, request_id.as_deref());
+                            if let Some(mut a) = this.audit.take() {
+                                a.denied(&err, None);
+                                (*a).finish(response.status().as_u16());
+                            }
                             self.as_mut()
                                 .project()
                                 .state
@@ -506,11 +633,22 @@ where
                         }
                     }
                 }
-                StateProj::Inner { fut } => return fut.poll(cx),
+                StateProj::Inner { fut } => {
+                    let result = ready!(fut.poll(cx));
+                    if let Some(a) = this.audit.take() {
+                        // An error from the inner service is answered by the server
+                        // (axum's are `Infallible`); count it as a server error.
+                        (*a).finish(result.as_ref().map_or(500, |r| r.status().as_u16()));
+                    }
+                    return Poll::Ready(result);
+                }
                 StateProj::Rejected { response } => {
                     let response = response
                         .take()
                         .expect("ResponseFuture polled after completion");
+                    if let Some(a) = this.audit.take() {
+                        (*a).finish(response.status().as_u16());
+                    }
                     return Poll::Ready(Ok(response.map(ResB::from)));
                 }
             }

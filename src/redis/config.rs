@@ -514,7 +514,7 @@ mod tests {
     fn start_on(feed: RedisRevocations, set: &RevocationSet) -> Result<SourceHandle, ConfigError> {
         let clock: SharedClock = Arc::new(SystemClock);
         let mut started = start_all(vec![Box::new(feed)], set, &clock)?;
-        Ok(started.remove(0))
+        Ok(started.handles.remove(0))
     }
 
     const KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";

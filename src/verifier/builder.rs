@@ -359,7 +359,7 @@ impl VerifierBuilder {
                 self.clock.clone(),
             )),
         };
-        let sources = source::start_all(self.sources, &revocations, &self.clock)?;
+        let started = source::start_all(self.sources, &revocations, &self.clock)?;
         Ok(Verifier {
             inner: Arc::new(Inner {
                 policy: PolicyId::fresh(),
@@ -378,7 +378,8 @@ impl VerifierBuilder {
                 replay,
                 clock: self.clock,
                 code_spelling: self.code_spelling,
-                sources,
+                sources: started.handles,
+                actions: started.actions,
             }),
         })
     }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::action::ActionSink;
 use crate::alg::Algorithm;
 use crate::cache::MandateCache;
 use crate::clock::SharedClock;
@@ -67,6 +68,8 @@ pub(crate) struct Inner {
     code_spelling: CodeSpelling,
     /// Started by `build`; dropped (and so stopped) with the last clone.
     sources: Vec<SourceHandle>,
+    /// Where a layer sends its action results, when a source attached a sink.
+    pub(crate) actions: Option<Arc<dyn ActionSink>>,
 }
 
 /// Verifies Caracal mandates for one issuer, audience and zone. Cheap to clone.
@@ -313,6 +316,7 @@ impl Verifier {
                 clock: Arc::clone(&i.clock),
                 code_spelling: i.code_spelling,
                 sources: Vec::new(),
+                actions: i.actions.clone(),
             }),
         }
     }
