@@ -25,8 +25,13 @@ pub mod replay;
 mod requirements;
 pub mod revocation;
 pub mod source;
+mod stats;
 mod token;
 mod verifier;
+
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

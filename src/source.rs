@@ -83,6 +83,7 @@ use crate::action::ActionSink;
 use crate::clock::{Clock, SharedClock};
 use crate::error::ConfigError;
 use crate::future::BoxFuture;
+use crate::jwks::KeyCache;
 use crate::revocation::{DEFAULT_MAX_STALENESS, FeedHealth, FeedStatus, RevocationSet};
 
 /// Something that runs beside the request path for a verifier's life: started once
@@ -119,6 +120,11 @@ pub trait Running: Send + Sync + fmt::Debug + 'static {
 pub struct SourceContext<'a> {
     revocations: &'a RevocationSet,
     clock: &'a SharedClock,
+    /// The verifier's keyset, for the crate's own metrics publisher.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) keys: &'a Arc<KeyCache>,
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) zone: &'a str,
     feed: Option<FeedReporter>,
     actions: &'a mut Option<Arc<dyn ActionSink>>,
 }
@@ -135,11 +141,15 @@ impl<'a> SourceContext<'a> {
     pub(crate) fn new(
         revocations: &'a RevocationSet,
         clock: &'a SharedClock,
+        keys: &'a Arc<KeyCache>,
+        zone: &'a str,
         actions: &'a mut Option<Arc<dyn ActionSink>>,
     ) -> Self {
         Self {
             revocations,
             clock,
+            keys,
+            zone,
             feed: None,
             actions,
         }
@@ -404,11 +414,13 @@ pub(crate) fn start_all(
     sources: Vec<Box<dyn Source>>,
     revocations: &RevocationSet,
     clock: &SharedClock,
+    keys: &Arc<KeyCache>,
+    zone: &str,
 ) -> Result<Started, ConfigError> {
     let mut handles = Vec::with_capacity(sources.len());
     let mut actions = None;
     for source in sources {
-        let mut ctx = SourceContext::new(revocations, clock, &mut actions);
+        let mut ctx = SourceContext::new(revocations, clock, keys, zone, &mut actions);
         let running = source.start(&mut ctx)?;
         handles.push(SourceHandle::new(running, ctx.into_feed()));
     }

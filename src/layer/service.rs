@@ -252,7 +252,11 @@ impl Config {
                 }))
             }
             Err(AuthError::MissingToken) if self.optional => Start::Decided(Ok(None)),
-            Err(e) => Start::Decided(Err((e, None))),
+            Err(e) => {
+                // Refused before `verify`, which counts every other decision.
+                crate::stats::record(Err(&e), None);
+                Start::Decided(Err((e, None)))
+            }
         }
     }
 

@@ -502,19 +502,20 @@ impl Source for RedisRevocations {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-    use std::sync::Arc;
 
     use super::*;
-    use crate::SystemClock;
-    use crate::clock::SharedClock;
+    use crate::Verifier;
     use crate::revocation::RevocationSet;
-    use crate::source::{SourceHandle, start_all};
 
-    /// Start `feed` as `build` does, on `set`.
-    fn start_on(feed: RedisRevocations, set: &RevocationSet) -> Result<SourceHandle, ConfigError> {
-        let clock: SharedClock = Arc::new(SystemClock);
-        let mut started = start_all(vec![Box::new(feed)], set, &clock)?;
-        Ok(started.handles.remove(0))
+    /// Start `feed` on `set` as `build` does: a verifier holding it.
+    fn start_on(feed: RedisRevocations, set: &RevocationSet) -> Result<Verifier, ConfigError> {
+        Verifier::builder()
+            .issuer("https://sts.example.com")
+            .audience("resource://api")
+            .zone("zone-1")
+            .revocations(set.clone())
+            .source(feed)
+            .build()
     }
 
     const KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -662,7 +663,7 @@ mod tests {
             &set,
         )
         .unwrap();
-        assert!(feed.is_running());
+        assert!(feed.revocation_feed().unwrap().is_running());
         assert!(set.feed_status().is_some_and(|s| !s.fresh));
         drop(feed);
         assert!(!set.is_current());
@@ -732,6 +733,7 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("another feed"), "{err}");
         first.shutdown().await;
+        assert!(!first.revocation_feed().unwrap().is_running());
     }
 
     #[test]

@@ -359,7 +359,7 @@ impl VerifierBuilder {
                 self.clock.clone(),
             )),
         };
-        let started = source::start_all(self.sources, &revocations, &self.clock)?;
+        let started = source::start_all(self.sources, &revocations, &self.clock, &keys, &zone)?;
         Ok(Verifier {
             inner: Arc::new(Inner {
                 policy: PolicyId::fresh(),

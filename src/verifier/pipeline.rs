@@ -4,6 +4,7 @@
 //! claims and zone, the route, revocation, and the single-use record.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::Verifier;
 use crate::claims::parse_payload;
@@ -11,6 +12,7 @@ use crate::error::{AnchorKind, AuthError, InvalidReason};
 use crate::mandate::{Claims, Mandate, MandateInner};
 use crate::requirements::Requirements;
 use crate::revocation::{Anchor, fingerprint};
+use crate::stats::{self, Sample};
 use crate::token::{self, HeaderAlg};
 
 /// The longest a verified mandate stays in the cache, whatever its `exp`.
@@ -39,10 +41,31 @@ impl Verifier {
     /// `scope_insufficient`, and a revoked mandate that also fails the route gets
     /// the route's answer, as from Caracal's own guard.
     pub async fn verify(&self, token: &str, reqs: &Requirements) -> Result<Mandate, AuthError> {
+        // A warm verification is timed only when sampled (one in 32, while a metrics
+        // publisher reads latency); a cold one is timed around the signature check.
+        let started = stats::sample_warm().then(Instant::now);
+        let mut cache_hit = None;
+        let result = self.verify_counted(token, reqs, &mut cache_hit).await;
+        stats::record(result.as_ref().map(drop), cache_hit);
+        if let (Some(t0), Some(true)) = (started, cache_hit) {
+            stats::sample(Sample {
+                cold: false,
+                elapsed: t0.elapsed(),
+            });
+        }
+        result
+    }
+
+    async fn verify_counted(
+        &self,
+        token: &str,
+        reqs: &Requirements,
+        cache_hit: &mut Option<bool>,
+    ) -> Result<Mandate, AuthError> {
         // One clock read for the whole decision; the times were just checked by
         // `authenticate_at`, so only the route and revocation remain.
         let now = self.inner.clock.now().as_secs();
-        let mandate = self.authenticate_at(token, now).await?;
+        let mandate = self.authenticate_at(token, now, cache_hit).await?;
         self.route_and_revocation(&mandate, reqs, now)?;
         if reqs.is_single_use() {
             self.consume(&mandate).await?;
@@ -52,7 +75,7 @@ impl Verifier {
 
     /// Verify a mandate's signature and claims (no route requirements, no revocation).
     pub async fn authenticate(&self, token: &str) -> Result<Mandate, AuthError> {
-        self.authenticate_at(token, self.inner.clock.now().as_secs())
+        self.authenticate_at(token, self.inner.clock.now().as_secs(), &mut None)
             .await
     }
 
@@ -61,11 +84,21 @@ impl Verifier {
     pub fn authorize(&self, mandate: &Mandate, reqs: &Requirements) -> Result<(), AuthError> {
         let now = self.inner.clock.now().as_secs();
         // A mandate from the extensions may come from another layer: re-check expiry.
-        self.check_times(&mandate.0.claims, now)?;
-        self.route_and_revocation(mandate, reqs, now)
+        let result = self
+            .check_times(&mandate.0.claims, now)
+            .and_then(|()| self.route_and_revocation(mandate, reqs, now));
+        stats::record(result.as_ref().copied(), None);
+        result
     }
 
-    async fn authenticate_at(&self, token: &str, now: u64) -> Result<Mandate, AuthError> {
+    /// The size cap, then the mandate cache; on a miss, the signature and claims.
+    /// `cache_hit` says which answered, once a token got that far.
+    async fn authenticate_at(
+        &self,
+        token: &str,
+        now: u64,
+        cache_hit: &mut Option<bool>,
+    ) -> Result<Mandate, AuthError> {
         let inner = &*self.inner;
         if token.is_empty() {
             return Err(AuthError::MissingToken);
@@ -87,12 +120,22 @@ impl Verifier {
                 inner.keys.ensure_fresh().await?;
                 // The refresh that may just have run can have retired the key.
                 if !key.is_retired() {
+                    *cache_hit = Some(true);
                     return Ok(hit);
                 }
             }
             cache.remove_at(slot, token);
         }
-        let mandate = self.verify_cold(token, now).await?;
+        *cache_hit = Some(false);
+        let started = stats::sampling().then(Instant::now);
+        let verified = self.verify_cold(token, now).await;
+        if let Some(t0) = started {
+            stats::sample(Sample {
+                cold: true,
+                elapsed: t0.elapsed(),
+            });
+        }
+        let mandate = verified?;
         if let Some((cache, slot)) = cached {
             let c = &mandate.0.claims;
             // A mandate is dead at `exp` (no leeway), so the entry goes then. `exp` is
