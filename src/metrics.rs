@@ -95,7 +95,7 @@ impl Source for MetricsPublisher {
         let (stop, stopped) = mpsc::channel::<()>();
         let (done, finished) = watch::channel(false);
         let interval = self.interval;
-        stats::set_sampling(true);
+        *ctx.sample_latency = true;
         std::thread::Builder::new()
             .name("caracal-metrics".into())
             .spawn(move || {

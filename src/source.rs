@@ -127,6 +127,9 @@ pub struct SourceContext<'a> {
     pub(crate) zone: &'a str,
     feed: Option<FeedReporter>,
     actions: &'a mut Option<Arc<dyn ActionSink>>,
+    /// Set by the crate's metrics publisher: time this verifier's verifications.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) sample_latency: &'a mut bool,
 }
 
 impl fmt::Debug for SourceContext<'_> {
@@ -144,6 +147,7 @@ impl<'a> SourceContext<'a> {
         keys: &'a Arc<KeyCache>,
         zone: &'a str,
         actions: &'a mut Option<Arc<dyn ActionSink>>,
+        sample_latency: &'a mut bool,
     ) -> Self {
         Self {
             revocations,
@@ -152,6 +156,7 @@ impl<'a> SourceContext<'a> {
             zone,
             feed: None,
             actions,
+            sample_latency,
         }
     }
 
@@ -406,6 +411,7 @@ pub struct SourceStatus {
 pub(crate) struct Started {
     pub(crate) handles: Vec<SourceHandle>,
     pub(crate) actions: Option<Arc<dyn ActionSink>>,
+    pub(crate) sample_latency: bool,
 }
 
 /// Start every source in order; on a failure, the sources already started are
@@ -419,10 +425,22 @@ pub(crate) fn start_all(
 ) -> Result<Started, ConfigError> {
     let mut handles = Vec::with_capacity(sources.len());
     let mut actions = None;
+    let mut sample_latency = false;
     for source in sources {
-        let mut ctx = SourceContext::new(revocations, clock, keys, zone, &mut actions);
+        let mut ctx = SourceContext::new(
+            revocations,
+            clock,
+            keys,
+            zone,
+            &mut actions,
+            &mut sample_latency,
+        );
         let running = source.start(&mut ctx)?;
         handles.push(SourceHandle::new(running, ctx.into_feed()));
     }
-    Ok(Started { handles, actions })
+    Ok(Started {
+        handles,
+        actions,
+        sample_latency,
+    })
 }

@@ -6,13 +6,12 @@
 //! lock; a thread that exits folds its counts into `retired` under the same lock, so
 //! totals never go backwards.
 //!
-//! Verification latency is sampled only while something reads it (a metrics
-//! publisher turns [`set_sampling`] on): every cold verification, and one warm one
-//! in [`WARM_SAMPLE_EVERY`], are timed into a bounded per-thread buffer that the
-//! reader drains.
+//! Verification latency is sampled only for verifiers whose metrics are published:
+//! every cold verification, and one warm one in [`WARM_SAMPLE_EVERY`], are timed
+//! into a bounded per-thread buffer that the publisher drains.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -34,9 +33,6 @@ pub(crate) const COUNTERS: usize = SAMPLES_DROPPED + 1;
 pub(crate) const WARM_SAMPLE_EVERY: u32 = 32;
 /// The most latency samples a thread keeps between two drains.
 const MAX_SAMPLES: usize = 4096;
-
-/// Whether latency is being sampled (a reader is attached).
-static SAMPLING: AtomicBool = AtomicBool::new(false);
 
 /// A timed verification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,23 +137,17 @@ pub(crate) fn record(outcome: Result<(), &AuthError>, cache_hit: Option<bool>) {
     });
 }
 
-/// Whether latency is sampled at all.
-#[inline]
-pub(crate) fn sampling() -> bool {
-    SAMPLING.load(Ordering::Relaxed)
-}
-
-/// Whether this warm verification is one to time (one in [`WARM_SAMPLE_EVERY`]).
+/// Whether this warm verification is one to time (one in [`WARM_SAMPLE_EVERY`] on
+/// this thread).
 #[inline]
 pub(crate) fn sample_warm() -> bool {
-    sampling()
-        && LOCAL
-            .try_with(|l| {
-                let t = l.tick.get().wrapping_add(1);
-                l.tick.set(t);
-                t % WARM_SAMPLE_EVERY == 0
-            })
-            .unwrap_or(false)
+    LOCAL
+        .try_with(|l| {
+            let t = l.tick.get().wrapping_add(1);
+            l.tick.set(t);
+            t % WARM_SAMPLE_EVERY == 0
+        })
+        .unwrap_or(false)
 }
 
 /// Keep one latency sample, unless this thread's buffer is full (counted).
@@ -175,12 +165,6 @@ pub(crate) fn sample(s: Sample) {
             bump_in(&l.slot, SAMPLES_DROPPED);
         }
     });
-}
-
-/// Turn latency sampling on or off (process-wide).
-#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-pub(crate) fn set_sampling(on: bool) {
-    SAMPLING.store(on, Ordering::Relaxed);
 }
 
 /// The counter index of a decision.

@@ -380,6 +380,7 @@ impl VerifierBuilder {
                 code_spelling: self.code_spelling,
                 sources: started.handles,
                 actions: started.actions,
+                sample_latency: started.sample_latency,
             }),
         })
     }

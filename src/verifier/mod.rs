@@ -70,6 +70,8 @@ pub(crate) struct Inner {
     sources: Vec<SourceHandle>,
     /// Where a layer sends its action results, when a source attached a sink.
     pub(crate) actions: Option<Arc<dyn ActionSink>>,
+    /// Whether verifications are timed for a metrics publisher.
+    pub(crate) sample_latency: bool,
 }
 
 /// Verifies Caracal mandates for one issuer, audience and zone. Cheap to clone.
@@ -317,6 +319,7 @@ impl Verifier {
                 code_spelling: i.code_spelling,
                 sources: Vec::new(),
                 actions: i.actions.clone(),
+                sample_latency: i.sample_latency,
             }),
         }
     }

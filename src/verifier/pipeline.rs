@@ -41,9 +41,10 @@ impl Verifier {
     /// `scope_insufficient`, and a revoked mandate that also fails the route gets
     /// the route's answer, as from Caracal's own guard.
     pub async fn verify(&self, token: &str, reqs: &Requirements) -> Result<Mandate, AuthError> {
-        // A warm verification is timed only when sampled (one in 32, while a metrics
-        // publisher reads latency); a cold one is timed around the signature check.
-        let started = stats::sample_warm().then(Instant::now);
+        // A warm verification is timed only when sampled (one in 32, when a metrics
+        // publisher reads this verifier's latency); a cold one is timed around the
+        // signature check.
+        let started = (self.inner.sample_latency && stats::sample_warm()).then(Instant::now);
         let mut cache_hit = None;
         let result = self.verify_counted(token, reqs, &mut cache_hit).await;
         stats::record(result.as_ref().map(drop), cache_hit);
@@ -127,7 +128,7 @@ impl Verifier {
             cache.remove_at(slot, token);
         }
         *cache_hit = Some(false);
-        let started = stats::sampling().then(Instant::now);
+        let started = self.inner.sample_latency.then(Instant::now);
         let verified = self.verify_cold(token, now).await;
         if let Some(t0) = started {
             stats::sample(Sample {
