@@ -6,6 +6,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use tracing::Instrument as _;
+use tracing::field::Empty;
+
 use super::Verifier;
 use crate::claims::parse_payload;
 use crate::error::{AnchorKind, AuthError, InvalidReason};
@@ -14,6 +17,9 @@ use crate::requirements::Requirements;
 use crate::revocation::{Anchor, fingerprint};
 use crate::stats::{self, Sample};
 use crate::token::{self, HeaderAlg};
+
+/// The tracing target of the per-verification span.
+const SPAN_TARGET: &str = "caracal_verifier::verify";
 
 /// The longest a verified mandate stays in the cache, whatever its `exp`.
 const MAX_CACHE_TTL_SECS: u64 = 24 * 3600;
@@ -40,7 +46,62 @@ impl Verifier {
     /// So a mandate lacking both a required scope and a target is 403
     /// `scope_insufficient`, and a revoked mandate that also fails the route gets
     /// the route's answer, as from Caracal's own guard.
+    ///
+    /// Each call is one `tracing` span, `caracal.verify` (target
+    /// `caracal_verifier::verify`, level `DEBUG`), with the decision, `error.type`
+    /// (the code), the reason, the zone, the client, the hop count, whether the cache
+    /// answered, and the duration; never the token, its `jti` or its signature.
     pub async fn verify(&self, token: &str, reqs: &Requirements) -> Result<Mandate, AuthError> {
+        let span = tracing::debug_span!(
+            target: SPAN_TARGET,
+            "caracal.verify",
+            caracal.decision = Empty,
+            error.type = Empty,
+            caracal.reason = Empty,
+            caracal.zone = self.zone(),
+            caracal.client_id = Empty,
+            caracal.hop_count = Empty,
+            caracal.cache_hit = Empty,
+            caracal.duration_us = Empty,
+        );
+        if span.is_disabled() {
+            return self.verify_observed(token, reqs).await.0;
+        }
+        let started = Instant::now();
+        let (result, cache_hit) = self
+            .verify_observed(token, reqs)
+            .instrument(span.clone())
+            .await;
+        match &result {
+            Ok(m) => {
+                span.record("caracal.decision", "allow");
+                span.record("caracal.client_id", m.client_id());
+                span.record("caracal.hop_count", m.hops());
+            }
+            Err(e) => {
+                span.record("caracal.decision", "deny");
+                span.record("error.type", e.code().as_str());
+                if let Some(r) = e.reason() {
+                    span.record("caracal.reason", r.as_str());
+                }
+            }
+        }
+        if let Some(hit) = cache_hit {
+            span.record("caracal.cache_hit", hit);
+        }
+        span.record(
+            "caracal.duration_us",
+            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        );
+        result
+    }
+
+    /// `verify`, counted for the metrics; also says whether the cache answered.
+    async fn verify_observed(
+        &self,
+        token: &str,
+        reqs: &Requirements,
+    ) -> (Result<Mandate, AuthError>, Option<bool>) {
         // A warm verification is timed only when sampled (one in 32, when a metrics
         // publisher reads this verifier's latency); a cold one is timed around the
         // signature check.
@@ -54,7 +115,7 @@ impl Verifier {
                 elapsed: t0.elapsed(),
             });
         }
-        result
+        (result, cache_hit)
     }
 
     async fn verify_counted(
