@@ -10,10 +10,13 @@ use tracing::span::{Attributes, Id, Record};
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::prelude::*;
 
+/// A span's id, name and fields (name, value as text).
+type Span = (Id, String, Vec<(String, String)>);
+
 /// Every span's name and fields, and every event's fields, as text.
 #[derive(Clone, Default)]
 struct Capture {
-    spans: Arc<Mutex<Vec<(Id, String, Vec<(String, String)>)>>>,
+    spans: Arc<Mutex<Vec<Span>>>,
     events: Arc<Mutex<Vec<String>>>,
 }
 
