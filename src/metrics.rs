@@ -45,7 +45,7 @@ use tokio::sync::watch;
 use crate::error::{ConfigError, ErrorCode, InvalidReason};
 use crate::future::BoxFuture;
 use crate::jwks::KeyCache;
-use crate::revocation::RevocationSet;
+use crate::revocation::{DropReason, RevocationSet};
 use crate::source::{Running, Source, SourceContext};
 use crate::stats::{self, Totals};
 
@@ -220,8 +220,31 @@ impl View {
             }
             counter!("caracal_verifier_revocation_events_applied_total", "zone" => zone.clone())
                 .absolute(feed.applied);
-            counter!("caracal_verifier_revocation_events_dropped_total", "zone" => zone.clone())
-                .absolute(feed.dropped);
+            for (reason, n) in [
+                (DropReason::Unsigned, feed.unsigned),
+                (DropReason::BadSignature, feed.invalid_signatures),
+                (DropReason::Oversized, feed.oversized),
+                (DropReason::Malformed, feed.malformed),
+            ] {
+                counter!(
+                    "caracal_verifier_revocation_events_dropped_total",
+                    "zone" => zone.clone(),
+                    "reason" => reason.as_str()
+                )
+                .absolute(n);
+            }
+            counter!(
+                "caracal_verifier_revocation_invalid_signatures_total",
+                "zone" => zone.clone()
+            )
+            .absolute(feed.invalid_signatures);
+            for lag in self.set.drain_feed_lags() {
+                histogram!(
+                    "caracal_verifier_revocation_propagation_seconds",
+                    "zone" => zone.clone()
+                )
+                .record(lag as f64 / 1000.0);
+            }
             counter!("caracal_verifier_revocation_gaps_total", "zone" => zone.clone())
                 .absolute(feed.gaps);
             counter!("caracal_verifier_revocation_resets_total", "zone" => zone)

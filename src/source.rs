@@ -84,7 +84,7 @@ use crate::clock::{Clock, SharedClock};
 use crate::error::ConfigError;
 use crate::future::BoxFuture;
 use crate::jwks::KeyCache;
-use crate::revocation::{DEFAULT_MAX_STALENESS, FeedHealth, FeedStatus, RevocationSet};
+use crate::revocation::{DEFAULT_MAX_STALENESS, DropReason, FeedHealth, FeedStatus, RevocationSet};
 
 /// Something that runs beside the request path for a verifier's life: started once
 /// by [`VerifierBuilder::build`](crate::VerifierBuilder::build).
@@ -290,9 +290,15 @@ impl FeedReporter {
         self.0.record_applied(published_ms);
     }
 
-    /// A message was dropped (unsigned, forged, malformed, over a bound).
+    /// A message was dropped (unsigned, forged, malformed, over a bound), for a
+    /// reason not told apart; prefer [`record_dropped_for`](Self::record_dropped_for).
     pub fn record_dropped(&self) {
         self.0.record_dropped();
+    }
+
+    /// A message was dropped for `reason`.
+    pub fn record_dropped_for(&self, reason: DropReason) {
+        self.0.record_dropped_for(reason);
     }
 
     /// History was lost before the feed read it; the caller also sets

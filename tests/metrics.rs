@@ -8,10 +8,43 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::{Router, routing::get};
+use std::sync::{Arc, Mutex};
+
 use caracal_verifier::layer::MandateLayer;
 use caracal_verifier::metrics::MetricsPublisher;
+use caracal_verifier::revocation::DropReason;
+use caracal_verifier::source::{FeedPolicy, FeedReporter, Running, Source, SourceContext};
 use caracal_verifier::testing::TestIssuer;
-use caracal_verifier::{Requirements, Verifier};
+use caracal_verifier::{BoxFuture, ConfigError, Requirements, Verifier};
+
+/// A revocation feed the test drives through its reporter.
+struct Feed(Arc<Mutex<Option<FeedReporter>>>);
+
+#[derive(Debug)]
+struct Idle;
+
+impl Running for Idle {
+    fn name(&self) -> &str {
+        "test-feed"
+    }
+    fn is_running(&self) -> bool {
+        true
+    }
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+impl Source for Feed {
+    fn start(
+        self: Box<Self>,
+        ctx: &mut SourceContext<'_>,
+    ) -> Result<Box<dyn Running>, ConfigError> {
+        let reporter = ctx.attach_revocation_feed(FeedPolicy::default())?;
+        *self.0.lock().unwrap() = Some(reporter);
+        Ok(Box::new(Idle))
+    }
+}
 use http::Request;
 use tower::ServiceExt;
 
@@ -134,6 +167,62 @@ async fn decisions_categories_latency_and_keyset_reach_the_recorder_without_secr
     {
         assert!(line.starts_with("caracal_verifier_"), "{line}");
     }
+
+    // A revocation feed's health and drops by reason, and the propagation delay of
+    // live events (their stream id time to applied).
+    let reporter = Arc::new(Mutex::new(None));
+    let with_feed = Verifier::builder()
+        .issuer(sts.issuer_url())
+        .audience("resource://api")
+        .zone("zone-f")
+        .source(Feed(reporter.clone()))
+        .source(MetricsPublisher::new().interval(Duration::from_millis(10)))
+        .build()
+        .unwrap();
+    {
+        let r = reporter.lock().unwrap().clone().unwrap();
+        r.mark_read_ok();
+        r.set_caught_up(true);
+        r.record_dropped_for(DropReason::BadSignature);
+        r.record_dropped_for(DropReason::Unsigned);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        r.record_applied(Some(now_ms - 250));
+    }
+    for _ in 0..500 {
+        text = prometheus.render();
+        if text.contains(r#"caracal_verifier_revocation_propagation_seconds_count{zone="zone-f"}"#)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let feed_value = |series: &str| value(&text, series);
+    assert_eq!(
+        feed_value(r#"caracal_verifier_revocation_feed_fresh{zone="zone-f"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        feed_value(r#"caracal_verifier_revocation_invalid_signatures_total{zone="zone-f"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        feed_value(
+            r#"caracal_verifier_revocation_events_dropped_total{zone="zone-f",reason="unsigned"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        feed_value(r#"caracal_verifier_revocation_events_applied_total{zone="zone-f"}"#),
+        Some(1.0)
+    );
+    let lag = feed_value(r#"caracal_verifier_revocation_propagation_seconds_sum{zone="zone-f"}"#)
+        .unwrap();
+    assert!(lag >= 0.25, "{lag}");
+    drop(with_feed);
 
     // Shutting the verifier's sources down stops the publisher.
     let publisher = &verifier.sources()[0];

@@ -855,7 +855,7 @@ impl Consumer {
                 }
             }
             Err(reason) if first_sighting => {
-                self.health.record_dropped();
+                self.health.record_dropped_for(reason.kind());
                 // Only the kind of fault: never field values, which include `_sig`.
                 tracing::warn!(stream = %s.name, %id, error = %reason, "dropped revocation stream message");
             }
@@ -1019,6 +1019,23 @@ fn refused(command: &'static str, e: FeedError) -> FeedError {
 enum DropReason {
     Fields(reply::FieldsError),
     Event(EventError),
+}
+
+impl DropReason {
+    /// The reason's count in the feed's status.
+    fn kind(&self) -> crate::revocation::DropReason {
+        use crate::revocation::DropReason as K;
+        match self {
+            DropReason::Fields(
+                reply::FieldsError::TooManyFields | reply::FieldsError::TooLarge,
+            ) => K::Oversized,
+            DropReason::Fields(_) => K::Malformed,
+            DropReason::Event(EventError::Unsigned) => K::Unsigned,
+            DropReason::Event(EventError::BadSignature) => K::BadSignature,
+            DropReason::Event(EventError::TooManyFields | EventError::TooLarge) => K::Oversized,
+            DropReason::Event(_) => K::Malformed,
+        }
+    }
 }
 
 impl fmt::Display for DropReason {

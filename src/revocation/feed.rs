@@ -11,6 +11,44 @@ use crate::error::AuthError;
 /// The default maximum feed staleness (30 s).
 pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(30);
 
+/// Why a feed dropped a message: the dropped-by-reason counts of [`FeedStatus`].
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Unsigned, while a stream key is configured.
+    Unsigned,
+    /// The `_sig` does not verify.
+    BadSignature,
+    /// Over the entry bounds (fields, bytes).
+    Oversized,
+    /// Anything else: malformed, duplicated fields, no anchor, no zone, a bad epoch.
+    Malformed,
+}
+
+impl DropReason {
+    /// The label used in logs and metrics.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Unsigned => "unsigned",
+            DropReason::BadSignature => "bad_signature",
+            DropReason::Oversized => "oversized",
+            DropReason::Malformed => "malformed",
+        }
+    }
+
+    const fn index(self) -> usize {
+        match self {
+            DropReason::Unsigned => 0,
+            DropReason::BadSignature => 1,
+            DropReason::Oversized => 2,
+            DropReason::Malformed => 3,
+        }
+    }
+}
+
+/// The most propagation delays kept between two reads by a metrics publisher.
+const MAX_LAGS: usize = 4096;
+
 /// Shared health of a revocation feed. The feed task updates it; the verifier reads it
 /// on every request and fails closed (503 `revocation_unavailable`) while it is stale.
 pub(crate) struct FeedHealth {
@@ -29,6 +67,10 @@ pub(crate) struct FeedHealth {
     resets: AtomicU64,
     /// Milliseconds between an event's stream id time and when it was applied.
     lag_ms: AtomicU64,
+    /// Drops by [`DropReason`].
+    dropped_by: [AtomicU64; 4],
+    /// Propagation delays (ms) of live events not yet read by a publisher.
+    lags: std::sync::Mutex<Vec<u64>>,
 }
 
 impl fmt::Debug for FeedHealth {
@@ -64,6 +106,14 @@ pub struct FeedStatus {
     /// Times a stream was found deleted, recreated or with ids gone backwards (or the
     /// server restarted), and was read again from the catch-up start.
     pub resets: u64,
+    /// Of `dropped`: unsigned messages while a key is configured.
+    pub unsigned: u64,
+    /// Of `dropped`: messages whose `_sig` does not verify.
+    pub invalid_signatures: u64,
+    /// Of `dropped`: messages over the entry bounds.
+    pub oversized: u64,
+    /// Of `dropped`: otherwise malformed messages.
+    pub malformed: u64,
 }
 
 impl FeedHealth {
@@ -82,6 +132,8 @@ impl FeedHealth {
             gaps: AtomicU64::new(0),
             resets: AtomicU64::new(0),
             lag_ms: AtomicU64::new(0),
+            dropped_by: std::array::from_fn(|_| AtomicU64::new(0)),
+            lags: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -124,12 +176,28 @@ impl FeedHealth {
         self.applied.fetch_add(1, Ordering::Relaxed);
         self.last_event_ms.store(now, Ordering::Release);
         if let Some(p) = published_ms {
-            self.lag_ms.store(now.saturating_sub(p), Ordering::Relaxed);
+            let lag = now.saturating_sub(p);
+            self.lag_ms.store(lag, Ordering::Relaxed);
+            let mut lags = self.lags.lock().unwrap_or_else(|e| e.into_inner());
+            if lags.len() < MAX_LAGS {
+                lags.push(lag);
+            }
         }
     }
 
     pub(crate) fn record_dropped(&self) {
         self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_dropped_for(&self, reason: DropReason) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.dropped_by[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The propagation delays (ms) recorded since the last call, at most 4,096.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn drain_lags(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.lags.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub(crate) fn is_fresh(&self) -> bool {
@@ -169,6 +237,10 @@ impl FeedHealth {
             dropped: self.dropped.load(Ordering::Relaxed),
             gaps: self.gaps.load(Ordering::Relaxed),
             resets: self.resets.load(Ordering::Relaxed),
+            unsigned: self.dropped_by[0].load(Ordering::Relaxed),
+            invalid_signatures: self.dropped_by[1].load(Ordering::Relaxed),
+            oversized: self.dropped_by[2].load(Ordering::Relaxed),
+            malformed: self.dropped_by[3].load(Ordering::Relaxed),
         }
     }
 }

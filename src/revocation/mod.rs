@@ -23,6 +23,6 @@ pub use event::{
     sign_fields, verify_fields,
 };
 pub(crate) use feed::FeedHealth;
-pub use feed::{DEFAULT_MAX_STALENESS, FeedStatus};
+pub use feed::{DEFAULT_MAX_STALENESS, DropReason, FeedStatus};
 pub(crate) use set::{Anchor, fingerprint};
 pub use set::{DEFAULT_REVOCATION_TTL, RevocationSet, RevocationSetBuilder};

@@ -321,6 +321,16 @@ impl RevocationSet {
         self.inner.feed.set(feed)
     }
 
+    /// The propagation delays (ms) of live events applied since the last call.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn drain_feed_lags(&self) -> Vec<u64> {
+        self.inner
+            .feed
+            .get()
+            .map(|f| f.drain_lags())
+            .unwrap_or_default()
+    }
+
     /// The attached feed's health, if a feed is attached.
     pub fn feed_status(&self) -> Option<FeedStatus> {
         self.inner.feed.get().map(|f| f.status())
