@@ -6,7 +6,7 @@
 //! the verifier's counters into whatever recorder the process installed (for
 //! example `metrics-exporter-prometheus`): nothing on the request path calls the
 //! recorder. The request path only counts, per thread, into memory no other core
-//! writes; latency is sampled (every cold verification, one warm one in 32) only
+//! writes; latency is sampled (every cold verification, one warm one in 128) only
 //! while a publisher runs. Without a recorder the facade drops what the publisher
 //! hands it.
 //!

@@ -30,7 +30,7 @@ const SAMPLES_DROPPED: usize = CACHE_MISS + 1;
 pub(crate) const COUNTERS: usize = SAMPLES_DROPPED + 1;
 
 /// One warm verification in this many is timed while sampling is on.
-pub(crate) const WARM_SAMPLE_EVERY: u32 = 32;
+pub(crate) const WARM_SAMPLE_EVERY: u32 = 128;
 /// The most latency samples a thread keeps between two drains.
 const MAX_SAMPLES: usize = 4096;
 

@@ -102,7 +102,7 @@ impl Verifier {
         token: &str,
         reqs: &Requirements,
     ) -> (Result<Mandate, AuthError>, Option<bool>) {
-        // A warm verification is timed only when sampled (one in 32, when a metrics
+        // A warm verification is timed only when sampled (one in 128, when a metrics
         // publisher reads this verifier's latency); a cold one is timed around the
         // signature check.
         let started = (self.inner.sample_latency && stats::sample_warm()).then(Instant::now);
