@@ -215,15 +215,24 @@ impl MandateCache {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| {
-                s.read()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .map
-                    .len()
-            })
-            .sum()
+        self.usage().0
+    }
+
+    /// Entries held and their estimated bytes, summed over the shards (one read
+    /// lock each, taken in turn): for status documents, never on the request path.
+    pub(crate) fn usage(&self) -> (usize, usize) {
+        self.shards.iter().fold((0, 0), |(entries, bytes), s| {
+            let s = s.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            (entries + s.map.len(), bytes + s.bytes)
+        })
+    }
+
+    /// The bounds as enforced: the per-shard caps times the shard count.
+    pub(crate) fn limits(&self) -> (usize, usize) {
+        (
+            self.max_entries.saturating_mul(SHARDS),
+            self.max_bytes.saturating_mul(SHARDS),
+        )
     }
 }
 

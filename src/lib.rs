@@ -21,11 +21,13 @@ mod jwk;
 mod jwks;
 pub mod layer;
 mod mandate;
+pub mod manifest;
 pub mod replay;
 mod requirements;
 pub mod revocation;
 pub mod source;
 mod stats;
+pub mod status;
 mod token;
 mod verifier;
 
@@ -58,7 +60,8 @@ pub mod testing;
 //   and `ServiceBuilder` extension), single-use guards in `replay`, the revocation
 //   set and stream events in `revocation`, background sources (the seam a
 //   revocation feed plugs into) in `source`, the Redis feed in `redis`, the test
-//   kit in `testing`.
+//   kit in `testing`, the verifier's manifest in `manifest` and its status document
+//   in `status`.
 //
 // Docs, examples and tests use these paths.
 pub use alg::Algorithm;

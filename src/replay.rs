@@ -52,6 +52,30 @@ pub trait ReplayGuard: Send + Sync + fmt::Debug + 'static {
         jti: &'a str,
         until: u64,
     ) -> BoxFuture<'a, Result<bool, ReplayError>>;
+
+    /// How full the guard is, for [`Verifier::status`](crate::Verifier::status).
+    /// Must be cheap and must not wait on the network. Default `None` (unknown):
+    /// right for a shared store, whose size would cost a round trip.
+    fn usage(&self) -> Option<ReplayUsage> {
+        None
+    }
+}
+
+/// How full a [`ReplayGuard`] is: the uses it holds and the most it can hold.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayUsage {
+    /// Recorded uses, including expired ones not yet dropped.
+    pub recorded: u64,
+    /// The most live uses the guard records, if it has a bound.
+    pub capacity: Option<u64>,
+}
+
+impl ReplayUsage {
+    /// A guard holding `recorded` uses, of at most `capacity` if it has a bound.
+    pub fn new(recorded: u64, capacity: Option<u64>) -> Self {
+        Self { recorded, capacity }
+    }
 }
 
 const SHARDS: usize = 16;
@@ -261,6 +285,10 @@ impl ReplayGuard for MemoryReplayGuard {
     ) -> BoxFuture<'a, Result<bool, ReplayError>> {
         let result = self.record(issuer, jti, until);
         Box::pin(async move { result })
+    }
+
+    fn usage(&self) -> Option<ReplayUsage> {
+        Some(ReplayUsage::new(self.len() as u64, Some(self.capacity())))
     }
 }
 

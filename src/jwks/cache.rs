@@ -143,6 +143,28 @@ impl KeyCache {
         let _ = finished.wait_for(|&done| done > n).await;
     }
 
+    /// The kids of the keyset held, if any, sorted.
+    pub(crate) fn kids(&self) -> Vec<Box<str>> {
+        let mut kids: Vec<Box<str>> = self
+            .snapshot()
+            .map(|s| s.keys.keys().cloned().collect())
+            .unwrap_or_default();
+        kids.sort_unstable();
+        kids
+    }
+
+    /// Why the last finished fetch attempt failed (a fixed, short description that
+    /// never holds text from the network), or `None` if it succeeded or none has
+    /// finished.
+    pub(crate) fn last_error(&self) -> Option<&'static str> {
+        self.attempts().last_error
+    }
+
+    /// The cache settings.
+    pub(crate) fn config(&self) -> &KeyCacheConfig {
+        &self.cfg
+    }
+
     /// The age of the keyset, if any.
     pub(crate) fn age(&self) -> Option<Duration> {
         self.snapshot()

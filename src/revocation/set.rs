@@ -297,6 +297,16 @@ impl RevocationSet {
         self.read().anchors.len()
     }
 
+    /// The capacity ([`RevocationSetBuilder::max_anchors`]).
+    pub(crate) fn capacity(&self) -> usize {
+        self.inner.max_anchors
+    }
+
+    /// How many zones have a recorded delegation epoch.
+    pub(crate) fn zones(&self) -> usize {
+        self.read().epochs.len()
+    }
+
     /// Whether no anchor is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
