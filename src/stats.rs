@@ -205,7 +205,6 @@ fn reason_index(r: InvalidReason) -> usize {
 }
 
 /// Totals of every counter, over all threads that ever counted.
-#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Totals([u64; COUNTERS]);
 
@@ -254,7 +253,6 @@ impl Totals {
 }
 
 /// Sum every thread's counters.
-#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
 pub(crate) fn totals() -> Totals {
     let r = registry();
     let mut t = r.retired;

@@ -239,6 +239,10 @@ pub struct MandateCacheStatus {
     pub max_entries: u64,
     /// The byte bound.
     pub max_bytes: u64,
+    /// Cache hits of every verifier in the process (the metrics' counter).
+    pub process_hits: u64,
+    /// Cache misses (signature checks) of every verifier in the process.
+    pub process_misses: u64,
 }
 
 /// The single-use guard, as far as it tells ([`ReplayGuard::usage`](crate::replay::ReplayGuard::usage)).
@@ -268,6 +272,7 @@ impl Verifier {
         };
         let replay = inner.replay.usage();
         let feed_source = self.revocation_feed().map(|s| bounded(s.name()));
+        let (hits, misses) = crate::stats::totals().cache();
         Status {
             name: env!("CARGO_PKG_NAME"),
             version: env!("CARGO_PKG_VERSION"),
@@ -324,6 +329,8 @@ impl Verifier {
                 bytes: count(cache_bytes),
                 max_entries: count(cache_max_entries),
                 max_bytes: count(cache_max_bytes),
+                process_hits: hits,
+                process_misses: misses,
             },
             replay: ReplayStatus {
                 recorded: replay.map(|u| u.recorded),
