@@ -32,6 +32,10 @@
 //! | `POST /tickets` | scope `tickets:write` and an agent identity |
 //! | `POST /payouts` | scope `billing:payout`, delegation, target `resource://billing` |
 //! | `POST /orchestrate` | scope `agents:run`, `app-orchestrator` in the chain, at most 2 hops |
+//! | `GET /metrics` | nothing: the verifier's metrics, Prometheus text |
+//! | `GET /caracal/status` | nothing: the status document (no secrets) |
+//! | `GET /caracal/manifest` | nothing: the resource verifier manifest |
+//! | `GET /propagation` | scope `tickets:read`: the `traceparent`, `tracestate` and `baggage` an outbound call made for this request would carry |
 //!
 //! A protected route answers 200 with the principal:
 //!
@@ -49,11 +53,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use caracal_verifier::context::RequestContext;
 use caracal_verifier::layer::MandateLayer;
+use caracal_verifier::metrics::MetricsPublisher;
 use caracal_verifier::{DEFAULT_JWKS_TTL, Mandate, Requirements, Verifier, VerifierBuilder};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -73,10 +81,53 @@ async fn principal(m: Mandate) -> Json<Value> {
     }))
 }
 
-fn app(verifier: Verifier) -> Router {
+/// What an outbound call made while serving this request would carry.
+async fn propagation(ctx: RequestContext) -> Json<Value> {
+    let mut headers = http::HeaderMap::new();
+    ctx.inject(&mut headers);
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    Json(json!({
+        "traceparent": get("traceparent"),
+        "tracestate": get("tracestate"),
+        "baggage": get("baggage"),
+    }))
+}
+
+fn json_bytes(body: Vec<u8>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], body)
+}
+
+fn app(verifier: Verifier, prometheus: PrometheusHandle) -> Router {
     let guard = |reqs: Requirements| MandateLayer::new(verifier.clone(), reqs);
     let ready = verifier.clone();
+    let status = verifier.clone();
+    let manifest = verifier.clone();
     Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let text = prometheus.render();
+                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
+            }),
+        )
+        .route(
+            "/caracal/status",
+            get(move || {
+                let body = status.status_json();
+                async move { json_bytes(body) }
+            }),
+        )
+        .route(
+            "/caracal/manifest",
+            get(move || {
+                let body = manifest.manifest_json();
+                async move { json_bytes(body) }
+            }),
+        )
+        .route(
+            "/propagation",
+            get(propagation).route_layer(guard(Requirements::new().scopes(["tickets:read"]))),
+        )
         .route(
             "/healthz",
             get(|| async { Json(json!({ "status": "ok" })) }),
@@ -186,8 +237,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
 
-    // Inside the runtime: with `CARACAL_REDIS_URL` set, `build` starts the feed.
-    let verifier = VerifierBuilder::from_env()?.build()?;
+    // Metrics: a Prometheus recorder for /metrics, fed by the verifier's publisher.
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    // With `CARACAL_REDIS_URL` set, `build` starts the feed on its own thread.
+    let verifier = VerifierBuilder::from_env()?
+        .source(MetricsPublisher::new())
+        .build()?;
     let bind: SocketAddr = std::env::var("BIND_ADDR")
         .ok()
         .filter(|v| !v.trim().is_empty())
@@ -207,8 +262,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         audience = verifier.audience(),
         "resource server listening"
     );
-    axum::serve(listener, app(verifier))
+    axum::serve(listener, app(verifier.clone(), prometheus))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    // Stop the sources (feed, metrics, audit) once no request is served any more.
+    verifier.shutdown().await;
     Ok(())
 }

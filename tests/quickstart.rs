@@ -222,6 +222,87 @@ async fn resource_server_keeps_its_contract() {
     );
 }
 
+/// The observability routes: metrics, status, manifest and what an outbound call
+/// would propagate.
+#[tokio::test]
+async fn resource_server_serves_metrics_status_manifest_and_propagation() {
+    let sts = TestIssuer::start("zone-1").await.unwrap();
+    let server = Server::start(&sts.issuer_url()).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.send(reqwest::Method::GET, "/readyz", None).await.0 != 200 {
+        assert!(Instant::now() < deadline, "never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let read = sts.mandate().sid("sid-7").scopes(["tickets:read"]).sign();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+
+    // /propagation: the incoming trace continues; the baggage's caracal entries come
+    // from the mandate, not from the forged incoming member.
+    let res = http
+        .get(format!("{}/propagation", server.base))
+        .bearer_auth(&read)
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .header("baggage", "caracal.session=forged,tenant=acme")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    let tp = body["traceparent"].as_str().unwrap();
+    assert!(
+        tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{tp}"
+    );
+    assert!(!tp.contains("00f067aa0ba902b7"), "a new span id: {tp}");
+    let baggage = body["baggage"].as_str().unwrap();
+    assert!(baggage.contains("caracal.session=sid-7"), "{baggage}");
+    assert!(baggage.contains("tenant=acme") && !baggage.contains("forged"));
+    let (status, _) = server
+        .send(reqwest::Method::GET, "/propagation", None)
+        .await;
+    assert_eq!(status, 401);
+
+    // /caracal/manifest and /caracal/status: JSON, no token.
+    let (status, manifest) = server
+        .send(reqwest::Method::GET, "/caracal/manifest", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(manifest["schema_version"], "2026-05-21", "{manifest}");
+    let (status, doc) = server
+        .send(reqwest::Method::GET, "/caracal/status", None)
+        .await;
+    assert_eq!(status, 200);
+    assert!(doc.is_object(), "{doc}");
+    assert!(!doc.to_string().contains(&read));
+
+    // /metrics: the decisions above, published within a second or two.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = http
+            .get(format!("{}/metrics", server.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains("caracal_verifier_denials_missing_auth_total 1")
+            && text.contains(r#"caracal_verifier_decisions_total{outcome="allow""#)
+        {
+            assert!(!text.contains(&read));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never published:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn resource_server_starts_without_the_issuer() {
     let closed = {
