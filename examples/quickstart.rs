@@ -29,10 +29,12 @@
 //! layer emits per decision.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use caracal_verifier::layer::MandateLayer;
+use caracal_verifier::metrics::MetricsPublisher;
 use caracal_verifier::testing::TestIssuer;
 use caracal_verifier::{ErrorCode, Mandate, Requirements, Verifier};
 use reqwest::Method;
@@ -176,12 +178,15 @@ async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
 
-    // 1. A fake STS on loopback, and a verifier trusting its zone.
+    // 1. A fake STS on loopback, and a verifier trusting its zone, with its metrics
+    //    published into a Prometheus recorder (what a `/metrics` route would serve).
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
     let sts = TestIssuer::start(ZONE).await?;
     let verifier = Verifier::builder()
         .issuer(sts.issuer_url())
         .audience(AUDIENCE)
         .zone(ZONE)
+        .source(MetricsPublisher::new().interval(Duration::from_millis(50)))
         .build()?;
 
     // 2. The resource server.
@@ -329,6 +334,28 @@ async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
     .await;
 
     let all = tour.report();
+
+    // 4. One denial as an operator sees it: the request without a token above, in
+    //    the metrics (the decision, and the Gateway's category for its dashboards).
+    println!("\nThe missing_token denial in /metrics:");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = prometheus.render();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("caracal_verifier_denials_missing_auth_total")
+                    || l.contains(r#"code="missing_token""#)
+            })
+            .collect();
+        if lines.len() >= 2 || std::time::Instant::now() > deadline {
+            for l in lines {
+                println!("  {l}");
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     server.abort();
     if all {
         println!("all {} outcomes matched", tour.rows.len());

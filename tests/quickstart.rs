@@ -65,6 +65,17 @@ fn quickstart_runs_and_every_outcome_matches() {
     }
     assert!(!stdout.contains("MISMATCH"), "{stdout}");
     assert!(stdout.contains("outcomes matched"), "{stdout}");
+    // The denial's metrics lines.
+    assert!(
+        stdout.contains("caracal_verifier_denials_missing_auth_total 1"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            r#"caracal_verifier_decisions_total{outcome="deny",code="missing_token",reason=""} 1"#
+        ),
+        "{stdout}"
+    );
 }
 
 /// The resource server example as a child process; killed on drop.
