@@ -119,6 +119,8 @@ pub trait Running: Send + Sync + fmt::Debug + 'static {
 pub struct SourceContext<'a> {
     revocations: &'a RevocationSet,
     clock: &'a SharedClock,
+    zone: &'a str,
+    audience: &'a str,
     feed: Option<FeedReporter>,
     actions: &'a mut Option<Arc<dyn ActionSink>>,
 }
@@ -135,11 +137,14 @@ impl<'a> SourceContext<'a> {
     pub(crate) fn new(
         revocations: &'a RevocationSet,
         clock: &'a SharedClock,
+        verifier: VerifierIdentity<'a>,
         actions: &'a mut Option<Arc<dyn ActionSink>>,
     ) -> Self {
         Self {
             revocations,
             clock,
+            zone: verifier.zone,
+            audience: verifier.audience,
             feed: None,
             actions,
         }
@@ -153,6 +158,17 @@ impl<'a> SourceContext<'a> {
     /// The verifier's clock; a feed's staleness is measured on it.
     pub fn clock(&self) -> Arc<dyn Clock> {
         Arc::clone(self.clock)
+    }
+
+    /// The zone the verifier accepts mandates of: what an audit record names when
+    /// the request carried no verified mandate.
+    pub fn zone(&self) -> &str {
+        self.zone
+    }
+
+    /// The verifier's audience: the resource it protects.
+    pub fn audience(&self) -> &str {
+        self.audience
     }
 
     /// Declare that this source keeps the revocation set current. From now on the
@@ -398,17 +414,25 @@ pub(crate) struct Started {
     pub(crate) actions: Option<Arc<dyn ActionSink>>,
 }
 
+/// Which verifier the sources start for: its zone and audience.
+#[derive(Clone, Copy)]
+pub(crate) struct VerifierIdentity<'a> {
+    pub(crate) zone: &'a str,
+    pub(crate) audience: &'a str,
+}
+
 /// Start every source in order; on a failure, the sources already started are
 /// dropped, which stops them.
 pub(crate) fn start_all(
     sources: Vec<Box<dyn Source>>,
     revocations: &RevocationSet,
     clock: &SharedClock,
+    verifier: VerifierIdentity<'_>,
 ) -> Result<Started, ConfigError> {
     let mut handles = Vec::with_capacity(sources.len());
     let mut actions = None;
     for source in sources {
-        let mut ctx = SourceContext::new(revocations, clock, &mut actions);
+        let mut ctx = SourceContext::new(revocations, clock, verifier, &mut actions);
         let running = source.start(&mut ctx)?;
         handles.push(SourceHandle::new(running, ctx.into_feed()));
     }

@@ -508,12 +508,16 @@ mod tests {
     use crate::SystemClock;
     use crate::clock::SharedClock;
     use crate::revocation::RevocationSet;
-    use crate::source::{SourceHandle, start_all};
+    use crate::source::{SourceHandle, VerifierIdentity, start_all};
 
     /// Start `feed` as `build` does, on `set`.
     fn start_on(feed: RedisRevocations, set: &RevocationSet) -> Result<SourceHandle, ConfigError> {
         let clock: SharedClock = Arc::new(SystemClock);
-        let mut started = start_all(vec![Box::new(feed)], set, &clock)?;
+        let verifier = VerifierIdentity {
+            zone: "zone-1",
+            audience: "resource://api",
+        };
+        let mut started = start_all(vec![Box::new(feed)], set, &clock, verifier)?;
         Ok(started.handles.remove(0))
     }
 

@@ -359,7 +359,15 @@ impl VerifierBuilder {
                 self.clock.clone(),
             )),
         };
-        let started = source::start_all(self.sources, &revocations, &self.clock)?;
+        let started = source::start_all(
+            self.sources,
+            &revocations,
+            &self.clock,
+            source::VerifierIdentity {
+                zone: &zone,
+                audience: &audience,
+            },
+        )?;
         Ok(Verifier {
             inner: Arc::new(Inner {
                 policy: PolicyId::fresh(),
