@@ -152,6 +152,7 @@ mod consumer;
 mod handle;
 mod replay;
 mod reply;
+pub(crate) mod secret;
 
 pub use config::{
     DEFAULT_BLOCK_TIMEOUT, DEFAULT_MAX_ENTRY_BYTES, DEFAULT_MAX_ENTRY_FIELDS,

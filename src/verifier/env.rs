@@ -8,7 +8,11 @@ use crate::error::{CodeSpelling, ConfigError};
 /// Variables that configure the Redis revocation feed: set in a build without the
 /// `redis` feature, they are refused rather than ignored.
 #[cfg(not(feature = "redis"))]
-const REDIS_VARS: [&str; 2] = ["CARACAL_REDIS_URL", "STREAMS_HMAC_KEY"];
+const REDIS_VARS: [&str; 3] = [
+    "CARACAL_REDIS_URL",
+    "STREAMS_HMAC_KEY",
+    "STREAMS_HMAC_KEY_FILE",
+];
 
 fn env_parse<T: std::str::FromStr>(
     get: &dyn Fn(&str) -> Option<String>,
@@ -43,7 +47,8 @@ impl VerifierBuilder {
     ///
     /// With the `redis` feature, `CARACAL_REDIS_URL` and the variables next to it
     /// attach the Redis revocation feed (see `RedisRevocations::from_lookup`). Without
-    /// the feature, a non-empty `CARACAL_REDIS_URL` or `STREAMS_HMAC_KEY` is an error
+    /// the feature, a non-empty `CARACAL_REDIS_URL`, `STREAMS_HMAC_KEY` or
+    /// `STREAMS_HMAC_KEY_FILE` is an error
     /// ([`ConfigError::Env`] naming it) rather than a verifier that silently runs
     /// without the revocation feed it was configured for.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -187,6 +192,7 @@ mod tests {
         for (var, value) in [
             ("CARACAL_REDIS_URL", "redis://redis.internal:6379"),
             ("STREAMS_HMAC_KEY", "c2VjcmV0"),
+            ("STREAMS_HMAC_KEY_FILE", "/run/secrets/streams-key"),
         ] {
             let mut vars = BASE.to_vec();
             vars.push((var, value));
