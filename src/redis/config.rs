@@ -87,7 +87,7 @@ impl fmt::Debug for RedisRevocations {
 }
 
 /// The URL with any password replaced, for logs and `Debug`.
-fn redacted_url(url: &str) -> String {
+pub(crate) fn redacted_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {
             let _ = u.set_password(Some("redacted"));
