@@ -6,6 +6,9 @@
 
 pub mod action;
 mod alg;
+#[cfg(feature = "audit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "audit")))]
+pub mod audit;
 mod b64;
 mod cache;
 mod claims;
@@ -59,9 +62,9 @@ pub mod testing;
 //   Tower integration in `layer` (`layer::MandateLayer`, its service, renderers
 //   and `ServiceBuilder` extension), single-use guards in `replay`, the revocation
 //   set and stream events in `revocation`, background sources (the seam a
-//   revocation feed plugs into) in `source`, the Redis feed in `redis`, the test
-//   kit in `testing`, the verifier's manifest in `manifest` and its status document
-//   in `status`.
+//   revocation feed plugs into) in `source`, the Redis feed in `redis`, the
+//   action-result audit emitter in `audit`, the test kit in `testing`, the
+//   verifier's manifest in `manifest` and its status document in `status`.
 //
 // Docs, examples and tests use these paths.
 pub use alg::Algorithm;

@@ -90,7 +90,7 @@ impl Source for MetricsPublisher {
         let view = View {
             keys: Arc::clone(ctx.keys),
             set: ctx.revocations().clone(),
-            zone: ctx.zone.to_owned(),
+            zone: ctx.zone().to_owned(),
         };
         let (stop, stopped) = mpsc::channel::<()>();
         let (done, finished) = watch::channel(false);

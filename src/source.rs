@@ -123,8 +123,8 @@ pub struct SourceContext<'a> {
     /// The verifier's keyset, for the crate's own metrics publisher.
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) keys: &'a Arc<KeyCache>,
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    pub(crate) zone: &'a str,
+    zone: &'a str,
+    audience: &'a str,
     feed: Option<FeedReporter>,
     actions: &'a mut Option<Arc<dyn ActionSink>>,
     /// Set by the crate's metrics publisher: time this verifier's verifications.
@@ -145,7 +145,7 @@ impl<'a> SourceContext<'a> {
         revocations: &'a RevocationSet,
         clock: &'a SharedClock,
         keys: &'a Arc<KeyCache>,
-        zone: &'a str,
+        verifier: VerifierIdentity<'a>,
         actions: &'a mut Option<Arc<dyn ActionSink>>,
         sample_latency: &'a mut bool,
     ) -> Self {
@@ -153,7 +153,8 @@ impl<'a> SourceContext<'a> {
             revocations,
             clock,
             keys,
-            zone,
+            zone: verifier.zone,
+            audience: verifier.audience,
             feed: None,
             actions,
             sample_latency,
@@ -168,6 +169,17 @@ impl<'a> SourceContext<'a> {
     /// The verifier's clock; a feed's staleness is measured on it.
     pub fn clock(&self) -> Arc<dyn Clock> {
         Arc::clone(self.clock)
+    }
+
+    /// The zone the verifier accepts mandates of: what an audit record names when
+    /// the request carried no verified mandate.
+    pub fn zone(&self) -> &str {
+        self.zone
+    }
+
+    /// The verifier's audience: the resource it protects.
+    pub fn audience(&self) -> &str {
+        self.audience
     }
 
     /// Declare that this source keeps the revocation set current. From now on the
@@ -420,6 +432,13 @@ pub(crate) struct Started {
     pub(crate) sample_latency: bool,
 }
 
+/// Which verifier the sources start for: its zone and audience.
+#[derive(Clone, Copy)]
+pub(crate) struct VerifierIdentity<'a> {
+    pub(crate) zone: &'a str,
+    pub(crate) audience: &'a str,
+}
+
 /// Start every source in order; on a failure, the sources already started are
 /// dropped, which stops them.
 pub(crate) fn start_all(
@@ -427,7 +446,7 @@ pub(crate) fn start_all(
     revocations: &RevocationSet,
     clock: &SharedClock,
     keys: &Arc<KeyCache>,
-    zone: &str,
+    verifier: VerifierIdentity<'_>,
 ) -> Result<Started, ConfigError> {
     let mut handles = Vec::with_capacity(sources.len());
     let mut actions = None;
@@ -437,7 +456,7 @@ pub(crate) fn start_all(
             revocations,
             clock,
             keys,
-            zone,
+            verifier,
             &mut actions,
             &mut sample_latency,
         );

@@ -7,6 +7,7 @@ use tokio::sync::watch;
 
 use super::consumer::{Connect, Consumer, Limits, Settings};
 use super::handle::FeedHandle;
+use super::secret::secret;
 use crate::VerifierBuilder;
 use crate::error::ConfigError;
 use crate::revocation::{
@@ -86,7 +87,7 @@ impl fmt::Debug for RedisRevocations {
 }
 
 /// The URL with any password replaced, for logs and `Debug`.
-fn redacted_url(url: &str) -> String {
+pub(crate) fn redacted_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {
             let _ = u.set_password(Some("redacted"));
@@ -142,25 +143,27 @@ impl RedisRevocations {
     /// | --- | --- |
     /// | `CARACAL_REDIS_URL` | the URL given to [`new`](Self::new) |
     /// | `STREAMS_HMAC_KEY` | [`stream_key`](Self::stream_key), hex, at least 32 bytes |
+    /// | `STREAMS_HMAC_KEY_FILE` | a file holding that key (trailing newline trimmed), read when `STREAMS_HMAC_KEY` is unset |
     /// | `CARACAL_REVOCATION_MAX_STALENESS_SECS` | [`max_staleness`](Self::max_staleness), default 30 |
     /// | `CARACAL_REVOCATION_ALLOW_UNSIGNED` | `1`/`true`: [`dangerous_accept_unsigned`](Self::dangerous_accept_unsigned), used only when no key is set |
     /// | `CARACAL_REVOCATION_MAX_ENTRY_FIELDS` | [`max_entry_fields`](Self::max_entry_fields), default 64 |
     /// | `CARACAL_REVOCATION_MAX_ENTRY_BYTES` | [`max_entry_bytes`](Self::max_entry_bytes), default 16384 |
     /// | `CARACAL_REVOCATION_MAX_REPLY_BYTES` | [`max_reply_bytes`](Self::max_reply_bytes), default 1048576 |
     ///
-    /// Without `STREAMS_HMAC_KEY` and without the opt-in, this is an error naming
-    /// `STREAMS_HMAC_KEY`: a feed that trusts anyone who can write to the stream has
-    /// to be asked for.
+    /// Without `STREAMS_HMAC_KEY` (or its file) and without the opt-in, this is an
+    /// error naming `STREAMS_HMAC_KEY`: a feed that trusts anyone who can write to the
+    /// stream has to be asked for. An unreadable or empty key file is an error naming
+    /// `STREAMS_HMAC_KEY_FILE`, never echoing the file's content.
     pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<Self>, ConfigError> {
         let Some(url) = get("CARACAL_REDIS_URL").filter(|u| !u.trim().is_empty()) else {
             return Ok(None);
         };
         let mut feed = Self::new(url.trim());
-        let key = get("STREAMS_HMAC_KEY").filter(|k| !k.trim().is_empty());
+        let key = secret(get, "STREAMS_HMAC_KEY", "STREAMS_HMAC_KEY_FILE")?;
         match key {
-            Some(hex) => {
+            Some((hex, var)) => {
                 let key = StreamKey::from_hex(&hex).map_err(|e| ConfigError::Env {
-                    var: "STREAMS_HMAC_KEY",
+                    var,
                     reason: match e {
                         ConfigError::Invalid { reason, .. } => reason,
                         other => other.to_string(),
@@ -610,6 +613,37 @@ mod tests {
 
     fn key() -> StreamKey {
         StreamKey::from_hex(KEY).unwrap()
+    }
+
+    #[test]
+    fn the_stream_key_may_come_from_a_file() {
+        let dir = std::env::temp_dir().join(format!("caracal-streams-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good");
+        std::fs::write(&good, format!("{KEY}\n")).unwrap();
+        let bad = dir.join("bad");
+        std::fs::write(&bad, "zz-not-hex-zz\n").unwrap();
+        let with_file = |path: &std::path::Path| {
+            lookup(&[
+                ("CARACAL_REDIS_URL", "redis://127.0.0.1:6379"),
+                ("STREAMS_HMAC_KEY_FILE", path.to_str().unwrap()),
+            ])
+        };
+        let feed = RedisRevocations::from_lookup(&with_file(&good))
+            .unwrap()
+            .unwrap();
+        assert!(feed.stream_key.is_some());
+
+        let err = RedisRevocations::from_lookup(&with_file(&bad)).unwrap_err();
+        assert!(!err.to_string().contains("zz-not-hex-zz"), "{err}");
+        assert_eq!(env_var(err), "STREAMS_HMAC_KEY_FILE");
+
+        let missing = with_file(&dir.join("missing"));
+        assert_eq!(
+            env_var(RedisRevocations::from_lookup(&missing).unwrap_err()),
+            "STREAMS_HMAC_KEY_FILE"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -278,14 +278,14 @@ fn is_refusal(e: &RedisError) -> bool {
 
 /// Exponential backoff with jitter: each delay is drawn from `[d/2, d]`, and `d`
 /// doubles from `min` to `max`.
-struct Backoff {
+pub(crate) struct Backoff {
     min: Duration,
     max: Duration,
     next: Duration,
 }
 
 impl Backoff {
-    fn new(min: Duration, max: Duration) -> Self {
+    pub(crate) fn new(min: Duration, max: Duration) -> Self {
         Self {
             min,
             max,
@@ -293,11 +293,11 @@ impl Backoff {
         }
     }
 
-    fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.next = self.min;
     }
 
-    fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let d = self.next;
         self.next = (d * 2).min(self.max);
         // Spread replicas that lost the same server so they do not reconnect in step.

@@ -148,11 +148,13 @@
 
 mod capped;
 mod config;
-mod consumer;
+pub(crate) mod consumer;
 mod handle;
 mod replay;
 mod reply;
+pub(crate) mod secret;
 
+pub(crate) use config::redacted_url;
 pub use config::{
     DEFAULT_BLOCK_TIMEOUT, DEFAULT_MAX_ENTRY_BYTES, DEFAULT_MAX_ENTRY_FIELDS,
     DEFAULT_MAX_REPLY_BYTES, DEFAULT_RECONNECT_MAX, DEFAULT_RECONNECT_MIN, RedisRevocations,

@@ -359,7 +359,16 @@ impl VerifierBuilder {
                 self.clock.clone(),
             )),
         };
-        let started = source::start_all(self.sources, &revocations, &self.clock, &keys, &zone)?;
+        let started = source::start_all(
+            self.sources,
+            &revocations,
+            &self.clock,
+            &keys,
+            source::VerifierIdentity {
+                zone: &zone,
+                audience: &audience,
+            },
+        )?;
         Ok(Verifier {
             inner: Arc::new(Inner {
                 policy: PolicyId::fresh(),

@@ -8,7 +8,11 @@ use crate::error::{CodeSpelling, ConfigError};
 /// Variables that configure the Redis revocation feed: set in a build without the
 /// `redis` feature, they are refused rather than ignored.
 #[cfg(not(feature = "redis"))]
-const REDIS_VARS: [&str; 2] = ["CARACAL_REDIS_URL", "STREAMS_HMAC_KEY"];
+const REDIS_VARS: [&str; 3] = [
+    "CARACAL_REDIS_URL",
+    "STREAMS_HMAC_KEY",
+    "STREAMS_HMAC_KEY_FILE",
+];
 
 fn env_parse<T: std::str::FromStr>(
     get: &dyn Fn(&str) -> Option<String>,
@@ -43,9 +47,16 @@ impl VerifierBuilder {
     ///
     /// With the `redis` feature, `CARACAL_REDIS_URL` and the variables next to it
     /// attach the Redis revocation feed (see `RedisRevocations::from_lookup`). Without
-    /// the feature, a non-empty `CARACAL_REDIS_URL` or `STREAMS_HMAC_KEY` is an error
+    /// the feature, a non-empty `CARACAL_REDIS_URL`, `STREAMS_HMAC_KEY` or
+    /// `STREAMS_HMAC_KEY_FILE` is an error
     /// ([`ConfigError::Env`] naming it) rather than a verifier that silently runs
     /// without the revocation feed it was configured for.
+    ///
+    /// With the `audit` feature, `CARACAL_AUDIT=on` (with `CARACAL_REDIS_URL`,
+    /// `AUDIT_HMAC_KEY` or `AUDIT_HMAC_KEY_FILE`, and optionally `AUDIT_REPLAY_DIR`)
+    /// adds the action-result audit emitter (see `AuditEmitter::from_lookup`).
+    /// Without the feature, `CARACAL_AUDIT` set to anything but `off`/`0`/`false`
+    /// is an error naming it.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(&|k| std::env::var(k).ok())
     }
@@ -105,6 +116,20 @@ impl VerifierBuilder {
         #[cfg(feature = "redis")]
         if let Some(redis) = crate::redis::RedisRevocations::from_lookup(get)? {
             b = b.redis_revocations(redis);
+        }
+        #[cfg(feature = "audit")]
+        if let Some(audit) = crate::audit::AuditEmitter::from_lookup(get)? {
+            b = b.audit(audit);
+        }
+        #[cfg(not(feature = "audit"))]
+        if get("CARACAL_AUDIT").is_some_and(|v| !matches!(v.trim(), "" | "off" | "0" | "false")) {
+            return Err(ConfigError::Env {
+                var: "CARACAL_AUDIT",
+                reason: "set, but caracal-verifier was built without the `audit` \
+                         feature, so no audit events would be sent; enable the feature \
+                         or unset the variable"
+                    .into(),
+            });
         }
         #[cfg(not(feature = "redis"))]
         for var in REDIS_VARS {
@@ -181,12 +206,63 @@ mod tests {
         );
     }
 
+    #[cfg(not(feature = "audit"))]
+    #[test]
+    fn audit_on_without_the_audit_feature_is_refused() {
+        for value in ["on", "1", "true", "On"] {
+            let mut vars = BASE.to_vec();
+            vars.push(("CARACAL_AUDIT", value));
+            let err = VerifierBuilder::from_lookup(&lookup(&vars)).unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::Env { var: "CARACAL_AUDIT", reason } if reason.contains("`audit` feature")),
+                "{err:?}"
+            );
+        }
+        let mut vars = BASE.to_vec();
+        vars.push(("CARACAL_AUDIT", "off"));
+        assert!(VerifierBuilder::from_lookup(&lookup(&vars)).is_ok());
+    }
+
+    #[cfg(feature = "audit")]
+    #[test]
+    fn audit_on_adds_the_emitter_and_needs_its_key() {
+        let mut vars = BASE.to_vec();
+        vars.push(("CARACAL_AUDIT", "on"));
+        vars.push(("CARACAL_REDIS_URL", "redis://127.0.0.1:1"));
+        vars.push((
+            "STREAMS_HMAC_KEY",
+            "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+        ));
+        let err = VerifierBuilder::from_lookup(&lookup(&vars)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Env {
+                    var: "AUDIT_HMAC_KEY",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        vars.push((
+            "AUDIT_HMAC_KEY",
+            "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100",
+        ));
+        let v = VerifierBuilder::from_lookup(&lookup(&vars))
+            .unwrap()
+            .build()
+            .unwrap();
+        let names: Vec<_> = v.sources().iter().map(|s| s.name().to_owned()).collect();
+        assert_eq!(names, ["redis-revocations", "redis-audit"]);
+    }
+
     #[cfg(not(feature = "redis"))]
     #[test]
     fn redis_settings_without_the_redis_feature_are_refused() {
         for (var, value) in [
             ("CARACAL_REDIS_URL", "redis://redis.internal:6379"),
             ("STREAMS_HMAC_KEY", "c2VjcmV0"),
+            ("STREAMS_HMAC_KEY_FILE", "/run/secrets/streams-key"),
         ] {
             let mut vars = BASE.to_vec();
             vars.push((var, value));

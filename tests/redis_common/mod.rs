@@ -74,6 +74,27 @@ impl RedisServer {
         }
     }
 
+    /// SIGSTOP the server: it keeps its port and accepts connections, but answers
+    /// nothing until [`resume`](Self::resume). A frozen server, not a dead one.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT a paused server.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let child = self.child.as_ref().expect("a running server");
+        let status = Command::new("kill")
+            .arg(sig)
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} failed");
+    }
+
     /// Start a fresh, empty server on the same port.
     pub async fn restart(&mut self) {
         self.kill();
