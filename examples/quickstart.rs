@@ -29,20 +29,67 @@
 //! layer emits per decision.
 
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use caracal_verifier::action::{ActionResult, ActionSink};
+use caracal_verifier::audit::{AuditEmitter, AuditKey};
 use caracal_verifier::layer::MandateLayer;
 use caracal_verifier::metrics::MetricsPublisher;
+use caracal_verifier::source::{Running, Source, SourceContext};
 use caracal_verifier::testing::TestIssuer;
-use caracal_verifier::{ErrorCode, Mandate, Requirements, Verifier};
+use caracal_verifier::{BoxFuture, ConfigError, ErrorCode, Mandate, Requirements, Verifier};
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 const ZONE: &str = "zone-1";
 const AUDIENCE: &str = "resource://api";
+
+/// Keeps the layer's action results in memory. With Redis, `AuditEmitter` is this
+/// sink (`.audit(AuditEmitter::new(url).key(key))`), writing each to Caracal's
+/// `caracal.audit.events` stream; the quickstart needs no Redis, so it keeps them and
+/// shows the entry the emitter would write.
+#[derive(Debug, Default)]
+struct Kept(Mutex<Vec<ActionResult>>);
+
+impl ActionSink for Kept {
+    fn record(&self, result: ActionResult) {
+        if let Ok(mut kept) = self.0.lock() {
+            kept.push(result);
+        }
+    }
+}
+
+/// A source that only attaches the sink.
+struct Keep(Arc<Kept>);
+
+#[derive(Debug)]
+struct Keeping;
+
+impl Running for Keeping {
+    fn name(&self) -> &str {
+        "kept-action-results"
+    }
+    fn is_running(&self) -> bool {
+        true
+    }
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+impl Source for Keep {
+    fn start(
+        self: Box<Self>,
+        ctx: &mut SourceContext<'_>,
+    ) -> Result<Box<dyn Running>, ConfigError> {
+        ctx.attach_action_sink(self.0)?;
+        Ok(Box::new(Keeping))
+    }
+}
 
 /// The handler of every protected route: the principal the layer verified.
 async fn principal(m: Mandate) -> Json<Value> {
@@ -182,11 +229,13 @@ async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
     //    published into a Prometheus recorder (what a `/metrics` route would serve).
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
     let sts = TestIssuer::start(ZONE).await?;
+    let kept = Arc::new(Kept::default());
     let verifier = Verifier::builder()
         .issuer(sts.issuer_url())
         .audience(AUDIENCE)
         .zone(ZONE)
         .source(MetricsPublisher::new().interval(Duration::from_millis(50)))
+        .source(Keep(kept.clone()))
         .build()?;
 
     // 2. The resource server.
@@ -355,6 +404,23 @@ async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // ... and the audit event the action-result emitter writes for it.
+    let denial = kept.0.lock().ok().and_then(|k| {
+        k.iter()
+            .find(|r| r.denial.as_ref().map(|e| e.code()) == Some(ErrorCode::MissingToken))
+            .cloned()
+    });
+    if let Some(result) = denial {
+        let key = AuditKey::from_hex(&"2a".repeat(32))?;
+        let entry = AuditEmitter::new("redis://127.0.0.1:6379")
+            .key(key)
+            .entry_for(ZONE, AUDIENCE, &result);
+        println!("\nIts audit event (XADD caracal.audit.events * id … data … sig …):");
+        println!("  id   {}", entry.id);
+        println!("  data {}", entry.data);
+        println!("  sig  {}", entry.sig.unwrap_or_default());
     }
     server.abort();
     if all {

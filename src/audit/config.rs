@@ -41,6 +41,18 @@ pub const DEFAULT_MAX_SPILL_BYTES: u64 = 64 * 1024 * 1024;
 /// The default cap on the replay directory's files (10,000).
 pub const DEFAULT_MAX_SPILL_FILES: u64 = 10_000;
 
+/// One entry of the audit stream: its fields `id`, `data` and `sig`.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// The event id (a UUIDv7), also the `id` inside `data`.
+    pub id: String,
+    /// The event, one JSON object: the exact bytes that are signed.
+    pub data: String,
+    /// Lowercase hex HMAC-SHA256 of `data`; `None` for an unsigned emitter.
+    pub sig: Option<String>,
+}
+
 /// The action-result audit emitter: hands each [`ActionResult`] of a verifier to
 /// Caracal's audit stream (`caracal.audit.events`), signed, without ever making a
 /// request wait. See the [module docs](super).
@@ -179,6 +191,26 @@ impl AuditEmitter {
     /// is handed to the builder and started).
     pub fn stats(&self) -> AuditStats {
         self.stats.clone()
+    }
+
+    /// The stream entry this emitter writes for `result` on a verifier of `zone` and
+    /// `audience`: the event id, the exact `data` JSON and its `sig` (`None` when
+    /// unsigned). For custom sinks, tests and documentation; the running emitter
+    /// makes the same entries.
+    pub fn entry_for(&self, zone: &str, audience: &str, result: &ActionResult) -> AuditEntry {
+        let form = Form {
+            event_type: self.event_type.clone(),
+            manifest_sha: self.manifest_sha.clone(),
+            zone: zone.to_owned(),
+            resource: audience.to_owned(),
+        };
+        let entry = super::wire::entry(&form, result, std::time::SystemTime::now());
+        let sig = self.key.as_ref().map(|k| entry.sig(k));
+        AuditEntry {
+            id: entry.id,
+            data: entry.data,
+            sig,
+        }
     }
 
     /// The key that signs each event's `data` (`AUDIT_HMAC_KEY`). Required unless
