@@ -41,6 +41,10 @@ pub struct ActionResult {
     /// hex, as Caracal's Gateway records it), when the request carried one. Never
     /// the token.
     pub subject_fingerprint: Option<String>,
+    /// The SHA-256 of the verifier's manifest
+    /// ([`Verifier::manifest_sha`](crate::Verifier::manifest_sha)), which audit
+    /// events carry as `manifest_sha`.
+    pub manifest_sha: Option<std::sync::Arc<str>>,
 }
 
 impl fmt::Debug for ActionResult {

@@ -193,6 +193,7 @@ async fn allowed_requests_are_recorded_after_the_inner_service_answers() {
             Some("4bf92f3577b34da6a3ce929d0e0e4736")
         );
         assert!(!r.revocation_interrupted());
+        assert_eq!(r.manifest_sha.as_deref(), Some(v.manifest_sha().as_str()));
     }
 }
 

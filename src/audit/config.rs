@@ -244,9 +244,10 @@ impl AuditEmitter {
         self
     }
 
-    /// The `manifest_sha` of every event: the digest of the resource verifier
-    /// manifest this service publishes (`sha256:<hex>`). Default none (the field is
-    /// left out).
+    /// The `manifest_sha` of every event. Default: the verifier's own
+    /// [`manifest_sha`](crate::Verifier::manifest_sha) (lowercase hex SHA-256 of its
+    /// canonical manifest), which every action result carries; set this to write
+    /// another digest instead.
     pub fn manifest_sha(mut self, sha: impl Into<String>) -> Self {
         self.manifest_sha = Some(sha.into());
         self

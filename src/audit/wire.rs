@@ -143,7 +143,7 @@ pub(crate) fn entry(form: &Form, r: &ActionResult, now: SystemTime) -> Entry {
         event_type: &form.event_type,
         request_id: &r.request_id,
         decision: if allowed { "allow" } else { "deny" },
-        manifest_sha: form.manifest_sha.as_deref(),
+        manifest_sha: form.manifest_sha.as_deref().or(r.manifest_sha.as_deref()),
         evaluation_status: evaluation_status(r),
         determining_policies_json: [],
         diagnostics_json: r.denial.iter().map(diagnostic).collect(),
@@ -314,6 +314,7 @@ mod tests {
             mandate: None,
             denial: Some(AuthError::invalid(crate::error::InvalidReason::Signature)),
             subject_fingerprint: Some("0123456789abcdef".into()),
+            manifest_sha: None,
         };
         let e = entry(&form(), &r, at(1_779_364_801, 0));
         let v: Value = serde_json::from_str(&e.data).unwrap();
@@ -350,6 +351,29 @@ mod tests {
         f.manifest_sha = Some("sha256:abc".into());
         let v: Value = serde_json::from_str(&entry(&f, &r, SystemTime::now()).data).unwrap();
         assert_eq!(v["manifest_sha"], "sha256:abc");
+    }
+
+    #[test]
+    fn the_verifiers_manifest_sha_is_written_unless_the_emitter_sets_one() {
+        let r = ActionResult {
+            request_id: "req-2".into(),
+            occurred_at: at(1_779_364_800, 0),
+            trace_id: None,
+            method: http::Method::GET,
+            status: 200,
+            latency: Duration::from_millis(3),
+            mandate: None,
+            denial: None,
+            subject_fingerprint: None,
+            manifest_sha: Some("ab12".into()),
+        };
+        let data = |f: &Form| -> Value {
+            serde_json::from_str(&entry(f, &r, at(1_779_364_801, 0)).data).unwrap()
+        };
+        assert_eq!(data(&form())["manifest_sha"], "ab12");
+        let mut set = form();
+        set.manifest_sha = Some("sha256:feed".into());
+        assert_eq!(data(&set)["manifest_sha"], "sha256:feed");
     }
 
     #[test]

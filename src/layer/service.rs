@@ -465,6 +465,7 @@ struct Audit {
     trace_id: Option<String>,
     mandate: Option<Mandate>,
     denial: Option<AuthError>,
+    manifest_sha: Arc<str>,
 }
 
 impl Audit {
@@ -485,6 +486,12 @@ impl Audit {
             trace_id: incoming_trace_id(req.headers()),
             mandate: None,
             denial: None,
+            manifest_sha: Arc::clone(
+                verifier
+                    .inner
+                    .manifest_sha
+                    .get_or_init(|| verifier.manifest_sha().into()),
+            ),
         }
     }
 
@@ -507,6 +514,7 @@ impl Audit {
             trace_id,
             mandate,
             denial,
+            manifest_sha,
         } = self;
         sink.record(ActionResult {
             request_id,
@@ -518,6 +526,7 @@ impl Audit {
             mandate,
             denial,
             subject_fingerprint,
+            manifest_sha: Some(manifest_sha),
         });
     }
 }

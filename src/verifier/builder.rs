@@ -390,6 +390,7 @@ impl VerifierBuilder {
                 sources: started.handles,
                 actions: started.actions,
                 sample_latency: started.sample_latency,
+                manifest_sha: std::sync::OnceLock::new(),
             }),
         })
     }

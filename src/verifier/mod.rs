@@ -72,6 +72,8 @@ pub(crate) struct Inner {
     pub(crate) actions: Option<Arc<dyn ActionSink>>,
     /// Whether verifications are timed for a metrics publisher.
     pub(crate) sample_latency: bool,
+    /// The manifest's SHA-256, computed on first use (action results carry it).
+    pub(crate) manifest_sha: std::sync::OnceLock<Arc<str>>,
 }
 
 /// Verifies Caracal mandates for one issuer, audience and zone. Cheap to clone.
@@ -320,6 +322,7 @@ impl Verifier {
                 sources: Vec::new(),
                 actions: i.actions.clone(),
                 sample_latency: i.sample_latency,
+                manifest_sha: std::sync::OnceLock::new(),
             }),
         }
     }
