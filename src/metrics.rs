@@ -45,8 +45,9 @@ use tokio::sync::watch;
 use crate::error::{ConfigError, ErrorCode, InvalidReason};
 use crate::future::BoxFuture;
 use crate::jwks::KeyCache;
+use crate::replay::ReplayGuard;
 use crate::revocation::{DropReason, RevocationSet};
-use crate::source::{Running, Source, SourceContext};
+use crate::source::{Running, Siblings, Source, SourceContext};
 use crate::stats::{self, Totals};
 
 /// The default publishing interval (1 s).
@@ -91,6 +92,8 @@ impl Source for MetricsPublisher {
             keys: Arc::clone(ctx.keys),
             set: ctx.revocations().clone(),
             zone: ctx.zone().to_owned(),
+            siblings: Arc::clone(&ctx.siblings),
+            replay: Arc::clone(ctx.replay),
         };
         let (stop, stopped) = mpsc::channel::<()>();
         let (done, finished) = watch::channel(false);
@@ -181,6 +184,8 @@ struct View {
     keys: Arc<KeyCache>,
     set: RevocationSet,
     zone: String,
+    siblings: Siblings,
+    replay: Arc<dyn ReplayGuard>,
 }
 
 impl View {
@@ -196,11 +201,44 @@ impl View {
             .absolute(self.keys.fetch_count());
         counter!("caracal_verifier_jwks_fetches_finished_total", "zone" => zone.clone())
             .absolute(self.keys.finished_count());
+        counter!("caracal_verifier_jwks_fetch_failures_total", "zone" => zone.clone())
+            .absolute(self.keys.failure_count());
         gauge!("caracal_verifier_jwks_ready", "zone" => zone.clone())
             .set(f64::from(u8::from(self.keys.is_ready())));
         if let Some(age) = self.keys.age() {
             gauge!("caracal_verifier_jwks_keyset_age_seconds", "zone" => zone.clone())
                 .set(age.as_secs_f64());
+        }
+        if let Some(u) = self.replay.usage() {
+            gauge!("caracal_verifier_replay_guard_entries", "zone" => zone.clone())
+                .set(u.recorded as f64);
+            if let Some(cap) = u.capacity {
+                gauge!("caracal_verifier_replay_guard_capacity", "zone" => zone.clone())
+                    .set(cap as f64);
+            }
+        }
+        // The other sources' own counts (the audit emitter's queue, for one).
+        let siblings: Vec<Arc<dyn Running>> = self
+            .siblings
+            .lock()
+            .map(|list| list.iter().filter_map(std::sync::Weak::upgrade).collect())
+            .unwrap_or_default();
+        for source in siblings {
+            for (name, n) in source.counters() {
+                let valid = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                if !valid {
+                    continue;
+                }
+                let metric = format!("caracal_verifier_{name}");
+                if name.ends_with("_total") {
+                    counter!(metric, "zone" => zone.clone()).absolute(n);
+                } else {
+                    gauge!(metric, "zone" => zone.clone()).set(n as f64);
+                }
+            }
         }
         gauge!("caracal_verifier_revocation_anchors", "zone" => zone.clone())
             .set(self.set.len() as f64);

@@ -114,7 +114,18 @@ pub trait Running: Send + Sync + fmt::Debug + 'static {
     }
     /// Stop the work and wait for it to finish. Must be idempotent.
     fn shutdown(&self) -> BoxFuture<'_, ()>;
+
+    /// Named counts for the status document and the metrics publisher, such as an
+    /// audit emitter's queue (`audit_queue_depth`, `audit_dropped_total`). A name
+    /// ending in `_total` is a counter, any other a gauge; names are
+    /// `[a-z0-9_]` and are published as `caracal_verifier_<name>`. Default: none.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
+
+/// The started sources of one verifier, as its metrics publisher reads them.
+pub(crate) type Siblings = Arc<std::sync::Mutex<Vec<std::sync::Weak<dyn Running>>>>;
 
 /// What a verifier shares with the sources it starts.
 pub struct SourceContext<'a> {
@@ -130,6 +141,12 @@ pub struct SourceContext<'a> {
     /// Set by the crate's metrics publisher: time this verifier's verifications.
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) sample_latency: &'a mut bool,
+    /// Every source of the verifier, as started so far (and later ones too).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) siblings: Siblings,
+    /// The verifier's single-use guard.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) replay: &'a Arc<dyn crate::replay::ReplayGuard>,
 }
 
 impl fmt::Debug for SourceContext<'_> {
@@ -141,23 +158,23 @@ impl fmt::Debug for SourceContext<'_> {
 }
 
 impl<'a> SourceContext<'a> {
-    pub(crate) fn new(
-        revocations: &'a RevocationSet,
-        clock: &'a SharedClock,
-        keys: &'a Arc<KeyCache>,
+    fn new(
         verifier: VerifierIdentity<'a>,
         actions: &'a mut Option<Arc<dyn ActionSink>>,
         sample_latency: &'a mut bool,
+        siblings: Siblings,
     ) -> Self {
         Self {
-            revocations,
-            clock,
-            keys,
+            revocations: verifier.revocations,
+            clock: verifier.clock,
+            keys: verifier.keys,
             zone: verifier.zone,
             audience: verifier.audience,
             feed: None,
             actions,
             sample_latency,
+            siblings,
+            replay: verifier.replay,
         }
     }
 
@@ -342,7 +359,7 @@ impl FeedReporter {
 /// verifier sharing the set fails closed rather than trust a feed that no longer
 /// runs, and reports from the source's leftover work are ignored.
 pub struct SourceHandle {
-    running: Box<dyn Running>,
+    running: Arc<dyn Running>,
     feed: Option<FeedReporter>,
 }
 
@@ -357,7 +374,7 @@ impl fmt::Debug for SourceHandle {
 }
 
 impl SourceHandle {
-    pub(crate) fn new(running: Box<dyn Running>, feed: Option<FeedReporter>) -> Self {
+    pub(crate) fn new(running: Arc<dyn Running>, feed: Option<FeedReporter>) -> Self {
         Self { running, feed }
     }
 
@@ -388,6 +405,7 @@ impl SourceHandle {
             running: self.is_running(),
             ready: self.is_ready(),
             feed: self.feed.as_ref().map(FeedReporter::status),
+            counters: self.running.counters(),
         }
     }
 
@@ -423,6 +441,8 @@ pub struct SourceStatus {
     pub ready: bool,
     /// For a revocation feed, its health: freshness, lag, counts.
     pub feed: Option<FeedStatus>,
+    /// The source's own counts ([`Running::counters`]).
+    pub counters: Vec<(&'static str, u64)>,
 }
 
 /// What `start_all` started: the handles, and the action sink one of them attached.
@@ -432,36 +452,42 @@ pub(crate) struct Started {
     pub(crate) sample_latency: bool,
 }
 
-/// Which verifier the sources start for: its zone and audience.
+/// What the verifier shares with the sources it starts: its zone and audience, and
+/// the parts sources read (the revocation set, the clock, the keyset, the replay
+/// guard).
 #[derive(Clone, Copy)]
 pub(crate) struct VerifierIdentity<'a> {
     pub(crate) zone: &'a str,
     pub(crate) audience: &'a str,
+    pub(crate) revocations: &'a RevocationSet,
+    pub(crate) clock: &'a SharedClock,
+    pub(crate) keys: &'a Arc<KeyCache>,
+    pub(crate) replay: &'a Arc<dyn crate::replay::ReplayGuard>,
 }
 
 /// Start every source in order; on a failure, the sources already started are
 /// dropped, which stops them.
 pub(crate) fn start_all(
     sources: Vec<Box<dyn Source>>,
-    revocations: &RevocationSet,
-    clock: &SharedClock,
-    keys: &Arc<KeyCache>,
     verifier: VerifierIdentity<'_>,
 ) -> Result<Started, ConfigError> {
     let mut handles = Vec::with_capacity(sources.len());
     let mut actions = None;
     let mut sample_latency = false;
+    let siblings: Siblings = Arc::default();
     for source in sources {
         let mut ctx = SourceContext::new(
-            revocations,
-            clock,
-            keys,
             verifier,
             &mut actions,
             &mut sample_latency,
+            Arc::clone(&siblings),
         );
-        let running = source.start(&mut ctx)?;
-        handles.push(SourceHandle::new(running, ctx.into_feed()));
+        let running: Arc<dyn Running> = Arc::from(source.start(&mut ctx)?);
+        let feed = ctx.into_feed();
+        if let Ok(mut list) = siblings.lock() {
+            list.push(Arc::downgrade(&running));
+        }
+        handles.push(SourceHandle::new(running, feed));
     }
     Ok(Started {
         handles,

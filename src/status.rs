@@ -223,6 +223,9 @@ pub struct SourceSummary {
     pub ready: bool,
     /// It keeps the revocation set current.
     pub revocation_feed: bool,
+    /// Its own counts ([`Running::counters`](crate::source::Running::counters)),
+    /// such as an audit emitter's queue: at most 32, names cut like `name`.
+    pub counters: std::collections::BTreeMap<String, u64>,
 }
 
 /// The verified-mandate cache.
@@ -369,6 +372,12 @@ fn source_summary(s: &SourceHandle) -> SourceSummary {
         running: status.running,
         ready: status.ready,
         revocation_feed: s.is_revocation_feed(),
+        counters: status
+            .counters
+            .iter()
+            .take(32)
+            .map(|(name, n)| (bounded(name), *n))
+            .collect(),
     }
 }
 

@@ -186,6 +186,21 @@ async fn events_are_signed_over_data_and_carry_the_contract_fields() {
         .unwrap();
     assert_eq!(denied.status(), StatusCode::UNAUTHORIZED);
     wait_sent(&stats, 2).await;
+    // The emitter's counts reach the verifier's status (and so the metrics).
+    let audit = v
+        .sources()
+        .iter()
+        .find(|s| s.name() == "redis-audit")
+        .expect("the emitter runs as a source");
+    let counters = audit.status().counters;
+    assert!(counters.contains(&("audit_sent_total", 2)), "{counters:?}");
+    assert!(
+        counters.contains(&("audit_dropped_total", 0)),
+        "{counters:?}"
+    );
+    let status: Value = serde_json::from_slice(&v.status_json()).unwrap();
+    let listed = status.to_string();
+    assert!(listed.contains("\"audit_sent_total\":2"), "{listed}");
 
     let entries = entries(&server).await;
     assert_eq!(entries.len(), 2);

@@ -33,6 +33,14 @@ impl Running for Idle {
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        // Published as caracal_verifier_<name>; a malformed name is skipped.
+        vec![
+            ("test_widgets_total", 7),
+            ("test_queue_depth", 3),
+            ("Bad-Name", 1),
+        ]
+    }
 }
 
 impl Source for Feed {
@@ -218,6 +226,19 @@ async fn decisions_categories_latency_and_keyset_reach_the_recorder_without_secr
     assert_eq!(
         feed_value(r#"caracal_verifier_revocation_events_applied_total{zone="zone-f"}"#),
         Some(1.0)
+    );
+    assert_eq!(
+        feed_value(r#"caracal_verifier_test_widgets_total{zone="zone-f"}"#),
+        Some(7.0)
+    );
+    assert_eq!(
+        feed_value(r#"caracal_verifier_test_queue_depth{zone="zone-f"}"#),
+        Some(3.0)
+    );
+    assert!(!text.contains("Bad-Name"));
+    assert_eq!(
+        feed_value(r#"caracal_verifier_replay_guard_capacity{zone="zone-f"}"#),
+        Some(1_000_000.0)
     );
     let lag = feed_value(r#"caracal_verifier_revocation_propagation_seconds_sum{zone="zone-f"}"#)
         .unwrap();

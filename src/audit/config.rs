@@ -486,7 +486,11 @@ impl Source for AuditEmitter {
                 }
             })
             .map_err(|_| ConfigError::invalid("audit", "cannot start the emitter's thread"))?;
-        Ok(Box::new(AuditHandle { stop, finished }))
+        Ok(Box::new(AuditHandle {
+            stop,
+            finished,
+            stats: self.stats.clone(),
+        }))
     }
 }
 
@@ -495,6 +499,7 @@ impl Source for AuditEmitter {
 struct AuditHandle {
     stop: watch::Sender<bool>,
     finished: watch::Receiver<bool>,
+    stats: AuditStats,
 }
 
 impl fmt::Debug for AuditHandle {
@@ -522,6 +527,23 @@ impl Running for AuditHandle {
             let mut finished = self.finished.clone();
             let _ = finished.wait_for(|done| *done).await;
         })
+    }
+
+    /// The emitter's counts, as Caracal's emitters name them, for the status
+    /// document and the metrics publisher.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let c = self.stats.snapshot();
+        vec![
+            ("audit_sent_total", c.sent),
+            ("audit_dropped_total", c.dropped),
+            ("audit_lost_total", c.lost),
+            ("audit_sink_errors_total", c.sink_errors),
+            ("audit_persisted_total", c.persisted),
+            ("audit_drained_total", c.drained),
+            ("audit_queue_depth", c.queue_depth),
+            ("audit_spill_files", c.spill_files),
+            ("audit_spill_bytes", c.spill_bytes),
+        ]
     }
 }
 

@@ -59,6 +59,8 @@ pub(crate) struct KeyCache {
     flight: tokio::sync::Mutex<()>,
     refreshing: AtomicBool,
     fetch_count: AtomicU64,
+    /// Fetch attempts that ended without installing a keyset.
+    failures: AtomicU64,
     /// Attempts finished so far, published once each attempt's outcome is in place
     /// (its keyset installed, or its error recorded): the "refresh completed" signal.
     finished: tokio::sync::watch::Sender<u64>,
@@ -98,6 +100,7 @@ impl KeyCache {
             flight: tokio::sync::Mutex::new(()),
             refreshing: AtomicBool::new(false),
             fetch_count: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
             finished: tokio::sync::watch::Sender::new(0),
         }
     }
@@ -129,6 +132,12 @@ impl KeyCache {
     /// How many fetches were started.
     pub(crate) fn fetch_count(&self) -> u64 {
         self.fetch_count.load(Ordering::Relaxed)
+    }
+
+    /// How many fetch attempts failed (no keyset installed).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn failure_count(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
     }
 
     /// How many fetch attempts have finished, whatever their outcome.
@@ -336,6 +345,7 @@ impl KeyCache {
             }
             Err(e) => {
                 a.last_error = Some(e);
+                self.failures.fetch_add(1, Ordering::Relaxed);
                 drop(a);
                 tracing::warn!(url = %self.url, error = e, "jwks refresh failed; keeping last good keys");
                 Err(RefreshError::Failed(e))

@@ -154,6 +154,7 @@ mod replay;
 mod reply;
 pub(crate) mod secret;
 
+#[cfg(feature = "audit")]
 pub(crate) use config::redacted_url;
 pub use config::{
     DEFAULT_BLOCK_TIMEOUT, DEFAULT_MAX_ENTRY_BYTES, DEFAULT_MAX_ENTRY_FIELDS,

@@ -361,12 +361,13 @@ impl VerifierBuilder {
         };
         let started = source::start_all(
             self.sources,
-            &revocations,
-            &self.clock,
-            &keys,
             source::VerifierIdentity {
                 zone: &zone,
                 audience: &audience,
+                revocations: &revocations,
+                clock: &self.clock,
+                keys: &keys,
+                replay: &replay,
             },
         )?;
         Ok(Verifier {

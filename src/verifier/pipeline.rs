@@ -52,6 +52,16 @@ impl Verifier {
     /// (the code), the reason, the zone, the client, the hop count, whether the cache
     /// answered, and the duration; never the token, its `jti` or its signature.
     pub async fn verify(&self, token: &str, reqs: &Requirements) -> Result<Mandate, AuthError> {
+        // The span's future is boxed so that, when nobody listens, `verify` carries
+        // nothing of it.
+        if tracing::enabled!(target: SPAN_TARGET, tracing::Level::DEBUG) {
+            return Box::pin(self.verify_traced(token, reqs)).await;
+        }
+        self.verify_observed(token, reqs).await.0
+    }
+
+    /// `verify` in its `caracal.verify` span, which gets the outcome's fields.
+    async fn verify_traced(&self, token: &str, reqs: &Requirements) -> Result<Mandate, AuthError> {
         let span = tracing::debug_span!(
             target: SPAN_TARGET,
             "caracal.verify",
@@ -64,9 +74,6 @@ impl Verifier {
             caracal.cache_hit = Empty,
             caracal.duration_us = Empty,
         );
-        if span.is_disabled() {
-            return self.verify_observed(token, reqs).await.0;
-        }
         let started = Instant::now();
         let (result, cache_hit) = self
             .verify_observed(token, reqs)
@@ -107,7 +114,17 @@ impl Verifier {
         // signature check.
         let started = (self.inner.sample_latency && stats::sample_warm()).then(Instant::now);
         let mut cache_hit = None;
-        let result = self.verify_counted(token, reqs, &mut cache_hit).await;
+        // One clock read for the whole decision; the times were just checked by
+        // `authenticate_at`, so only the route and revocation remain.
+        let now = self.inner.clock.now().as_secs();
+        let result = match self.authenticate_at(token, now, &mut cache_hit).await {
+            Ok(m) => match self.route_and_revocation(&m, reqs, now) {
+                Ok(()) if reqs.is_single_use() => self.consume(&m).await.map(|()| m),
+                Ok(()) => Ok(m),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
         stats::record(result.as_ref().map(drop), cache_hit);
         if let (Some(t0), Some(true)) = (started, cache_hit) {
             stats::sample(Sample {
@@ -116,23 +133,6 @@ impl Verifier {
             });
         }
         (result, cache_hit)
-    }
-
-    async fn verify_counted(
-        &self,
-        token: &str,
-        reqs: &Requirements,
-        cache_hit: &mut Option<bool>,
-    ) -> Result<Mandate, AuthError> {
-        // One clock read for the whole decision; the times were just checked by
-        // `authenticate_at`, so only the route and revocation remain.
-        let now = self.inner.clock.now().as_secs();
-        let mandate = self.authenticate_at(token, now, cache_hit).await?;
-        self.route_and_revocation(&mandate, reqs, now)?;
-        if reqs.is_single_use() {
-            self.consume(&mandate).await?;
-        }
-        Ok(mandate)
     }
 
     /// Verify a mandate's signature and claims (no route requirements, no revocation).
