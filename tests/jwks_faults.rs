@@ -486,6 +486,26 @@ async fn cache_hits_alone_drive_the_ttl_refresh() {
     assert_eq!(e.verifier.jwks_fetches(), 2);
 }
 
+/// Background refreshes back to back: once a refresh has been awaited as completed,
+/// the next trigger starts the next one (the "in progress" flag is down before the
+/// completion is announced, so no trigger falls between the two).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_background_refresh_starts_right_after_one_completes() {
+    let e = env_with(|b| {
+        b.jwks_ttl(Duration::from_secs(60))
+            .jwks_cooldown(Duration::from_secs(1))
+    })
+    .await;
+    assert_eq!(verify(&e.verifier, &e.sts.mandate().sign()).await, ok());
+    for round in 0..20u64 {
+        e.clock.advance(Duration::from_secs(61));
+        let before = e.verifier.jwks_refreshes();
+        assert_eq!(verify(&e.verifier, &e.sts.mandate().sign()).await, ok());
+        refreshed_since(&e.verifier, before).await;
+        assert_eq!(e.verifier.jwks_fetches(), round + 2, "round {round}");
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // Single flight
 // ---------------------------------------------------------------------------------

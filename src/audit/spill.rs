@@ -41,12 +41,28 @@ impl Spill {
         if !fs::metadata(&dir)?.is_dir() {
             return Err(io::Error::other("not a directory"));
         }
-        Ok(Self {
+        let spill = Self {
             dir,
             max_bytes,
             max_files,
             seq: 0,
-        })
+        };
+        // A file still in progress belongs to a process that died while writing it
+        // (one process per directory): never renamed, so never counted as
+        // persisted. Remove it, or it would hold a place under the caps for good.
+        let mut removed = 0usize;
+        for (path, _, complete) in spill.scan()? {
+            if !complete && fs::remove_file(&path).is_ok() {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::warn!(
+                files = removed,
+                "audit replay directory held unfinished files from an earlier process; removed"
+            );
+        }
+        Ok(spill)
     }
 
     pub(crate) fn dir(&self) -> &Path {
@@ -297,5 +313,19 @@ mod tests {
         assert_eq!(ids, ["id-1", "id-2", "tail"]);
         assert_eq!(lines.bad, 2);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unfinished_files_of_an_earlier_process_are_removed_at_open() {
+        let dir = temp_dir("partial");
+        fs::create_dir_all(&dir).unwrap();
+        let part = dir.join(format!("audit-1-1-000001.{PART}"));
+        fs::write(&part, b"{\"id\":\"half").unwrap();
+        let done = dir.join(format!("audit-1-1-000002.{EXT}"));
+        fs::write(&done, b"{\"id\":\"whole\"}\n").unwrap();
+        let spill = Spill::open(dir.clone(), 1 << 20, 100).unwrap();
+        assert!(!part.exists(), "the unfinished file is gone");
+        assert_eq!(spill.pending().unwrap().len(), 1, "the complete one stays");
+        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -351,6 +351,10 @@ impl KeyCache {
                 Err(RefreshError::Failed(e))
             }
         };
+        // The outcome is in place: a later trigger may start the next background
+        // refresh (clearing this before the signal, so a waiter that triggers one at
+        // once is not ignored; a queued duplicate finds the keyset fresh and returns).
+        self.refreshing.store(false, Ordering::Release);
         // Attempts are serialised by the flight lock, so `seq` only grows; `max` keeps
         // the published count monotonic regardless.
         self.finished.send_if_modified(|done| {
