@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 use caracal_verifier::testing::TestIssuer;
 use serde_json::{Value, json};
 
+#[cfg(feature = "audit")]
+mod redis_common;
+
 fn example_binary(example: &str) -> PathBuf {
     let name = format!("{example}{}", std::env::consts::EXE_SUFFIX);
     // This test runs from target/<profile>/deps/; examples sit in target/<profile>/examples/.
@@ -93,6 +96,11 @@ impl Drop for Server {
 
 impl Server {
     async fn start(issuer: &str) -> Server {
+        Self::start_with(issuer, &[]).await
+    }
+
+    /// With more environment variables (the audit emitter's, say).
+    async fn start_with(issuer: &str, env: &[(&str, &str)]) -> Server {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
             l.local_addr().expect("local addr").port()
@@ -105,6 +113,7 @@ impl Server {
             .env("BIND_ADDR", addr.to_string())
             .env("RUST_LOG", "warn")
             .env_remove("CARACAL_REDIS_URL")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .spawn()
             .expect("start the resource server");
@@ -326,4 +335,93 @@ async fn resource_server_starts_without_the_issuer() {
     assert_eq!(body["keys"], false);
     let (status, _) = server.send(reqwest::Method::GET, "/healthz", None).await;
     assert_eq!(status, 200);
+}
+
+/// With `CARACAL_AUDIT=on`, `CARACAL_REDIS_URL` and `AUDIT_HMAC_KEY`, the reference
+/// server records one signed action result per decided request on
+/// `caracal.audit.events`, and shows the emitter among its sources.
+#[cfg(feature = "audit")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_server_records_audit_events_when_configured() {
+    use redis_common::{KEY_HEX, RedisServer};
+
+    let redis = RedisServer::start().await;
+    let sts = TestIssuer::start("zone-1").await.unwrap();
+    let audit_key = "5f".repeat(32);
+    let server = Server::start_with(
+        &sts.issuer_url(),
+        &[
+            ("CARACAL_REDIS_URL", &redis.url()),
+            ("STREAMS_HMAC_KEY", KEY_HEX),
+            ("CARACAL_AUDIT", "on"),
+            ("AUDIT_HMAC_KEY", &audit_key),
+        ],
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.send(reqwest::Method::GET, "/readyz", None).await.0 != 200 {
+        assert!(Instant::now() < deadline, "never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let read = sts.mandate().scopes(["tickets:read"]).sign();
+    let (status, _) = server
+        .send(reqwest::Method::GET, "/tickets", Some(&read))
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = server.send(reqwest::Method::GET, "/tickets", None).await;
+    assert_eq!(status, 401);
+
+    let mut conn = redis.connection().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let entries: Vec<(String, Vec<(String, String)>)> = loop {
+        let reply: redis::Value = redis::cmd("XRANGE")
+            .arg("caracal.audit.events")
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let entries: Vec<(String, Vec<(String, String)>)> =
+            redis::from_redis_value(reply).unwrap_or_default();
+        if entries.len() >= 2 {
+            break entries;
+        }
+        assert!(Instant::now() < deadline, "no audit events: {entries:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut decisions = Vec::new();
+    for (_, fields) in &entries {
+        let get = |name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
+        let data = get("data");
+        assert!(!data.contains(&read), "the token is never written");
+        let key = aws_lc_rs::hmac::Key::new(
+            aws_lc_rs::hmac::HMAC_SHA256,
+            &(0..32)
+                .map(|i| u8::from_str_radix(&audit_key[2 * i..2 * i + 2], 16).unwrap())
+                .collect::<Vec<u8>>(),
+        );
+        let tag = aws_lc_rs::hmac::sign(&key, data.as_bytes());
+        let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(get("sig"), hex, "sig is the HMAC of data");
+        let event: Value = serde_json::from_str(&data).unwrap();
+        decisions.push(event["decision"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(decisions, ["allow", "deny"]);
+    let (_, status) = server
+        .send(reqwest::Method::GET, "/caracal/status", None)
+        .await;
+    assert!(status.to_string().contains("redis-audit"), "{status}");
+    let (_, manifest) = server
+        .send(reqwest::Method::GET, "/caracal/manifest", None)
+        .await;
+    assert_eq!(
+        manifest["audit"]["action_result_emitter"], true,
+        "{manifest}"
+    );
 }
