@@ -167,7 +167,10 @@ pub async fn serve(
         .await
 }
 
-#[allow(dead_code, reason = "tests/grpc.rs includes this file and runs `serve`")]
+#[allow(
+    dead_code,
+    reason = "tests/grpc.rs includes this file and runs `serve`"
+)]
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
