@@ -550,6 +550,35 @@ mod tests {
         assert_eq!(percent_encode("zoné"), "zon%C3%A9");
     }
 
+    #[tokio::test]
+    async fn a_method_entry_wins_over_its_service_then_the_default() {
+        let sts = crate::testing::TestIssuer::start("zone-1").await.unwrap();
+        let verifier = Verifier::builder()
+            .issuer(sts.issuer_url())
+            .audience("resource://api")
+            .zone("zone-1")
+            .build()
+            .unwrap();
+        let read = Requirements::new().scopes(["a:read"]);
+        let write = Requirements::new().scopes(["a:write"]);
+        let layer = GrpcMandateLayer::new(verifier)
+            .service("pkg.A", read.clone())
+            .method("/pkg.A/Write", write.clone())
+            .unprotected_service("grpc.health.v1.Health");
+        assert_eq!(layer.requirements_for("/pkg.A/List"), Some(&read));
+        assert_eq!(layer.requirements_for("/pkg.A/Write"), Some(&write));
+        assert_eq!(layer.requirements_for("/grpc.health.v1.Health/Check"), None);
+        assert_eq!(layer.requirements_for("/pkg.B/List"), None);
+        assert_eq!(layer.requirements_for("/pkg.A"), None);
+        assert_eq!(layer.requirements_for(""), None);
+        let open = layer.default_requirements(Requirements::new());
+        assert_eq!(
+            open.requirements_for("/pkg.B/List"),
+            Some(&Requirements::new())
+        );
+        assert_eq!(open.requirements_for("/grpc.health.v1.Health/Check"), None);
+    }
+
     #[test]
     fn statuses_map_to_grpc_codes() {
         assert_eq!(grpc_code(StatusCode::UNAUTHORIZED), 16);
