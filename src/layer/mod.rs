@@ -122,5 +122,7 @@ pub use service::{MandateLayer, MandateService, ResponseFuture};
 pub(crate) use bearer::bearer;
 #[cfg(feature = "axum")]
 pub(crate) use reject::request_id;
+#[cfg(feature = "mcp")]
+pub(crate) use reject::{Rejecter, generate_request_id, incoming_request_id};
 #[cfg(feature = "axum")]
 pub(crate) use service::Anonymous;
