@@ -18,7 +18,7 @@
 //! let mut app = Router::new().nest_service("/mcp", mcp.layer(layer));
 //! for path in meta.paths() {
 //!     let meta = meta.clone();
-//!     app = app.route(path, get(move || async move { meta.response() }));
+//!     app = app.route(path, get(move || async move { meta.response().map(axum::body::Body::from) }));
 //! }
 //! # Ok(app) }
 //! ```
