@@ -118,7 +118,10 @@ pub fn app(verifier: Verifier, resource: &str) -> Result<Router, ConfigError> {
     let mut app = Router::new().route_service("/mcp", mcp);
     for path in meta.paths() {
         let meta = meta.clone();
-        app = app.route(path, get(move || async move { meta.response().map(axum::body::Body::from) }));
+        app = app.route(
+            path,
+            get(move || async move { meta.response().map(axum::body::Body::from) }),
+        );
     }
     Ok(app)
 }
