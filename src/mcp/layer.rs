@@ -301,26 +301,21 @@ fn protocol_error(
 }
 
 impl Policy {
-    /// Check a buffered POST body. `Ok(())` forwards it; `Err` is the answer.
-    fn check(
-        &self,
-        mandate: &Mandate,
-        body: &[u8],
-        request_id: &str,
-    ) -> Result<(), Response<Bytes>> {
+    /// Check a buffered POST body. `None` forwards it; `Some` is the answer.
+    fn check(&self, mandate: &Mandate, body: &[u8], request_id: &str) -> Option<Response<Bytes>> {
         // serde_json refuses nesting deeper than 128 levels (its recursion limit).
-        let msg: Value = serde_json::from_slice(body).map_err(|_| {
-            protocol_error(
+        let Ok(msg) = serde_json::from_slice::<Value>(body) else {
+            return Some(protocol_error(
                 StatusCode::BAD_REQUEST,
                 PARSE_ERROR,
                 "parse error",
                 request_id,
-            )
-        })?;
+            ));
+        };
         match &msg {
             Value::Array(batch) => {
                 if batch.is_empty() || batch.len() > self.max_batch {
-                    return Err(protocol_error(
+                    return Some(protocol_error(
                         StatusCode::BAD_REQUEST,
                         INVALID_REQUEST,
                         "batch is empty or too long",
@@ -328,9 +323,8 @@ impl Policy {
                     ));
                 }
                 let verdicts: Vec<_> = batch.iter().map(|m| self.decide(mandate, m)).collect();
-                let Some(first) = verdicts.iter().find_map(|v| v.as_ref().err()) else {
-                    return Ok(());
-                };
+                // Every call passed: forward the batch.
+                let first = verdicts.iter().find_map(|v| v.as_ref().err())?;
                 // One denied call refuses the whole batch: nothing in it runs.
                 let (status, _) = self.error(first, request_id);
                 let answers: Vec<Value> = batch
@@ -349,17 +343,17 @@ impl Policy {
                         rpc_error(m["id"].clone(), error)
                     })
                     .collect();
-                Err(self.deny(first, status, &Value::Array(answers), request_id))
+                Some(self.deny(first, status, &Value::Array(answers), request_id))
             }
             Value::Object(_) => match self.decide(mandate, &msg) {
-                Ok(()) => Ok(()),
+                Ok(()) => None,
                 Err(d) => {
                     let (status, error) = self.error(&d, request_id);
                     let id = msg.get("id").cloned().unwrap_or(Value::Null);
-                    Err(self.deny(&d, status, &rpc_error(id, error), request_id))
+                    Some(self.deny(&d, status, &rpc_error(id, error), request_id))
                 }
             },
-            _ => Err(protocol_error(
+            _ => Some(protocol_error(
                 StatusCode::BAD_REQUEST,
                 INVALID_REQUEST,
                 "not a JSON-RPC message",
@@ -461,7 +455,7 @@ where
                     .reject(&AuthError::MissingToken, &request_id);
                 return Ok(r.map(ResB::from));
             };
-            if let Err(r) = policy.check(mandate, &bytes, &request_id) {
+            if let Some(r) = policy.check(mandate, &bytes, &request_id) {
                 return Ok(r.map(ResB::from));
             }
             inner
