@@ -464,3 +464,129 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http_body_util::Full;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::testing::TestIssuer;
+
+    type B = Full<Bytes>;
+
+    async fn setup() -> (TestIssuer, McpLayer) {
+        let sts = TestIssuer::start("zone-1").await.unwrap();
+        let verifier = Verifier::builder()
+            .issuer(sts.issuer_url())
+            .audience("resource://api")
+            .zone("zone-1")
+            .build()
+            .unwrap();
+        let layer = McpLayer::new(verifier)
+            .resource("file:///a", Requirements::new().scopes(["files:read"]))
+            .prompt("greet", Requirements::new().scopes(["prompts:use"]));
+        (sts, layer)
+    }
+
+    fn ok()
+    -> impl Service<Request<B>, Response = Response<B>, Error = Infallible, Future = impl Send>
+    + Clone
+    + Send
+    + 'static {
+        tower::service_fn(|_: Request<B>| async {
+            Ok::<_, Infallible>(Response::new(B::from("ran")))
+        })
+    }
+
+    fn post(token: &str, msg: Value) -> Request<B> {
+        Request::post("/mcp")
+            .header("authorization", format!("Bearer {token}"))
+            .body(B::from(msg.to_string()))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn resources_and_prompts_have_their_own_requirements() {
+        let (sts, layer) = setup().await;
+        let svc = layer.layer(ok());
+        let files = sts.mandate().scopes(["files:read"]).sign();
+        let read = |uri: &str| json!({"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":uri}});
+        let get = json!({"jsonrpc":"2.0","id":2,"method":"prompts/get","params":{"name":"greet"}});
+        let status = |r: Response<B>| r.status().as_u16();
+        assert_eq!(
+            status(
+                svc.clone()
+                    .oneshot(post(&files, read("file:///a")))
+                    .await
+                    .unwrap()
+            ),
+            200
+        );
+        assert_eq!(
+            status(
+                svc.clone()
+                    .oneshot(post(&files, read("file:///b")))
+                    .await
+                    .unwrap()
+            ),
+            403
+        );
+        assert_eq!(
+            status(
+                svc.clone()
+                    .oneshot(post(&files, get.clone()))
+                    .await
+                    .unwrap()
+            ),
+            403
+        );
+        // Methods without a per-name requirement need only the mandate.
+        let list = json!({"jsonrpc":"2.0","id":3,"method":"tools/list"});
+        assert_eq!(
+            status(svc.clone().oneshot(post(&files, list)).await.unwrap()),
+            200
+        );
+        let note = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
+        assert_eq!(
+            status(svc.clone().oneshot(post(&files, note)).await.unwrap()),
+            200
+        );
+        // Non-POST requests pass with a valid mandate, and only with one.
+        let sse = |auth: Option<&str>| {
+            let mut b = Request::get("/mcp");
+            if let Some(t) = auth {
+                b = b.header("authorization", format!("Bearer {t}"));
+            }
+            b.body(B::default()).unwrap()
+        };
+        assert_eq!(
+            status(svc.clone().oneshot(sse(Some(&files))).await.unwrap()),
+            200
+        );
+        assert_eq!(status(svc.oneshot(sse(None)).await.unwrap()), 401);
+    }
+
+    #[tokio::test]
+    async fn unlisted_gives_a_default_when_asked() {
+        let (sts, layer) = setup().await;
+        let svc = layer
+            .unlisted(Requirements::new().scopes(["tools:any"]))
+            .layer(ok());
+        let call = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}});
+        let any = sts.mandate().scopes(["tools:any"]).sign();
+        let res = svc.clone().oneshot(post(&any, call.clone())).await.unwrap();
+        assert_eq!(res.status(), 200);
+        let none = sts.mandate().sign();
+        let res = svc.oneshot(post(&none, call)).await.unwrap();
+        assert_eq!(res.status(), 403);
+        assert!(
+            res.headers()[WWW_AUTHENTICATE]
+                .to_str()
+                .unwrap()
+                .ends_with("error=\"insufficient_scope\", scope=\"tools:any\"")
+        );
+    }
+}
