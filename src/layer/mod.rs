@@ -62,6 +62,9 @@
 //!   error="insufficient_scope", scope="…"` listing the route's scopes;
 //! - on 503, `Retry-After: 5`.
 //!
+//! [`MandateLayer::challenge_param`] adds attributes to every challenge (for MCP,
+//! `resource_metadata="…"`, RFC 9728 §5.1).
+//!
 //! Attribute values come from configuration, sanitized, never from the request.
 //! Replace the body with a [`Renderer`].
 //!

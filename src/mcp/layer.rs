@@ -372,6 +372,13 @@ impl Policy {
         request_id: &str,
     ) -> Response<Bytes> {
         let mut response = answer(status, body, request_id);
+        if let Denial::NotConfigured(kind, name) = d {
+            tracing::info!(
+                target: "caracal_verifier::decision",
+                decision = "deny", code = "not_configured", status = status.as_u16(),
+                kind = *kind, name = name.as_str(), request_id, "mcp call denied: no requirements configured"
+            );
+        }
         if let Denial::Auth(e) = d {
             tracing::info!(
                 target: "caracal_verifier::decision",
