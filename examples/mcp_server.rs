@@ -17,6 +17,10 @@
 //! - `MCP_RESOURCE_URL`: the resource identifier published in the metadata,
 //!   default `http://<BIND_ADDR>/mcp`.
 //!
+//! rmcp's default `Host` check stays on (DNS-rebinding protection): it accepts
+//! `localhost`, `127.0.0.1` and `::1`; behind a real host name, set
+//! `StreamableHttpServerConfig::with_allowed_hosts`.
+//!
 //! # Routes and tools
 //!
 //! | route / tool | requires |
@@ -108,7 +112,7 @@ pub fn app(verifier: Verifier, resource: &str) -> Result<Router, ConfigError> {
     let mcp = StreamableHttpService::new(
         || Ok(Desk),
         Arc::new(LocalSessionManager::default()),
-        StreamableHttpServerConfig::default().disable_allowed_hosts(),
+        StreamableHttpServerConfig::default(),
     );
     // rmcp's response body becomes axum's, which the layer can answer denials in.
     let mcp = ServiceBuilder::new()
