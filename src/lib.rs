@@ -28,6 +28,9 @@ mod jwks;
 pub mod layer;
 mod mandate;
 pub mod manifest;
+#[cfg(feature = "mcp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mcp")))]
+pub mod mcp;
 pub mod replay;
 mod requirements;
 pub mod revocation;
@@ -66,7 +69,7 @@ pub mod testing;
 //   and `ServiceBuilder` extension), single-use guards in `replay`, the revocation
 //   set and stream events in `revocation`, background sources (the seam a
 //   revocation feed plugs into) in `source`, the Redis feed in `redis`, the
-//   action-result audit emitter in `audit`, the test kit in `testing`, the
+//   action-result audit emitter in `audit`, MCP authorization in `mcp`, the test kit in `testing`, the
 //   verifier's manifest in `manifest` and its status document in `status`.
 //
 // Docs, examples and tests use these paths.

@@ -62,6 +62,9 @@
 //!   error="insufficient_scope", scope="…"` listing the route's scopes;
 //! - on 503, `Retry-After: 5`.
 //!
+//! [`MandateLayer::challenge_param`] adds attributes to every challenge (for MCP,
+//! `resource_metadata="…"`, RFC 9728 §5.1).
+//!
 //! Attribute values come from configuration, sanitized, never from the request.
 //! Replace the body with a [`Renderer`].
 //!
@@ -120,9 +123,13 @@ pub use service::{MandateLayer, MandateService, ResponseFuture};
     reason = "the fuzzing entry point in `internals` calls it"
 )]
 pub(crate) use bearer::bearer;
+#[cfg(feature = "mcp")]
+pub(crate) use reject::Rejecter;
+#[cfg(feature = "grpc")]
+pub(crate) use reject::X_REQUEST_ID;
 #[cfg(feature = "axum")]
 pub(crate) use reject::request_id;
-#[cfg(feature = "grpc")]
-pub(crate) use reject::{X_REQUEST_ID, generate_request_id, incoming_request_id};
+#[cfg(any(feature = "grpc", feature = "mcp"))]
+pub(crate) use reject::{generate_request_id, incoming_request_id};
 #[cfg(feature = "axum")]
 pub(crate) use service::Anonymous;

@@ -115,12 +115,15 @@ pub(crate) struct Rejecter {
     pub(crate) renderer: std::sync::Arc<dyn Renderer>,
     /// `Bearer realm="…"`, already sanitized.
     pub(crate) realm: String,
+    /// Extra challenge attributes, rendered (`, name="value"` each), sanitized.
+    pub(crate) params: String,
 }
 
 impl fmt::Debug for Rejecter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Rejecter")
             .field("realm", &self.realm)
+            .field("params", &self.params)
             .finish_non_exhaustive()
     }
 }
@@ -137,7 +140,7 @@ impl Rejecter {
             headers.insert(X_REQUEST_ID, v);
         }
         if !headers.contains_key(WWW_AUTHENTICATE)
-            && let Some(challenge) = challenge(&self.realm, err, status)
+            && let Some(challenge) = self.challenge(err, status)
         {
             headers.insert(WWW_AUTHENTICATE, challenge);
         }
@@ -148,16 +151,42 @@ impl Rejecter {
     }
 }
 
+impl Rejecter {
+    /// Append the attribute `name="value"` to every challenge. `name` keeps only
+    /// ASCII letters, digits, `_` and `-`; `value` is [`sanitize`]d.
+    pub(crate) fn add_param(&mut self, name: &str, value: &str) {
+        let name: String = name
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+            .take(64)
+            .collect();
+        if !name.is_empty() {
+            self.params
+                .push_str(&format!(", {name}=\"{}\"", sanitize(value)));
+        }
+    }
+
+    /// The challenge for `err` answered with `status`, extra attributes included.
+    pub(crate) fn challenge(&self, err: &AuthError, status: StatusCode) -> Option<HeaderValue> {
+        challenge(&self.realm, &self.params, err, status)
+    }
+}
+
 /// The RFC 6750 §3 challenge for a response with `status`: on every 401 (with
 /// `error="invalid_token"` unless the request had no credentials), and on a 403 for
-/// missing scopes. Every value comes from configuration, sanitized.
-fn challenge(realm: &str, err: &AuthError, status: StatusCode) -> Option<HeaderValue> {
+/// missing scopes. `params` (already rendered) follow the realm. Every value comes
+/// from configuration, sanitized.
+fn challenge(
+    realm: &str,
+    params: &str,
+    err: &AuthError,
+    status: StatusCode,
+) -> Option<HeaderValue> {
+    let head = format!("Bearer realm=\"{realm}\"{params}");
     let value = match (status, err) {
-        (StatusCode::UNAUTHORIZED, AuthError::MissingToken) => {
-            format!("Bearer realm=\"{realm}\"")
-        }
+        (StatusCode::UNAUTHORIZED, AuthError::MissingToken) => head,
         (StatusCode::UNAUTHORIZED, _) => {
-            format!("Bearer realm=\"{realm}\", error=\"invalid_token\"")
+            format!("{head}, error=\"invalid_token\"")
         }
         (StatusCode::FORBIDDEN, AuthError::ScopeInsufficient { required, .. }) => {
             let scope = required
@@ -166,7 +195,7 @@ fn challenge(realm: &str, err: &AuthError, status: StatusCode) -> Option<HeaderV
                 .filter(|s| !s.is_empty())
                 .collect::<Vec<_>>()
                 .join(" ");
-            format!("Bearer realm=\"{realm}\", error=\"insufficient_scope\", scope=\"{scope}\"")
+            format!("{head}, error=\"insufficient_scope\", scope=\"{scope}\"")
         }
         _ => return None,
     };
@@ -230,6 +259,7 @@ mod tests {
         Rejecter {
             renderer: Arc::new(JsonRenderer),
             realm: "resource://api".into(),
+            params: String::new(),
         }
     }
 
@@ -290,6 +320,18 @@ mod tests {
     }
 
     #[test]
+    fn extra_params_follow_the_realm_sanitized() {
+        let mut r = rejecter();
+        r.add_param("resource_metadata", "https://api/.well-known/x\", evil=\"1");
+        r.add_param("bad name\"", "v");
+        let www = r.challenge(&AuthError::MissingToken, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            www.unwrap(),
+            "Bearer realm=\"resource://api\", resource_metadata=\"https://api/.well-known/x,evil=1\", badname=\"v\""
+        );
+    }
+
+    #[test]
     fn protocol_headers_are_added_to_custom_responses() {
         let r = Rejecter {
             renderer: Arc::new(|err: &AuthError, _: &str| {
@@ -300,6 +342,7 @@ mod tests {
                     .unwrap()
             }),
             realm: "api".into(),
+            params: String::new(),
         };
         let res = r.reject(&AuthError::RevocationUnavailable, "req-9");
         assert_eq!(res.headers()[RETRY_AFTER], "30");
@@ -313,6 +356,7 @@ mod tests {
         let sdk = Rejecter {
             renderer: Arc::new(SpelledJson(CodeSpelling::CaracalSdk)),
             realm: "resource://api".into(),
+            params: String::new(),
         };
         let scope = AuthError::ScopeInsufficient {
             missing: "a".into(),

@@ -105,7 +105,11 @@ impl MandateLayer {
                 verifier,
                 reqs,
                 optional: false,
-                rejecter: Rejecter { renderer, realm },
+                rejecter: Rejecter {
+                    renderer,
+                    realm,
+                    params: String::new(),
+                },
             }),
         }
     }
@@ -135,6 +139,26 @@ impl MandateLayer {
     pub fn realm(mut self, realm: impl AsRef<str>) -> Self {
         Arc::make_mut(&mut self.config).rejecter.realm = reject::sanitize(realm.as_ref());
         self
+    }
+
+    /// Add the attribute `name="value"` to every `WWW-Authenticate` challenge the
+    /// layer sends, after the realm. Default: none. For MCP (RFC 9728 §5.1),
+    /// `challenge_param("resource_metadata", url)` tells clients where the
+    /// Protected Resource Metadata is; `mcp::McpLayer::resource_metadata` does it.
+    ///
+    /// `name` keeps only ASCII letters, digits, `_` and `-`; in `value`, characters
+    /// not allowed in a quoted value are dropped, as for [`realm`](Self::realm).
+    pub fn challenge_param(mut self, name: &str, value: &str) -> Self {
+        Arc::make_mut(&mut self.config)
+            .rejecter
+            .add_param(name, value);
+        self
+    }
+
+    /// How this layer renders denials and challenges.
+    #[cfg(feature = "mcp")]
+    pub(crate) fn rejecter(&self) -> &Rejecter {
+        &self.config.rejecter
     }
 
     /// The requirements this layer enforces.
