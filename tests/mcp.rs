@@ -186,7 +186,17 @@ async fn an_unknown_tool_is_denied_by_default() {
 async fn malformed_json_is_a_parse_error() {
     let s = start().await;
     let token = s.reader();
-    for body in ["{", "not json", "\"a string\"", &"[".repeat(10_000)] {
+    // A repeated key could make the layer and the server read different calls.
+    let twice = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"list_tickets","name":"create_payout"}}"#;
+    let method_twice = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","method":"tools/call","params":{"name":"create_payout"}}"#;
+    for body in [
+        "{",
+        "not json",
+        "\"a string\"",
+        &"[".repeat(10_000),
+        twice,
+        method_twice,
+    ] {
         let (status, _, json) = s.post(Some(&token), body.to_owned()).await;
         assert_eq!(status, 400, "{body:.20}");
         assert!(

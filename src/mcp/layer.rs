@@ -303,8 +303,13 @@ fn protocol_error(
 impl Policy {
     /// Check a buffered POST body. `None` forwards it; `Some` is the answer.
     fn check(&self, mandate: &Mandate, body: &[u8], request_id: &str) -> Option<Response<Bytes>> {
-        // serde_json refuses nesting deeper than 128 levels (its recursion limit).
-        let Ok(msg) = serde_json::from_slice::<Value>(body) else {
+        // serde_json refuses nesting deeper than 128 levels (its recursion limit). A
+        // key repeated at any depth is refused too: this layer and the server behind
+        // it must not read two different names (or methods) from one message.
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let parsed = serde::de::DeserializeSeed::deserialize(crate::json::StrictValue, &mut de)
+            .and_then(|v| de.end().map(|()| v));
+        let Ok(msg) = parsed else {
             return Some(protocol_error(
                 StatusCode::BAD_REQUEST,
                 PARSE_ERROR,
