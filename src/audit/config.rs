@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use super::key::AuditKey;
 use super::spill::Spill;
@@ -18,6 +18,7 @@ use crate::VerifierBuilder;
 use crate::action::{ActionResult, ActionSink};
 use crate::error::ConfigError;
 use crate::future::BoxFuture;
+use crate::redis::Worker;
 use crate::redis::consumer::Backoff;
 use crate::redis::secret::secret;
 use crate::source::{Running, Source, SourceContext};
@@ -463,32 +464,13 @@ impl Source for AuditEmitter {
             retry_at: None,
             last_report: (tokio::time::Instant::now(), stats.snapshot()),
         };
-        let (stop, stopped) = watch::channel(false);
-        let (done, finished) = watch::channel(false);
-        std::thread::Builder::new()
-            .name("caracal-audit".into())
-            .spawn(move || {
-                struct Done(watch::Sender<bool>);
-                impl Drop for Done {
-                    fn drop(&mut self) {
-                        let _ = self.0.send(true);
-                    }
-                }
-                let _done = Done(done);
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime.block_on(writer.run(stopped)),
-                    Err(e) => {
-                        tracing::error!(error = %e, "audit emitter cannot start its runtime; events are dropped")
-                    }
-                }
-            })
-            .map_err(|_| ConfigError::invalid("audit", "cannot start the emitter's thread"))?;
+        // If its runtime cannot start, events are dropped (and counted).
+        let worker = Worker::spawn("caracal-audit", "audit emitter", move |stop| {
+            writer.run(stop)
+        })
+        .map_err(|_| ConfigError::invalid("audit", "cannot start the emitter's thread"))?;
         Ok(Box::new(AuditHandle {
-            stop,
-            finished,
+            worker,
             stats: self.stats.clone(),
         }))
     }
@@ -497,8 +479,7 @@ impl Source for AuditEmitter {
 /// The running emitter, as the verifier holds it. Dropping it (with the last
 /// verifier clone) tells the writer to flush and stop.
 struct AuditHandle {
-    stop: watch::Sender<bool>,
-    finished: watch::Receiver<bool>,
+    worker: Worker,
     stats: AuditStats,
 }
 
@@ -516,17 +497,13 @@ impl Running for AuditHandle {
     }
 
     fn is_running(&self) -> bool {
-        !*self.finished.borrow()
+        self.worker.is_running()
     }
 
     /// Flushes what is queued (within the shutdown timeout, spilling the rest) and
     /// waits for the writer's thread to finish. Idempotent.
     fn shutdown(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            let _ = self.stop.send(true);
-            let mut finished = self.finished.clone();
-            let _ = finished.wait_for(|done| *done).await;
-        })
+        Box::pin(self.worker.stop())
     }
 
     /// The emitter's counts, as Caracal's emitters name them, for the status
@@ -544,12 +521,6 @@ impl Running for AuditHandle {
             ("audit_spill_files", c.spill_files),
             ("audit_spill_bytes", c.spill_bytes),
         ]
-    }
-}
-
-impl Drop for AuditHandle {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
     }
 }
 

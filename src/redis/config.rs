@@ -3,11 +3,10 @@
 use std::fmt;
 use std::time::Duration;
 
-use tokio::sync::watch;
-
 use super::consumer::{Connect, Consumer, Limits, Settings};
 use super::handle::FeedHandle;
 use super::secret::secret;
+use super::worker::Worker;
 use crate::VerifierBuilder;
 use crate::error::ConfigError;
 use crate::revocation::{
@@ -471,34 +470,13 @@ impl Source for RedisRevocations {
             set,
             health: health.clone(),
         });
-        let (stop, stopped) = watch::channel(false);
-        let (done, finished) = watch::channel(false);
-        std::thread::Builder::new()
-            .name("caracal-revocation-feed".into())
-            .spawn(move || {
-                // Signals the end however the thread ends.
-                struct Done(watch::Sender<bool>);
-                impl Drop for Done {
-                    fn drop(&mut self) {
-                        let _ = self.0.send(true);
-                    }
-                }
-                let _done = Done(done);
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime.block_on(consumer.run(stopped)),
-                    // The feed never turns fresh: verification fails closed.
-                    Err(e) => {
-                        tracing::error!(error = %e, "revocation feed cannot start its runtime")
-                    }
-                }
-            })
-            .map_err(|_| {
-                ConfigError::invalid("redis_revocations", "cannot start the feed's thread")
-            })?;
-        Ok(Box::new(FeedHandle::new(stop, finished)))
+        // The feed never turns fresh if its runtime cannot start: verification
+        // fails closed.
+        let worker = Worker::spawn("caracal-revocation-feed", "revocation feed", move |stop| {
+            consumer.run(stop)
+        })
+        .map_err(|_| ConfigError::invalid("redis_revocations", "cannot start the feed's thread"))?;
+        Ok(Box::new(FeedHandle::new(worker)))
     }
 }
 

@@ -3,8 +3,7 @@
 
 use std::fmt;
 
-use tokio::sync::watch;
-
+use super::worker::Worker;
 use crate::future::BoxFuture;
 use crate::source::Running;
 
@@ -17,10 +16,7 @@ use crate::source::Running;
 /// a worker that serves requests. Dropping the handle (that is, the last clone of the
 /// verifier) tells it to stop. The verifier, not this handle, marks the feed stale
 /// once it stops (see [`source`](crate::source)).
-pub(crate) struct FeedHandle {
-    stop: watch::Sender<bool>,
-    finished: watch::Receiver<bool>,
-}
+pub(crate) struct FeedHandle(Worker);
 
 impl fmt::Debug for FeedHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -31,8 +27,8 @@ impl fmt::Debug for FeedHandle {
 }
 
 impl FeedHandle {
-    pub(crate) fn new(stop: watch::Sender<bool>, finished: watch::Receiver<bool>) -> Self {
-        Self { stop, finished }
+    pub(crate) fn new(worker: Worker) -> Self {
+        Self(worker)
     }
 }
 
@@ -42,22 +38,11 @@ impl Running for FeedHandle {
     }
 
     fn is_running(&self) -> bool {
-        !*self.finished.borrow()
+        self.0.is_running()
     }
 
     /// Tells the consumer to stop and waits for its thread to finish. Idempotent.
     fn shutdown(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            let _ = self.stop.send(true);
-            let mut finished = self.finished.clone();
-            // An error means the thread is gone, which is just as finished.
-            let _ = finished.wait_for(|done| *done).await;
-        })
-    }
-}
-
-impl Drop for FeedHandle {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
+        Box::pin(self.0.stop())
     }
 }

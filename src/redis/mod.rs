@@ -152,6 +152,10 @@ pub(crate) mod consumer;
 mod handle;
 mod replay;
 mod reply;
+mod worker;
+
+#[cfg(feature = "audit")]
+pub(crate) use worker::Worker;
 pub(crate) mod secret;
 
 #[cfg(feature = "audit")]
