@@ -63,7 +63,7 @@ pub struct AuditEntry {
 #[derive(Clone)]
 #[must_use]
 pub struct AuditEmitter {
-    url: String,
+    endpoint: crate::redis::RedisEndpoint,
     key: Option<AuditKey>,
     unsigned: bool,
     stream: String,
@@ -85,7 +85,7 @@ pub struct AuditEmitter {
 impl fmt::Debug for AuditEmitter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuditEmitter")
-            .field("url", &crate::redis::redacted_url(&self.url))
+            .field("endpoint", &self.endpoint)
             .field("key", &self.key)
             .field("unsigned", &self.unsigned)
             .field("stream", &self.stream)
@@ -106,12 +106,20 @@ impl fmt::Debug for AuditEmitter {
 }
 
 impl AuditEmitter {
-    /// An emitter writing to the Redis server at `url` (`redis://[user:password@]host[:port][/db]`).
+    /// An emitter writing to the Redis at `url`, in any form
+    /// [`RedisEndpoint`](crate::redis::RedisEndpoint) takes (a server, a
+    /// Sentinel-managed primary, a Cluster; TLS with `rediss`).
     /// A [`key`](Self::key) is required unless [`dangerous_unsigned`](Self::dangerous_unsigned)
     /// is set; every other setting has the default its setter states.
     pub fn new(url: impl Into<String>) -> Self {
+        Self::on(crate::redis::RedisEndpoint::new(url))
+    }
+
+    /// An emitter writing to `endpoint`, so it shares the revocation feed's
+    /// connection settings (TLS CA, client certificate, Sentinel credentials).
+    pub fn on(endpoint: crate::redis::RedisEndpoint) -> Self {
         Self {
-            url: url.into(),
+            endpoint,
             key: None,
             unsigned: false,
             stream: AUDIT_STREAM.into(),
@@ -152,13 +160,11 @@ impl AuditEmitter {
         if !audit_switch(get)? {
             return Ok(None);
         }
-        let url = get("CARACAL_REDIS_URL")
-            .filter(|u| !u.trim().is_empty())
-            .ok_or(ConfigError::Env {
-                var: "CARACAL_REDIS_URL",
-                reason: "not set; CARACAL_AUDIT=on sends audit events to Redis".into(),
-            })?;
-        let mut emitter = Self::new(url.trim());
+        let endpoint = crate::redis::RedisEndpoint::from_lookup(get)?.ok_or(ConfigError::Env {
+            var: "CARACAL_REDIS_URL",
+            reason: "not set; CARACAL_AUDIT=on sends audit events to Redis".into(),
+        })?;
+        let mut emitter = Self::on(endpoint);
         match secret(get, "AUDIT_HMAC_KEY", "AUDIT_HMAC_KEY_FILE")? {
             Some((hex, var)) => {
                 let key = AuditKey::from_hex(&hex).map_err(|e| ConfigError::Env {
@@ -409,8 +415,7 @@ impl Source for AuditEmitter {
     ) -> Result<Box<dyn Running>, ConfigError> {
         self.validate()?;
         // Never echo the URL: it may carry a password.
-        let client = ::redis::Client::open(self.url.as_str())
-            .map_err(|_| ConfigError::invalid("redis_url", "not a valid Redis URL"))?;
+        let connector = crate::redis::Connector::new(self.endpoint.resolve()?, self.io_timeout);
         let spill = match &self.replay_dir {
             Some(dir) => Some(
                 Spill::open(dir.clone(), self.max_spill_bytes, self.max_spill_files).map_err(
@@ -445,7 +450,7 @@ impl Source for AuditEmitter {
         let writer = Writer {
             rx,
             stats: Arc::clone(&stats),
-            client,
+            connector,
             key,
             stream: self.stream.clone(),
             form: Form {

@@ -22,7 +22,7 @@ const REPORT_EVERY: Duration = Duration::from_secs(10);
 pub(crate) struct Writer {
     pub(crate) rx: mpsc::Receiver<ActionResult>,
     pub(crate) stats: Arc<Counters>,
-    pub(crate) client: redis::Client,
+    pub(crate) connector: crate::redis::Connector,
     pub(crate) key: Option<AuditKey>,
     pub(crate) stream: String,
     pub(crate) form: Form,
@@ -175,10 +175,11 @@ impl Writer {
             .set_connection_timeout(Some(self.io_timeout))
             .set_response_timeout(Some(self.io_timeout));
         let connect = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config);
+            .connector
+            .primary_for(self.stream.as_bytes(), config, None);
         match tokio::time::timeout(self.io_timeout, connect).await {
-            Ok(Ok(conn)) => {
+            Ok(Ok(node)) => {
+                let conn = node.conn;
                 let was_down = self.retry_at.take().is_some();
                 self.backoff.reset();
                 self.conn = Some(conn.clone());

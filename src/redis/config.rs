@@ -3,8 +3,11 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::consumer::{Connect, Consumer, Limits, Settings};
+use super::connect::Connector;
+use super::consumer::{CONNECT_TIMEOUT, Consumer, Limits, Settings, StreamKind};
+use super::endpoint::RedisEndpoint;
 use super::handle::FeedHandle;
+use super::lanes::LaneReporter;
 use super::secret::secret;
 use super::worker::Worker;
 use crate::VerifierBuilder;
@@ -49,7 +52,7 @@ pub const DEFAULT_MAX_REPLY_BYTES: usize = 1024 * 1024;
 #[derive(Clone)]
 #[must_use]
 pub struct RedisRevocations {
-    url: String,
+    endpoint: RedisEndpoint,
     stream_key: Option<StreamKey>,
     accept_unsigned: bool,
     fail_open: bool,
@@ -68,7 +71,7 @@ pub struct RedisRevocations {
 impl fmt::Debug for RedisRevocations {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisRevocations")
-            .field("url", &redacted_url(&self.url))
+            .field("endpoint", &self.endpoint)
             .field("stream_key", &self.stream_key)
             .field("accept_unsigned", &self.accept_unsigned)
             .field("fail_open", &self.fail_open)
@@ -85,18 +88,6 @@ impl fmt::Debug for RedisRevocations {
     }
 }
 
-/// The URL with any password replaced, for logs and `Debug`.
-pub(crate) fn redacted_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("redacted"));
-            u.into()
-        }
-        Ok(u) => u.into(),
-        Err(_) => "<unparsable>".into(),
-    }
-}
-
 fn env_flag(get: &dyn Fn(&str) -> Option<String>, var: &'static str) -> Result<bool, ConfigError> {
     match get(var).as_deref().map(str::trim) {
         None | Some("") | Some("0") | Some("false") => Ok(false),
@@ -109,16 +100,30 @@ fn env_flag(get: &dyn Fn(&str) -> Option<String>, var: &'static str) -> Result<b
 }
 
 impl RedisRevocations {
-    /// A feed reading from the Redis server at `url` (`redis://[user:password@]host[:port][/db]`
-    /// or `redis+unix:///path`). TLS (`rediss://`) needs a TLS feature of the `redis`
-    /// crate, which this crate does not turn on; enable it in your own `Cargo.toml`.
-    /// Over TLS the reply size bound ([`max_reply_bytes`](Self::max_reply_bytes)) is
-    /// not enforced, because the connection is then the `redis` crate's own. Every other setting has
-    /// the default stated on its setter; a [`stream_key`](Self::stream_key) is required
-    /// unless unsigned events are explicitly accepted.
+    /// A feed reading from the Redis at `url`: a server (`redis://`, `rediss://`,
+    /// `redis+unix://`), a Sentinel-managed primary (`redis+sentinel://`) or a
+    /// Cluster (`redis+cluster://`); [`RedisEndpoint`] lists the forms. For a private
+    /// CA or a client certificate, use [`on`](Self::on) with a configured endpoint.
+    /// Every other setting has the default stated on its setter; a
+    /// [`stream_key`](Self::stream_key) is required unless unsigned events are
+    /// explicitly accepted.
     pub fn new(url: impl Into<String>) -> Self {
+        Self::on(RedisEndpoint::new(url))
+    }
+
+    /// A feed reading from `endpoint`.
+    ///
+    /// In Cluster mode the two streams may live on different nodes, so each has its
+    /// own reader and connection, following `MOVED` and `ASK` redirections; the feed
+    /// is fresh only while both readers are. In Sentinel mode the feed asks the
+    /// Sentinels for the primary, checks with `ROLE` that it is one, and after a
+    /// failover reconnects to the new primary. The new primary is another server
+    /// (its run id differs), and replication is asynchronous, so it may lack entries
+    /// the feed read from the old one: the feed re-reads the retained history of both
+    /// streams from the catch-up start and fails closed (503) until it has.
+    pub fn on(endpoint: RedisEndpoint) -> Self {
         Self {
-            url: url.into(),
+            endpoint,
             stream_key: None,
             accept_unsigned: false,
             fail_open: false,
@@ -140,7 +145,7 @@ impl RedisRevocations {
     ///
     /// | variable | setting |
     /// | --- | --- |
-    /// | `CARACAL_REDIS_URL` | the URL given to [`new`](Self::new) |
+    /// | `CARACAL_REDIS_URL` (or `…_FILE`) and the `CARACAL_REDIS_TLS_*` and `CARACAL_REDIS_SENTINEL_*` variables | the [`RedisEndpoint`], see [`RedisEndpoint::from_lookup`] |
     /// | `STREAMS_HMAC_KEY` | [`stream_key`](Self::stream_key), hex, at least 32 bytes |
     /// | `STREAMS_HMAC_KEY_FILE` | a file holding that key (trailing newline trimmed), read when `STREAMS_HMAC_KEY` is unset |
     /// | `CARACAL_REVOCATION_MAX_STALENESS_SECS` | [`max_staleness`](Self::max_staleness), default 30 |
@@ -154,10 +159,10 @@ impl RedisRevocations {
     /// stream has to be asked for. An unreadable or empty key file is an error naming
     /// `STREAMS_HMAC_KEY_FILE`, never echoing the file's content.
     pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<Self>, ConfigError> {
-        let Some(url) = get("CARACAL_REDIS_URL").filter(|u| !u.trim().is_empty()) else {
+        let Some(endpoint) = RedisEndpoint::from_lookup(get)? else {
             return Ok(None);
         };
-        let mut feed = Self::new(url.trim());
+        let mut feed = Self::on(endpoint);
         let key = secret(get, "STREAMS_HMAC_KEY", "STREAMS_HMAC_KEY_FILE")?;
         match key {
             Some((hex, var)) => {
@@ -409,29 +414,8 @@ impl Source for RedisRevocations {
         self: Box<Self>,
         ctx: &mut SourceContext<'_>,
     ) -> Result<Box<dyn Running>, ConfigError> {
-        use ::redis::IntoConnectionInfo;
         self.validate()?;
-        // Never echo the URL: it may carry a password.
-        let bad_url = || ConfigError::invalid("redis_url", "not a valid Redis URL");
-        let info = self
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|_| bad_url())?;
-        let connect = match info.addr() {
-            ::redis::ConnectionAddr::Tcp(host, port) => Connect::Tcp {
-                host: host.clone(),
-                port: *port,
-            },
-            #[cfg(unix)]
-            ::redis::ConnectionAddr::Unix(path) => Connect::Unix(path.clone()),
-            _ => Connect::Client(::redis::Client::open(self.url.as_str()).map_err(|_| bad_url())?),
-        };
-        if matches!(connect, Connect::Client(_)) {
-            tracing::warn!(
-                "revocation feed over TLS: the reply size bound (max_reply_bytes) is not enforced"
-            );
-        }
+        let resolved = self.endpoint.resolve()?;
         let mut policy = FeedPolicy::new(self.max_staleness);
         if self.fail_open {
             policy = policy.dangerous_fail_open();
@@ -452,29 +436,60 @@ impl Source for RedisRevocations {
             );
         }
         let block = self.effective_block_timeout();
-        let consumer = Consumer::new(Settings {
-            connect,
-            redis: info.redis_settings().clone(),
-            key,
-            revoke_stream: self.revoke_stream,
-            epoch_stream: self.epoch_stream,
-            catch_up: self.catch_up,
-            block,
-            reconnect_min: self.reconnect_min,
-            reconnect_max: self.reconnect_max,
-            limits: Limits {
-                max_fields: self.max_entry_fields,
-                max_bytes: self.max_entry_bytes,
-                max_reply_bytes: self.max_reply_bytes,
-            },
-            set,
-            health: health.clone(),
-        });
+        tracing::info!(
+            endpoint = %self.endpoint.redacted_url(),
+            mode = resolved.mode_name(),
+            tls = resolved.tls.is_some(),
+            "revocation feed starting"
+        );
+        let connector = Connector::new(resolved, CONNECT_TIMEOUT);
+        let streams = vec![
+            (self.revoke_stream, StreamKind::Revoke),
+            (self.epoch_stream, StreamKind::Epoch),
+        ];
+        // One reader per stream in a Cluster, where each stream's key may live on
+        // its own node; otherwise both streams on one connection.
+        let readers: Vec<Vec<(String, StreamKind)>> = if connector.is_cluster() {
+            streams.into_iter().map(|s| vec![s]).collect()
+        } else {
+            vec![streams]
+        };
+        let lanes = LaneReporter::split(health.clone(), readers.len());
+        let consumers: Vec<Consumer> = readers
+            .into_iter()
+            .zip(lanes)
+            .map(|(streams, lane)| {
+                Consumer::new(Settings {
+                    connector: connector.clone(),
+                    key: key.clone(),
+                    streams,
+                    catch_up: self.catch_up,
+                    block,
+                    reconnect_min: self.reconnect_min,
+                    reconnect_max: self.reconnect_max,
+                    limits: Limits {
+                        max_fields: self.max_entry_fields,
+                        max_bytes: self.max_entry_bytes,
+                        max_reply_bytes: self.max_reply_bytes,
+                    },
+                    set: set.clone(),
+                    health: lane,
+                })
+            })
+            .collect();
         // The feed never turns fresh if its runtime cannot start: verification
         // fails closed.
-        let worker = Worker::spawn("caracal-revocation-feed", "revocation feed", move |stop| {
-            consumer.run(stop)
-        })
+        let worker = Worker::spawn(
+            "caracal-revocation-feed",
+            "revocation feed",
+            move |stop| async move {
+                let mut readers = tokio::task::JoinSet::new();
+                for c in consumers {
+                    readers.spawn(c.run(stop.clone()));
+                }
+                while readers.join_next().await.is_some() {}
+            },
+        )
         .map_err(|_| ConfigError::invalid("redis_revocations", "cannot start the feed's thread"))?;
         Ok(Box::new(FeedHandle::new(worker)))
     }

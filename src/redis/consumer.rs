@@ -28,18 +28,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ::redis::aio::MultiplexedConnection;
-use ::redis::{AsyncConnectionConfig, Cmd, ErrorKind, RedisConnectionInfo, RedisError, Value};
+use ::redis::{AsyncConnectionConfig, Cmd, ErrorKind, RedisError, Value};
 use tokio::sync::watch;
 
-use super::capped::{Capped, ReplyBudget};
+use super::capped::ReplyBudget;
+use super::connect::{ConnectError, Connector};
+use super::endpoint::Addr;
+use super::lanes::LaneReporter;
 use super::reply::{self, RawEntry, StreamId, StreamMeta, Unexpected};
 use crate::revocation::{EventError, RevocationEvent, RevocationSet, StreamKey};
-use crate::source::FeedReporter;
 
 /// Entries asked for per stream and per plain read.
 const PAGE: usize = 128;
 /// The most time a connection attempt may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long past the block timeout a read may take before the connection counts as hung.
 const RESPONSE_MARGIN: Duration = Duration::from_secs(2);
 /// How often streams are re-scanned while they cannot be tailed with a blocking read
@@ -51,6 +53,10 @@ pub(crate) const SCREEN_HOLD: Duration = Duration::from_secs(60);
 /// The most entries ahead of the server clock re-read per scan. Past it the feed can
 /// no longer see the end of the stream and stays not fresh.
 const MAX_AHEAD: usize = 1024;
+/// How often, in Sentinel mode, the feed asks whether its node is still the primary.
+const SENTINEL_RECHECK: Duration = Duration::from_secs(1);
+/// Cluster redirections followed in a row without a pause.
+const MAX_REDIRECTS: u32 = 5;
 /// The budget of replies that carry no entries (`TIME`, `INFO`, `XINFO` through the
 /// script).
 const SMALL_REPLY: usize = 64 * 1024;
@@ -108,36 +114,25 @@ end
 return out
 ";
 
-/// How to reach the server.
-pub(crate) enum Connect {
-    /// A plain TCP connection, counted by [`Capped`].
-    Tcp { host: String, port: u16 },
-    /// A Unix socket, counted by [`Capped`].
-    #[cfg(unix)]
-    Unix(std::path::PathBuf),
-    /// Through the `redis` crate's own connector (TLS, when the application enabled a
-    /// TLS feature of the `redis` crate). Replies are not counted.
-    Client(::redis::Client),
-}
-
 /// Everything the task needs, validated by [`RedisRevocations`](super::RedisRevocations).
 pub(crate) struct Settings {
-    pub(crate) connect: Connect,
-    pub(crate) redis: RedisConnectionInfo,
+    pub(crate) connector: Connector,
     pub(crate) key: Option<StreamKey>,
-    pub(crate) revoke_stream: String,
-    pub(crate) epoch_stream: String,
+    /// The streams this reader tails, with what each carries: both on one
+    /// connection, or (Cluster) one per reader.
+    pub(crate) streams: Vec<(String, StreamKind)>,
     pub(crate) catch_up: Duration,
     pub(crate) block: Duration,
     pub(crate) reconnect_min: Duration,
     pub(crate) reconnect_max: Duration,
     pub(crate) limits: Limits,
     pub(crate) set: RevocationSet,
-    pub(crate) health: FeedReporter,
+    pub(crate) health: LaneReporter,
 }
 
+/// What a stream carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum StreamKind {
     Revoke,
     Epoch,
 }
@@ -145,7 +140,7 @@ enum Kind {
 /// One tailed stream.
 struct Stream {
     name: String,
-    kind: Kind,
+    kind: StreamKind,
     /// Every entry up to here has been handled, and the server's clock has passed it.
     pos: Option<StreamId>,
     /// A keyed digest of the entry at `pos`, to tell a stream recreated with an entry
@@ -172,7 +167,7 @@ struct Stream {
 }
 
 impl Stream {
-    fn new(name: String, kind: Kind) -> Self {
+    fn new(name: String, kind: StreamKind) -> Self {
         Self {
             name,
             kind,
@@ -247,6 +242,24 @@ enum FeedError {
     },
     /// The server does not report what gap detection needs.
     Unsupported(&'static str),
+    /// The stream's slot is served by another Cluster node.
+    Redirect {
+        host: String,
+        port: u16,
+        ask: bool,
+    },
+    /// Discovery found no node (Sentinel, Cluster), or it is not a primary.
+    Discovery(&'static str),
+}
+
+impl From<ConnectError> for FeedError {
+    fn from(e: ConnectError) -> Self {
+        match e {
+            ConnectError::Redis(e) => FeedError::Redis(e),
+            ConnectError::Hung => FeedError::Hung,
+            ConnectError::Discovery(why) => FeedError::Discovery(why),
+        }
+    }
 }
 
 impl From<RedisError> for FeedError {
@@ -266,6 +279,12 @@ impl fmt::Display for FeedError {
                 write!(f, "the server refused {command}: {error}")
             }
             FeedError::Unsupported(what) => f.write_str(what),
+            FeedError::Redirect { host, port, ask } => write!(
+                f,
+                "the Cluster {} the stream's slot to {host}:{port}",
+                if *ask { "is moving" } else { "moved" }
+            ),
+            FeedError::Discovery(why) => f.write_str(why),
         }
     }
 }
@@ -313,6 +332,13 @@ struct Conn {
     inner: MultiplexedConnection,
     budget: Option<Arc<ReplyBudget>>,
     timeout: Duration,
+    /// The node took the stream's slot by an `-ASK` redirection: every command is
+    /// sent after `ASKING`.
+    asking: bool,
+    /// The node this connection reaches.
+    addr: Addr,
+    /// Sentinel mode: when the Sentinels last confirmed this node is the primary.
+    confirmed: Instant,
 }
 
 impl Conn {
@@ -321,7 +347,19 @@ impl Conn {
         if let Some(b) = &self.budget {
             b.arm(budget);
         }
-        let reply = tokio::time::timeout(self.timeout, cmd.query_async::<Value>(&mut self.inner))
+        let sent = async {
+            if self.asking {
+                let mut pipe = ::redis::pipe();
+                pipe.cmd("ASKING").ignore().add_command(cmd.clone());
+                let mut replies = pipe.query_async::<Vec<Value>>(&mut self.inner).await?;
+                replies
+                    .pop()
+                    .ok_or_else(|| RedisError::from((ErrorKind::Parse, "no reply after ASKING")))
+            } else {
+                cmd.query_async::<Value>(&mut self.inner).await
+            }
+        };
+        let reply = tokio::time::timeout(self.timeout, sent)
             .await
             .map_err(|_| FeedError::Hung)?;
         match reply {
@@ -329,23 +367,37 @@ impl Conn {
             Err(_) if self.budget.as_ref().is_some_and(|b| b.tripped()) => {
                 Err(FeedError::OverBudget)
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(redirect(&e).unwrap_or(FeedError::Redis(e))),
         }
     }
 }
 
+/// A Cluster redirection (`-MOVED` or `-ASK`) as a [`FeedError`].
+fn redirect(e: &RedisError) -> Option<FeedError> {
+    let (host, port) = e.redirect_node()?;
+    let ask = matches!(e.kind(), ErrorKind::Server(::redis::ServerErrorKind::Ask));
+    Some(FeedError::Redirect {
+        host: host.to_owned(),
+        port,
+        ask,
+    })
+}
+
 pub(crate) struct Consumer {
-    connect: Connect,
-    redis: RedisConnectionInfo,
+    connector: Connector,
     key: Option<StreamKey>,
-    streams: [Stream; 2],
+    streams: Vec<Stream>,
     catch_up: Duration,
     block: Duration,
     backoff: Backoff,
     limits: Limits,
     set: RevocationSet,
-    health: FeedReporter,
-    /// The server's `run_id` at the last sync; a change means it restarted.
+    health: LaneReporter,
+    /// Where the next connection goes instead of the key's primary: the node of a
+    /// `-ASK` redirection, sent `ASKING` before every command.
+    ask: Option<(String, u16)>,
+    /// The server's `run_id` at the last sync; a change means it restarted, or
+    /// (Sentinel failover, Cluster resharding) that this is another server.
     run_id: Option<String>,
     /// The server's clock at the last `TIME`, and when it was read here.
     server_clock: Option<(u64, Instant)>,
@@ -359,19 +411,20 @@ pub(crate) struct Consumer {
 impl Consumer {
     pub(crate) fn new(s: Settings) -> Self {
         Self {
-            connect: s.connect,
-            redis: s.redis,
+            connector: s.connector,
             key: s.key,
-            streams: [
-                Stream::new(s.revoke_stream, Kind::Revoke),
-                Stream::new(s.epoch_stream, Kind::Epoch),
-            ],
+            streams: s
+                .streams
+                .into_iter()
+                .map(|(name, kind)| Stream::new(name, kind))
+                .collect(),
             catch_up: s.catch_up,
             block: s.block,
             backoff: Backoff::new(s.reconnect_min, s.reconnect_max),
             limits: s.limits,
             set: s.set,
             health: s.health,
+            ask: None,
             run_id: None,
             server_clock: None,
             screened_until: None,
@@ -397,8 +450,12 @@ impl Consumer {
     async fn run_forever(&mut self) {
         let mut failures: u32 = 0;
         let mut down_since: Option<Instant> = None;
+        let mut redirects = 0;
         loop {
             let (err, was_live) = self.session(&mut failures, &mut down_since).await;
+            if was_live {
+                redirects = 0;
+            }
             // An oversized reply is no Redis failure: the feed reconnects at once and
             // stays fresh meanwhile, within max_staleness of its last good read.
             if !matches!(err, FeedError::OverBudget) {
@@ -406,6 +463,21 @@ impl Consumer {
             }
             failures = failures.saturating_add(1);
             match &err {
+                FeedError::Redirect { host, port, ask } => {
+                    if *ask {
+                        self.ask = Some((host.clone(), *port));
+                    } else {
+                        self.connector
+                            .moved(self.streams[0].name.as_bytes(), host, *port);
+                    }
+                    tracing::info!(error = %err, "revocation feed follows a Cluster redirection");
+                    // Follow at once, but not forever: nodes that keep sending the
+                    // feed to each other (a resharding in progress) get the backoff.
+                    redirects += 1;
+                    if redirects <= MAX_REDIRECTS {
+                        continue;
+                    }
+                }
                 FeedError::OverBudget => {
                     self.screened_until = Some(Instant::now() + SCREEN_HOLD);
                     tracing::warn!(
@@ -440,37 +512,42 @@ impl Consumer {
         }
     }
 
-    async fn connect(&self) -> Result<Conn, FeedError> {
+    async fn connect(&mut self) -> Result<Conn, FeedError> {
         let timeout = self.block + RESPONSE_MARGIN * 2;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(self.block + RESPONSE_MARGIN));
         let budget = Arc::new(ReplyBudget::default());
+        let asking = self.ask.take();
+        let node = match &asking {
+            Some((host, port)) => {
+                self.connector
+                    .node(host, *port, config, Some(budget.clone()))
+                    .await
+            }
+            None => {
+                // Every stream of one reader lives on one node: in Cluster mode each
+                // reader has a single stream.
+                let key = self.streams[0].name.as_bytes();
+                self.connector
+                    .primary_for(key, config, Some(budget.clone()))
+                    .await
+            }
+        }
+        .map_err(|e| {
+            // The node may be gone for good (failover, resharding): ask the seeds
+            // again next time.
+            self.connector.forget_slots();
+            FeedError::from(e)
+        })?;
         budget.arm(SMALL_REPLY);
-        let (inner, budget) = match &self.connect {
-            Connect::Tcp { host, port } => {
-                let tcp = within(tokio::net::TcpStream::connect((host.as_str(), *port))).await?;
-                let _ = tcp.set_nodelay(true);
-                let conn = open(&self.redis, Capped::new(tcp, budget.clone()), config).await?;
-                (conn, Some(budget))
-            }
-            #[cfg(unix)]
-            Connect::Unix(path) => {
-                let unix = within(tokio::net::UnixStream::connect(path)).await?;
-                let conn = open(&self.redis, Capped::new(unix, budget.clone()), config).await?;
-                (conn, Some(budget))
-            }
-            Connect::Client(client) => (
-                client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await?,
-                None,
-            ),
-        };
         Ok(Conn {
-            inner,
-            budget,
+            inner: node.conn,
+            budget: Some(budget),
             timeout,
+            asking: asking.is_some(),
+            addr: node.addr,
+            confirmed: Instant::now(),
         })
     }
 
@@ -510,7 +587,38 @@ impl Consumer {
             if let Err(e) = self.check(&mut conn).await {
                 return (e, true);
             }
-            self.health.mark_read_ok();
+            match self.still_primary(&mut conn).await {
+                Ok(true) => self.health.mark_read_ok(),
+                // The Sentinels could not be asked: the reads do not count, so a
+                // feed that cannot confirm its primary turns stale.
+                Ok(false) => {}
+                Err(e) => return (e, true),
+            }
+        }
+    }
+
+    /// In Sentinel mode, at most every [`SENTINEL_RECHECK`], whether the Sentinels
+    /// still name this node: a feed cut off with an old primary that did not learn
+    /// of a failover (a partition) would read a stream that no longer receives
+    /// writes. `Ok(false)` when no Sentinel answered; an error when they name
+    /// another node.
+    async fn still_primary(&mut self, conn: &mut Conn) -> Result<bool, FeedError> {
+        if conn.confirmed.elapsed() < SENTINEL_RECHECK {
+            return Ok(true);
+        }
+        match self.connector.sentinel_primary().await {
+            Ok(None) => Ok(true),
+            Ok(Some(addr)) if addr == conn.addr => {
+                conn.confirmed = Instant::now();
+                Ok(true)
+            }
+            Ok(Some(_)) => Err(FeedError::Discovery(
+                "the Sentinels name another primary (failover)",
+            )),
+            Err(e) => {
+                tracing::warn!(error = %e, "revocation feed cannot reach the Sentinels; its reads do not count until it can");
+                Ok(false)
+            }
         }
     }
 
@@ -524,7 +632,8 @@ impl Consumer {
         let restarted = matches!((&self.run_id, &run_id), (Some(a), Some(b)) if a != b);
         if restarted {
             tracing::warn!(
-                "Redis restarted (run id changed); replaying the retained history so no event is missed"
+                "Redis restarted or another server took over (run id changed: failover, \
+                 resharding); replaying the retained history so no event is missed"
             );
         }
         for s in &mut self.streams {
@@ -840,8 +949,8 @@ impl Consumer {
             .and_then(|fields| {
                 let key = self.key.as_ref();
                 match s.kind {
-                    Kind::Revoke => RevocationEvent::parse_revocation(&s.name, &fields, key),
-                    Kind::Epoch => RevocationEvent::parse_epoch(&s.name, &fields, key),
+                    StreamKind::Revoke => RevocationEvent::parse_revocation(&s.name, &fields, key),
+                    StreamKind::Epoch => RevocationEvent::parse_epoch(&s.name, &fields, key),
                 }
                 .map_err(DropReason::Event)
             });
@@ -970,32 +1079,6 @@ impl Consumer {
             Err(e) => Err(e),
         }
     }
-}
-
-/// Await a connection step within [`CONNECT_TIMEOUT`].
-async fn within<T>(step: impl Future<Output = Result<T, std::io::Error>>) -> Result<T, FeedError> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, step).await {
-        Ok(r) => r.map_err(|e| FeedError::Redis(e.into())),
-        Err(_) => Err(FeedError::Hung),
-    }
-}
-
-/// Set up a Redis connection (`HELLO`/`AUTH`/`SELECT`) over `stream`, and drive it on
-/// the feed's runtime.
-async fn open<S>(
-    redis: &RedisConnectionInfo,
-    stream: S,
-    config: AsyncConnectionConfig,
-) -> Result<MultiplexedConnection, FeedError>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let setup = MultiplexedConnection::new_with_config(redis, stream, config);
-    let (conn, driver) = tokio::time::timeout(CONNECT_TIMEOUT, setup)
-        .await
-        .map_err(|_| FeedError::Hung)??;
-    tokio::spawn(driver);
-    Ok(conn)
 }
 
 /// What one page read returned.

@@ -148,8 +148,11 @@
 
 mod capped;
 mod config;
+mod connect;
 pub(crate) mod consumer;
+mod endpoint;
 mod handle;
+mod lanes;
 mod replay;
 mod reply;
 mod worker;
@@ -158,10 +161,11 @@ mod worker;
 pub(crate) use worker::Worker;
 pub(crate) mod secret;
 
-#[cfg(feature = "audit")]
-pub(crate) use config::redacted_url;
 pub use config::{
     DEFAULT_BLOCK_TIMEOUT, DEFAULT_MAX_ENTRY_BYTES, DEFAULT_MAX_ENTRY_FIELDS,
     DEFAULT_MAX_REPLY_BYTES, DEFAULT_RECONNECT_MAX, DEFAULT_RECONNECT_MIN, RedisRevocations,
 };
+#[cfg(feature = "audit")]
+pub(crate) use connect::Connector;
+pub use endpoint::RedisEndpoint;
 pub use replay::{DEFAULT_REPLAY_KEY_PREFIX, DEFAULT_REPLAY_TIMEOUT, RedisReplayGuard};

@@ -1,5 +1,6 @@
 //! [`RedisReplayGuard`]: single-use mandates shared by every replica through Redis.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -8,6 +9,8 @@ use ::redis::aio::MultiplexedConnection;
 use ::redis::{AsyncConnectionConfig, Value};
 use aws_lc_rs::digest;
 
+use super::connect::{ConnectError, Connector};
+use super::endpoint::{Addr, RedisEndpoint};
 use crate::clock::{Clock, SystemClock};
 use crate::error::ConfigError;
 use crate::future::BoxFuture;
@@ -48,7 +51,7 @@ const RECONNECT_COOLDOWN: Duration = Duration::from_millis(200);
 /// ```
 #[derive(Clone)]
 pub struct RedisReplayGuard {
-    client: ::redis::Client,
+    connector: Connector,
     prefix: Arc<str>,
     timeout: Duration,
     clock: Arc<dyn Clock>,
@@ -64,7 +67,10 @@ struct State {
 
 #[derive(Default)]
 struct Slot {
+    /// The server's or the Sentinel-named primary's connection.
     conn: Option<MultiplexedConnection>,
+    /// Cluster: one connection per node.
+    nodes: HashMap<Addr, MultiplexedConnection>,
     retry_at: Option<Instant>,
 }
 
@@ -73,21 +79,31 @@ impl fmt::Debug for RedisReplayGuard {
         f.debug_struct("RedisReplayGuard")
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
-            .field("connected", &self.slot().conn.is_some())
+            .field("connector", &self.connector)
+            .field("connected", &{
+                let slot = self.slot();
+                slot.conn.is_some() || !slot.nodes.is_empty()
+            })
             .finish_non_exhaustive()
     }
 }
 
 impl RedisReplayGuard {
-    /// A guard for the Redis server at `url`. Does no I/O: the connection is made on
-    /// first use, so a verifier can start while Redis is still coming up (single-use
-    /// routes answer 503 until it is reachable).
+    /// A guard for the Redis at `url`, in any form [`RedisEndpoint`] takes. Does
+    /// no I/O: the connection is made on first use, so a verifier can start while
+    /// Redis is still coming up (single-use routes answer 503 until it is reachable).
     pub fn new(url: &str) -> Result<Self, ConfigError> {
-        // Never echo the URL: it may carry a password.
-        let client = ::redis::Client::open(url)
-            .map_err(|_| ConfigError::invalid("redis_url", "not a valid Redis URL"))?;
+        Self::on(&RedisEndpoint::new(url))
+    }
+
+    /// A guard for `endpoint`: a server, a Sentinel-managed primary (asked again
+    /// after a failure, so a failover is followed) or a Cluster (each key on the node
+    /// that owns its slot, following `MOVED` and `ASK`), over TLS when the endpoint
+    /// says so. Reads the endpoint's TLS files now.
+    pub fn on(endpoint: &RedisEndpoint) -> Result<Self, ConfigError> {
+        let connector = Connector::new(endpoint.resolve()?, DEFAULT_REPLAY_TIMEOUT);
         Ok(Self {
-            client,
+            connector,
             prefix: DEFAULT_REPLAY_KEY_PREFIX.into(),
             timeout: DEFAULT_REPLAY_TIMEOUT,
             clock: Arc::new(SystemClock),
@@ -100,7 +116,7 @@ impl RedisReplayGuard {
     pub async fn connect(url: &str) -> Result<Self, ConfigError> {
         let guard = Self::new(url)?;
         guard
-            .connection()
+            .connection(&guard.key_for("", "connect"), None)
             .await
             .map_err(|e| ConfigError::invalid("redis_url", e.to_string()))?;
         Ok(guard)
@@ -121,6 +137,7 @@ impl RedisReplayGuard {
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self.connector = self.connector.with_timeout(timeout);
         self
     }
 
@@ -154,66 +171,130 @@ impl RedisReplayGuard {
     }
 
     fn forget_connection(&self) {
-        self.slot().conn = None;
+        let mut slot = self.slot();
+        slot.conn = None;
+        slot.nodes.clear();
+        self.connector.forget_slots();
     }
 
-    async fn connection(&self) -> Result<MultiplexedConnection, ReplayError> {
-        if let Some(conn) = self.slot().conn.clone() {
+    fn config(&self) -> AsyncConnectionConfig {
+        AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+    }
+
+    /// The connection for `key`: the one server (or primary), or in a Cluster the
+    /// node that owns the key's slot (or `to`, the node a redirection named).
+    async fn connection(
+        &self,
+        key: &str,
+        to: Option<&Addr>,
+    ) -> Result<MultiplexedConnection, ReplayError> {
+        let owner = match to {
+            Some(addr) => Some(addr.clone()),
+            None => {
+                self.cooling()?;
+                self.connector
+                    .cluster_owner(key.as_bytes())
+                    .await
+                    .map_err(|e| self.failed(&e))?
+            }
+        };
+        if let Some(conn) = self.cached(owner.as_ref()) {
             return Ok(conn);
         }
         let _connecting = self.state.connecting.lock().await;
-        {
-            let slot = self.slot();
-            if let Some(conn) = slot.conn.clone() {
-                return Ok(conn);
-            }
-            if slot.retry_at.is_some_and(|t| Instant::now() < t) {
-                return Err(ReplayError::new("redis unreachable"));
-            }
+        if let Some(conn) = self.cached(owner.as_ref()) {
+            return Ok(conn);
         }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout));
-        match self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-        {
-            Ok(conn) => {
+        self.cooling()?;
+        let made = match &owner {
+            Some(addr) => self.connector.node_at(addr, self.config()).await,
+            None => {
+                self.connector
+                    .primary_for(key.as_bytes(), self.config(), None)
+                    .await
+            }
+        };
+        match made {
+            Ok(node) => {
                 let mut slot = self.slot();
-                slot.conn = Some(conn.clone());
+                match owner {
+                    Some(addr) => {
+                        slot.nodes.insert(addr, node.conn.clone());
+                    }
+                    None => slot.conn = Some(node.conn.clone()),
+                }
                 slot.retry_at = None;
-                Ok(conn)
+                Ok(node.conn)
             }
-            Err(e) => {
-                self.slot().retry_at = Some(Instant::now() + RECONNECT_COOLDOWN);
-                Err(ReplayError::new(format!("redis connection failed: {e}")))
-            }
+            Err(e) => Err(self.failed(&e)),
         }
     }
 
+    fn cached(&self, owner: Option<&Addr>) -> Option<MultiplexedConnection> {
+        let slot = self.slot();
+        match owner {
+            Some(addr) => slot.nodes.get(addr).cloned(),
+            None => slot.conn.clone(),
+        }
+    }
+
+    /// Fail fast while a recent connection attempt failed.
+    fn cooling(&self) -> Result<(), ReplayError> {
+        if self.slot().retry_at.is_some_and(|t| Instant::now() < t) {
+            return Err(ReplayError::new("redis unreachable"));
+        }
+        Ok(())
+    }
+
+    fn failed(&self, e: &ConnectError) -> ReplayError {
+        self.slot().retry_at = Some(Instant::now() + RECONNECT_COOLDOWN);
+        ReplayError::new(format!("redis connection failed: {e}"))
+    }
+
     async fn set_nx(&self, key: String, ttl_ms: u64) -> Result<bool, ReplayError> {
-        let mut conn = self.connection().await?;
-        let reply = ::redis::cmd("SET")
-            .arg(key)
-            .arg(1)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl_ms)
-            .query_async::<Value>(&mut conn)
-            .await;
-        match reply {
-            Ok(Value::Okay) => Ok(true),
-            Ok(Value::SimpleString(s)) if s == "OK" => Ok(true),
-            Ok(Value::Nil) => Ok(false),
-            Ok(_) => Err(ReplayError::new("unexpected reply to SET NX")),
-            Err(e) => {
-                // READONLY after a failover, a dropped socket, a timeout: start over
-                // with a fresh connection next time.
-                self.forget_connection();
-                Err(ReplayError::new(format!("redis error: {e}")))
+        let mut cmd = ::redis::cmd("SET");
+        cmd.arg(&key).arg(1).arg("NX").arg("PX").arg(ttl_ms);
+        let mut to: Option<Addr> = None;
+        let mut asking = false;
+        // At most one redirection is followed per check; the deadline bounds it too.
+        for _ in 0..2 {
+            let mut conn = self.connection(&key, to.as_ref()).await?;
+            let reply = if asking {
+                let mut pipe = ::redis::pipe();
+                pipe.cmd("ASKING").ignore().add_command(cmd.clone());
+                pipe.query_async::<Vec<Value>>(&mut conn)
+                    .await
+                    .map(|mut v| v.pop().unwrap_or(Value::Nil))
+            } else {
+                cmd.query_async::<Value>(&mut conn).await
+            };
+            match reply {
+                Ok(Value::Okay) => return Ok(true),
+                Ok(Value::SimpleString(s)) if s == "OK" => return Ok(true),
+                Ok(Value::Nil) => return Ok(false),
+                Ok(_) => return Err(ReplayError::new("unexpected reply to SET NX")),
+                Err(e) => {
+                    if let Some((host, port)) = e.redirect_node() {
+                        asking = matches!(
+                            e.kind(),
+                            ::redis::ErrorKind::Server(::redis::ServerErrorKind::Ask)
+                        );
+                        if !asking {
+                            self.connector.moved(key.as_bytes(), host, port);
+                        }
+                        to = Some(Addr::Tcp(host.to_owned(), port));
+                        continue;
+                    }
+                    // READONLY after a failover, a dropped socket, a timeout: start
+                    // over with a fresh connection (and discovery) next time.
+                    self.forget_connection();
+                    return Err(ReplayError::new(format!("redis error: {e}")));
+                }
             }
         }
+        Err(ReplayError::new("redis redirected the key twice"))
     }
 }
 

@@ -8,8 +8,14 @@ use crate::error::{CodeSpelling, ConfigError};
 /// Variables that configure the Redis revocation feed: set in a build without the
 /// `redis` feature, they are refused rather than ignored.
 #[cfg(not(feature = "redis"))]
-const REDIS_VARS: [&str; 3] = [
+const REDIS_VARS: [&str; 9] = [
     "CARACAL_REDIS_URL",
+    "CARACAL_REDIS_URL_FILE",
+    "CARACAL_REDIS_TLS_CA_FILE",
+    "CARACAL_REDIS_TLS_CERT_FILE",
+    "CARACAL_REDIS_TLS_KEY_FILE",
+    "CARACAL_REDIS_SENTINEL_USERNAME",
+    "CARACAL_REDIS_SENTINEL_PASSWORD",
     "STREAMS_HMAC_KEY",
     "STREAMS_HMAC_KEY_FILE",
 ];
@@ -46,9 +52,13 @@ impl VerifierBuilder {
     /// | `CARACAL_CODE_SPELLING` | [`code_spelling`](Self::code_spelling) (`documented`/`sdk`) | `documented` |
     ///
     /// With the `redis` feature, `CARACAL_REDIS_URL` and the variables next to it
-    /// attach the Redis revocation feed (see `RedisRevocations::from_lookup`). Without
-    /// the feature, a non-empty `CARACAL_REDIS_URL`, `STREAMS_HMAC_KEY` or
-    /// `STREAMS_HMAC_KEY_FILE` is an error
+    /// attach the Redis revocation feed (see `RedisRevocations::from_lookup`; the URL
+    /// may name a server, a Sentinel-managed primary or a Cluster, with TLS, see
+    /// `RedisEndpoint::from_lookup`), and `CARACAL_REPLAY_GUARD=redis` keeps
+    /// single-use mandates in that Redis (`RedisReplayGuard`) instead of in the
+    /// process (`memory`, the default). Without the feature, any of the Redis
+    /// variables, `STREAMS_HMAC_KEY`, `STREAMS_HMAC_KEY_FILE` or
+    /// `CARACAL_REPLAY_GUARD=redis` is an error
     /// ([`ConfigError::Env`] naming it) rather than a verifier that silently runs
     /// without the revocation feed it was configured for.
     ///
@@ -116,6 +126,35 @@ impl VerifierBuilder {
         #[cfg(feature = "redis")]
         if let Some(redis) = crate::redis::RedisRevocations::from_lookup(get)? {
             b = b.redis_revocations(redis);
+        }
+        match get("CARACAL_REPLAY_GUARD").as_deref().map(str::trim) {
+            None | Some("") | Some("memory") => {}
+            #[cfg(feature = "redis")]
+            Some("redis") => {
+                let endpoint =
+                    crate::redis::RedisEndpoint::from_lookup(get)?.ok_or(ConfigError::Env {
+                        var: "CARACAL_REDIS_URL",
+                        reason: "not set; CARACAL_REPLAY_GUARD=redis keeps single-use \
+                                 mandates in Redis"
+                            .into(),
+                    })?;
+                b = b.replay_guard(crate::redis::RedisReplayGuard::on(&endpoint)?);
+            }
+            #[cfg(not(feature = "redis"))]
+            Some("redis") => {
+                return Err(ConfigError::Env {
+                    var: "CARACAL_REPLAY_GUARD",
+                    reason: "redis, but caracal-verifier was built without the `redis` \
+                             feature; enable the feature or use memory"
+                        .into(),
+                });
+            }
+            Some(_) => {
+                return Err(ConfigError::Env {
+                    var: "CARACAL_REPLAY_GUARD",
+                    reason: "expected memory or redis".into(),
+                });
+            }
         }
         #[cfg(feature = "audit")]
         if let Some(audit) = crate::audit::AuditEmitter::from_lookup(get)? {

@@ -1,0 +1,635 @@
+//! Opening connections to the right Redis node: plain TCP, TLS (rustls) or a Unix
+//! socket; the primary that the Sentinels name; the Cluster node that owns a key.
+//!
+//! Every connection is made here, so the feed, the replay guard and the audit emitter
+//! reach Redis the same way. Discovery replies (Sentinel, `CLUSTER SLOTS`, `ROLE`) are
+//! read through a [`Capped`] connection with a small budget: a misbehaving node
+//! cannot make this code buffer an unbounded reply.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use ::redis::aio::MultiplexedConnection;
+use ::redis::{AsyncConnectionConfig, RedisConnectionInfo, RedisError, Value};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::capped::{Capped, ReplyBudget};
+use super::endpoint::{Addr, Resolved, Topology};
+
+/// The budget of a discovery reply (`SENTINEL …`, `CLUSTER SLOTS`, `ROLE`).
+const DISCOVERY_REPLY: usize = 256 * 1024;
+/// Slots in a Redis Cluster.
+pub(crate) const SLOTS: u16 = 16384;
+
+/// Why no connection was made.
+#[derive(Debug)]
+pub(crate) enum ConnectError {
+    Redis(RedisError),
+    /// A step took longer than the connection timeout.
+    Hung,
+    /// Discovery found no node to talk to (no Sentinel answered for the service, no
+    /// seed answered with a slot map, or the node is not a primary).
+    Discovery(&'static str),
+}
+
+impl From<RedisError> for ConnectError {
+    fn from(e: RedisError) -> Self {
+        ConnectError::Redis(e)
+    }
+}
+
+impl From<io::Error> for ConnectError {
+    fn from(e: io::Error) -> Self {
+        ConnectError::Redis(e.into())
+    }
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectError::Redis(e) => fmt::Display::fmt(e, f),
+            ConnectError::Hung => f.write_str("no answer within the connection timeout"),
+            ConnectError::Discovery(why) => f.write_str(why),
+        }
+    }
+}
+
+/// The byte stream under a connection.
+pub(crate) enum Transport {
+    Tcp(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+}
+
+macro_rules! each {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Transport::Tcp($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            Transport::Tls($s) => {
+                let $s = Pin::new(&mut **$s);
+                $e
+            }
+            #[cfg(unix)]
+            Transport::Unix($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+        }
+    };
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        each!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        each!(self, s => s.poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self, s => s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self, s => s.poll_shutdown(cx))
+    }
+}
+
+/// Opens connections for one endpoint and remembers where Cluster slots live.
+/// Cheap to clone; clones share the slot map.
+#[derive(Clone)]
+pub(crate) struct Connector {
+    resolved: Arc<Resolved>,
+    /// Cluster: the owner of each slot, as last learned (`CLUSTER SLOTS` or `MOVED`).
+    slots: Arc<Mutex<HashMap<u16, (String, u16)>>>,
+    /// Where the next discovery starts, so a dead first Sentinel or seed is not
+    /// always asked first.
+    rotate: Arc<AtomicUsize>,
+    /// Sentinel: the connection to the Sentinel that answered last, kept for the
+    /// feed's periodic "is this still the primary?" question.
+    sentinel: Arc<Mutex<Option<Kept>>>,
+    timeout: Duration,
+}
+
+impl fmt::Debug for Connector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connector")
+            .field("topology", &self.resolved.topology)
+            .field("tls", &self.resolved.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A kept Sentinel connection and the budget of its replies.
+type Kept = (MultiplexedConnection, Arc<ReplyBudget>);
+/// A `CLUSTER SLOTS` range: first slot, last slot, primary's host and port.
+type SlotRange = (u16, u16, (String, u16));
+
+/// A connection and the node it reaches.
+pub(crate) struct NodeConn {
+    pub(crate) conn: MultiplexedConnection,
+    pub(crate) addr: Addr,
+}
+
+impl Connector {
+    /// A connector whose every step (TCP, TLS, `HELLO`, discovery) takes at most
+    /// `timeout`.
+    pub(crate) fn new(resolved: Resolved, timeout: Duration) -> Self {
+        Self {
+            resolved: Arc::new(resolved),
+            slots: Arc::default(),
+            rotate: Arc::default(),
+            sentinel: Arc::default(),
+            timeout,
+        }
+    }
+
+    /// The same endpoint, each step bounded by `timeout`.
+    pub(crate) fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.resolved.is_cluster()
+    }
+
+    /// The data node to send commands on `key` to: the standalone server, the
+    /// primary the Sentinels name (checked with `ROLE`), or the Cluster node that
+    /// owns the key's slot. `budget`, when given, counts the bytes of every reply on
+    /// the returned connection.
+    pub(crate) async fn primary_for(
+        &self,
+        key: &[u8],
+        config: AsyncConnectionConfig,
+        budget: Option<Arc<ReplyBudget>>,
+    ) -> Result<NodeConn, ConnectError> {
+        let addr = match &self.resolved.topology {
+            Topology::Standalone(addr) => addr.clone(),
+            Topology::Sentinel { nodes, service } => {
+                let addr = self.ask_sentinels(nodes, service).await?;
+                let node = self
+                    .open(&addr, &self.resolved.node, config, budget)
+                    .await?;
+                return self.checked_primary(node).await;
+            }
+            Topology::Cluster { seeds } => {
+                let slot = key_slot(key);
+                let known = self.slot_owner(slot);
+                let (h, p) = match known {
+                    Some(owner) => owner,
+                    None => {
+                        self.refresh_slots(seeds).await?;
+                        self.slot_owner(slot)
+                            .ok_or(ConnectError::Discovery("no Cluster node serves the slot"))?
+                    }
+                };
+                Addr::Tcp(h, p)
+            }
+        };
+        self.open(&addr, &self.resolved.node, config, budget).await
+    }
+
+    /// The Cluster node that owns `key`'s slot, asking the seeds when the slot map
+    /// does not say; `None` outside Cluster mode.
+    pub(crate) async fn cluster_owner(&self, key: &[u8]) -> Result<Option<Addr>, ConnectError> {
+        let Topology::Cluster { seeds } = &self.resolved.topology else {
+            return Ok(None);
+        };
+        let slot = key_slot(key);
+        if let Some((h, p)) = self.slot_owner(slot) {
+            return Ok(Some(Addr::Tcp(h, p)));
+        }
+        self.refresh_slots(seeds).await?;
+        let (h, p) = self
+            .slot_owner(slot)
+            .ok_or(ConnectError::Discovery("no Cluster node serves the slot"))?;
+        Ok(Some(Addr::Tcp(h, p)))
+    }
+
+    /// A connection to a node named by a redirection (`MOVED`/`ASK`).
+    pub(crate) async fn node(
+        &self,
+        host: &str,
+        port: u16,
+        config: AsyncConnectionConfig,
+        budget: Option<Arc<ReplyBudget>>,
+    ) -> Result<NodeConn, ConnectError> {
+        let addr = Addr::Tcp(host.to_owned(), port);
+        self.open(&addr, &self.resolved.node, config, budget).await
+    }
+
+    /// A connection to the data node at `addr`.
+    pub(crate) async fn node_at(
+        &self,
+        addr: &Addr,
+        config: AsyncConnectionConfig,
+    ) -> Result<NodeConn, ConnectError> {
+        self.open(addr, &self.resolved.node, config, None).await
+    }
+
+    /// Record a `MOVED`: the slot of `key` now lives at `host:port`.
+    pub(crate) fn moved(&self, key: &[u8], host: &str, port: u16) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.insert(key_slot(key), (host.to_owned(), port));
+    }
+
+    /// Forget the slot map (after a node stopped answering), so the next connection
+    /// asks the seeds again.
+    pub(crate) fn forget_slots(&self) {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    fn slot_owner(&self, slot: u16) -> Option<(String, u16)> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.get(&slot).cloned()
+    }
+
+    fn start_index(&self, n: usize) -> usize {
+        self.rotate.fetch_add(1, Ordering::Relaxed) % n.max(1)
+    }
+
+    /// In Sentinel mode, the primary the Sentinels name now; `None` in other modes.
+    pub(crate) async fn sentinel_primary(&self) -> Result<Option<Addr>, ConnectError> {
+        match &self.resolved.topology {
+            Topology::Sentinel { nodes, service } => {
+                self.ask_sentinels(nodes, service).await.map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn ask(
+        &self,
+        conn: &mut MultiplexedConnection,
+        budget: &ReplyBudget,
+        service: &str,
+    ) -> Result<(String, u16), ConnectError> {
+        budget.arm(DISCOVERY_REPLY);
+        let mut cmd = ::redis::cmd("SENTINEL");
+        cmd.arg("GET-MASTER-ADDR-BY-NAME").arg(service);
+        let v = self.within(cmd.query_async::<Value>(conn)).await?;
+        host_and_port(&v).ok_or(ConnectError::Discovery(
+            "the Sentinel does not know the service",
+        ))
+    }
+
+    /// Ask the Sentinel that answered last, then each Sentinel in turn, for the
+    /// primary of `service`; the first answer wins.
+    async fn ask_sentinels(
+        &self,
+        nodes: &[(String, u16)],
+        service: &str,
+    ) -> Result<Addr, ConnectError> {
+        let kept = self
+            .sentinel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some((mut conn, budget)) = kept
+            && let Ok((h, p)) = self.ask(&mut conn, &budget, service).await
+        {
+            *self.sentinel.lock().unwrap_or_else(|p| p.into_inner()) = Some((conn, budget));
+            return Ok(Addr::Tcp(h, p));
+        }
+        let first = self.start_index(nodes.len());
+        let mut last = ConnectError::Discovery("no Sentinel named a primary for the service");
+        for i in 0..nodes.len() {
+            let (host, port) = &nodes[(first + i) % nodes.len()];
+            let addr = Addr::Tcp(host.clone(), *port);
+            let budget = Arc::new(ReplyBudget::default());
+            let attempt = async {
+                let mut s = self
+                    .open(
+                        &addr,
+                        &self.resolved.sentinel,
+                        self.config(),
+                        Some(budget.clone()),
+                    )
+                    .await?;
+                let named = self.ask(&mut s.conn, &budget, service).await?;
+                Ok::<_, ConnectError>((named, s.conn))
+            };
+            match attempt.await {
+                Ok(((h, p), conn)) => {
+                    *self.sentinel.lock().unwrap_or_else(|p| p.into_inner()) = Some((conn, budget));
+                    return Ok(Addr::Tcp(h, p));
+                }
+                Err(e) => {
+                    tracing::debug!(sentinel = %addr, error = %e, "Sentinel did not name a primary");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// The node must say it is a primary: a Sentinel that has not yet seen a failover
+    /// may name a demoted node, whose streams stop receiving writes.
+    async fn checked_primary(&self, mut node: NodeConn) -> Result<NodeConn, ConnectError> {
+        let v = self
+            .within(::redis::cmd("ROLE").query_async::<Value>(&mut node.conn))
+            .await?;
+        let role = match &v {
+            Value::Array(items) => items.first().and_then(text),
+            _ => None,
+        };
+        if role.as_deref() == Some("master") {
+            Ok(node)
+        } else {
+            Err(ConnectError::Discovery(
+                "the node the Sentinels named is not a primary (yet)",
+            ))
+        }
+    }
+
+    /// Ask the seeds for the slot map (`CLUSTER SLOTS`) and remember the primaries.
+    async fn refresh_slots(&self, seeds: &[(String, u16)]) -> Result<(), ConnectError> {
+        let first = self.start_index(seeds.len());
+        let mut last = ConnectError::Discovery("no Cluster seed answered with a slot map");
+        for i in 0..seeds.len() {
+            let (host, port) = &seeds[(first + i) % seeds.len()];
+            let addr = Addr::Tcp(host.clone(), *port);
+            let budget = Arc::new(ReplyBudget::default());
+            let attempt = async {
+                let mut s = self
+                    .open(
+                        &addr,
+                        &self.resolved.node,
+                        self.config(),
+                        Some(budget.clone()),
+                    )
+                    .await?;
+                budget.arm(DISCOVERY_REPLY);
+                let v = self
+                    .within(
+                        ::redis::cmd("CLUSTER")
+                            .arg("SLOTS")
+                            .query_async::<Value>(&mut s.conn),
+                    )
+                    .await?;
+                parse_slots(&v, host).ok_or(ConnectError::Discovery(
+                    "the Cluster seed answered CLUSTER SLOTS with no usable map",
+                ))
+            };
+            match attempt.await {
+                Ok(map) => {
+                    let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+                    slots.clear();
+                    for (start, end, owner) in map {
+                        for slot in start..=end {
+                            slots.insert(slot, owner.clone());
+                        }
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::debug!(seed = %addr, error = %e, "Cluster seed gave no slot map");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn config(&self) -> AsyncConnectionConfig {
+        AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+    }
+
+    async fn within<T, E>(
+        &self,
+        step: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, ConnectError>
+    where
+        ConnectError: From<E>,
+    {
+        match tokio::time::timeout(self.timeout, step).await {
+            Ok(r) => r.map_err(ConnectError::from),
+            Err(_) => Err(ConnectError::Hung),
+        }
+    }
+
+    /// TCP (then TLS when the endpoint uses it) or a Unix socket, then the `redis`
+    /// crate's handshake (`HELLO`, `AUTH`, `SELECT`), driven on the current runtime.
+    async fn open(
+        &self,
+        addr: &Addr,
+        info: &RedisConnectionInfo,
+        config: AsyncConnectionConfig,
+        budget: Option<Arc<ReplyBudget>>,
+    ) -> Result<NodeConn, ConnectError> {
+        let transport = match addr {
+            Addr::Tcp(host, port) => {
+                let tcp = self
+                    .within(tokio::net::TcpStream::connect((host.as_str(), *port)))
+                    .await?;
+                let _ = tcp.set_nodelay(true);
+                match &self.resolved.tls {
+                    None => Transport::Tcp(tcp),
+                    Some(tls) => {
+                        let name =
+                            rustls_pki_types::ServerName::try_from(host.clone()).map_err(|_| {
+                                ConnectError::Discovery("the host is not a valid TLS name")
+                            })?;
+                        let connector = tokio_rustls::TlsConnector::from(tls.clone());
+                        let stream = self.within(connector.connect(name, tcp)).await?;
+                        Transport::Tls(Box::new(stream))
+                    }
+                }
+            }
+            #[cfg(unix)]
+            Addr::Unix(path) => {
+                Transport::Unix(self.within(tokio::net::UnixStream::connect(path)).await?)
+            }
+        };
+        let conn = match budget {
+            Some(b) => {
+                b.arm(DISCOVERY_REPLY);
+                self.handshake(info, Capped::new(transport, b), config)
+                    .await?
+            }
+            None => self.handshake(info, transport, config).await?,
+        };
+        Ok(NodeConn {
+            conn,
+            addr: addr.clone(),
+        })
+    }
+
+    async fn handshake<S>(
+        &self,
+        info: &RedisConnectionInfo,
+        stream: S,
+        config: AsyncConnectionConfig,
+    ) -> Result<MultiplexedConnection, ConnectError>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (conn, driver) = self
+            .within(MultiplexedConnection::new_with_config(info, stream, config))
+            .await?;
+        tokio::spawn(driver);
+        Ok(conn)
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        _ => None,
+    }
+}
+
+fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+/// `[host, port]` from `SENTINEL GET-MASTER-ADDR-BY-NAME`; `None` for nil (unknown
+/// service) or anything else.
+fn host_and_port(v: &Value) -> Option<(String, u16)> {
+    let Value::Array(items) = v else { return None };
+    let [h, p] = items.as_slice() else {
+        return None;
+    };
+    let host = text(h).filter(|h| !h.is_empty() && h.len() <= 255)?;
+    let port = u16::try_from(int(p)?).ok().filter(|p| *p != 0)?;
+    Some((host, port))
+}
+
+/// The primaries of a `CLUSTER SLOTS` reply: `(first slot, last slot, (host, port))`.
+/// An empty host means the node we asked (`seed_host`).
+fn parse_slots(v: &Value, seed_host: &str) -> Option<Vec<SlotRange>> {
+    let Value::Array(ranges) = v else { return None };
+    let mut out = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        let Value::Array(parts) = range else {
+            return None;
+        };
+        let start = u16::try_from(int(parts.first()?)?).ok()?;
+        let end = u16::try_from(int(parts.get(1)?)?).ok()?;
+        if start > end || end >= SLOTS {
+            return None;
+        }
+        let Value::Array(primary) = parts.get(2)? else {
+            return None;
+        };
+        let host = text(primary.first()?)?;
+        let host = if host.is_empty() || host == "?" {
+            seed_host.to_owned()
+        } else {
+            host
+        };
+        let port = u16::try_from(int(primary.get(1)?)?)
+            .ok()
+            .filter(|p| *p != 0)?;
+        out.push((start, end, (host, port)));
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The Cluster slot of `key`: CRC16 (XMODEM) of the key, or of its first non-empty
+/// `{hash tag}`, modulo 16384.
+pub(crate) fn key_slot(key: &[u8]) -> u16 {
+    let hashed = match key.iter().position(|&b| b == b'{') {
+        Some(open) => match key[open + 1..].iter().position(|&b| b == b'}') {
+            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+            _ => key,
+        },
+        None => key,
+    };
+    crc16(hashed) % SLOTS
+}
+
+fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in data {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_slots_match_redis() {
+        // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+        assert_eq!(crc16(b"123456789"), 0x31C3);
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"bar"), 5061);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+        assert_eq!(key_slot(b"foo{}{bar}"), key_slot(b"foo{}{bar}"));
+        assert_eq!(key_slot(b"foo{}{bar}"), crc16(b"foo{}{bar}") % SLOTS);
+        assert_eq!(key_slot(b"foo{{bar}}zap"), key_slot(b"{bar"));
+    }
+
+    #[test]
+    fn discovery_replies_are_checked() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        assert_eq!(
+            host_and_port(&Value::Array(vec![bulk("10.0.0.5"), bulk("6380")])),
+            Some(("10.0.0.5".into(), 6380))
+        );
+        assert_eq!(host_and_port(&Value::Nil), None);
+        assert_eq!(
+            host_and_port(&Value::Array(vec![bulk("h"), bulk("99999")])),
+            None
+        );
+        let range = |a: i64, b: i64, host: &str, port: i64| {
+            Value::Array(vec![
+                Value::Int(a),
+                Value::Int(b),
+                Value::Array(vec![bulk(host), Value::Int(port), bulk("id")]),
+            ])
+        };
+        let map = parse_slots(
+            &Value::Array(vec![
+                range(0, 5460, "", 7000),
+                range(5461, 16383, "b", 7001),
+            ]),
+            "seed",
+        )
+        .unwrap();
+        assert_eq!(map[0], (0, 5460, ("seed".into(), 7000)));
+        assert_eq!(map[1], (5461, 16383, ("b".into(), 7001)));
+        assert!(parse_slots(&Value::Array(vec![range(0, 16384, "a", 1)]), "s").is_none());
+        assert!(parse_slots(&Value::Array(vec![range(9, 3, "a", 1)]), "s").is_none());
+        assert!(parse_slots(&Value::Array(vec![]), "s").is_none());
+    }
+}
