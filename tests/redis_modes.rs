@@ -132,7 +132,7 @@ async fn failover_moves_the_primary_and_keeps_replicated_data() {
 
     let mut publisher = set.publisher().await;
     let id = publisher.revoke("session_id", "s-1").await;
-    set.wait_replicated().await;
+    set.wait_replicated_by(&mut publisher).await;
 
     let new = set.failover().await;
     assert_ne!(new, old);

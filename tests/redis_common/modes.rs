@@ -666,15 +666,54 @@ impl SentinelSet {
         publisher_on(node_connection(self.primary_port().await).await)
     }
 
-    /// `WAIT 1 5000` on the primary: return once the replica has acknowledged every
-    /// write made so far, and fail the test when it does not within 5 s.
+    /// Wait until the replica has acknowledged every write the primary holds now,
+    /// whichever client made it: the replica's acknowledged offset (`slave0:…,
+    /// offset=` in the primary's `INFO replication`) reaches the primary's
+    /// `master_repl_offset` read at the call. Replicas acknowledge every second.
+    ///
+    /// Not `WAIT` on a connection of its own: `WAIT` counts only the writes of the
+    /// connection that sends it, so on a fresh one it returns at once. To `WAIT` for
+    /// one publisher's writes, see [`wait_replicated_by`](Self::wait_replicated_by).
     pub async fn wait_replicated(&self) {
         let primary = self.primary_port().await;
-        let acked: RedisResult<i64> =
-            query_node(primary, redis::cmd("WAIT").arg(1).arg(5000)).await;
+        let target: u64 = info(primary, "replication")
+            .await
+            .ok()
+            .and_then(|i| info_field(&i, "master_repl_offset")?.parse().ok())
+            .unwrap_or_else(|| panic!("master_repl_offset of the primary ({primary})"));
+        wait_for(
+            "the replica acknowledges the primary's writes",
+            &self.logs(),
+            async || {
+                let replication = info(primary, "replication").await?;
+                let acked = info_field(&replication, "slave0").and_then(|s| {
+                    s.split(',')
+                        .find_map(|kv| kv.strip_prefix("offset="))
+                        .and_then(|o| o.parse::<u64>().ok())
+                });
+                match acked {
+                    Some(acked) if acked >= target => Ok(()),
+                    _ => Err(format!(
+                        "primary {primary} at offset {target}, replica acknowledged {acked:?}"
+                    )),
+                }
+            },
+        )
+        .await;
+    }
+
+    /// `WAIT 1 5000` on `publisher`'s connection: return once the replica has
+    /// acknowledged that publisher's writes, and fail the test when `WAIT` does not
+    /// answer 1.
+    pub async fn wait_replicated_by(&self, publisher: &mut Publisher) {
+        let acked: RedisResult<i64> = redis::cmd("WAIT")
+            .arg(1)
+            .arg(5000)
+            .query_async(&mut publisher.conn)
+            .await;
         if !matches!(acked, Ok(1)) {
             self.print_logs();
-            panic!("WAIT 1 5000 on the primary ({primary}) answered {acked:?}, not 1");
+            panic!("WAIT 1 5000 on the publisher's connection answered {acked:?}, not 1");
         }
     }
 
