@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod modes;
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
