@@ -496,6 +496,44 @@ impl Connector {
     }
 }
 
+/// A Cluster redirection: `-MOVED <slot> <host>:<port>` or `-ASK …`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Redirect {
+    pub(crate) ask: bool,
+    /// The node's host; empty when the node did not say (then it is the host of
+    /// the node that answered, as `CLUSTER SLOTS` means by an empty host).
+    pub(crate) host: String,
+    pub(crate) port: u16,
+}
+
+impl Redirect {
+    /// The redirection `e` carries, if any.
+    pub(crate) fn of(e: &RedisError) -> Option<Redirect> {
+        let (addr, _slot) = e.redirect_node()?;
+        let ask = matches!(
+            e.kind(),
+            ::redis::ErrorKind::Server(::redis::ServerErrorKind::Ask)
+        );
+        let (host, port) = addr.rsplit_once(':')?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = port.parse().ok().filter(|p: &u16| *p != 0)?;
+        let host = if host == "?" { "" } else { host };
+        Some(Redirect {
+            ask,
+            host: host.to_owned(),
+            port,
+        })
+    }
+
+    /// The address, with an unnamed host taken from `answered`.
+    pub(crate) fn addr(&self, answered: &Addr) -> Addr {
+        match (self.host.is_empty(), answered) {
+            (true, Addr::Tcp(h, _)) => Addr::Tcp(h.clone(), self.port),
+            _ => Addr::Tcp(self.host.clone(), self.port),
+        }
+    }
+}
+
 fn text(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => String::from_utf8(b.clone()).ok(),

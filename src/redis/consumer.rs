@@ -32,7 +32,7 @@ use ::redis::{AsyncConnectionConfig, Cmd, ErrorKind, RedisError, Value};
 use tokio::sync::watch;
 
 use super::capped::ReplyBudget;
-use super::connect::{ConnectError, Connector};
+use super::connect::{ConnectError, Connector, Redirect};
 use super::endpoint::Addr;
 use super::lanes::LaneReporter;
 use super::reply::{self, RawEntry, StreamId, StreamMeta, Unexpected};
@@ -367,20 +367,21 @@ impl Conn {
             Err(_) if self.budget.as_ref().is_some_and(|b| b.tripped()) => {
                 Err(FeedError::OverBudget)
             }
-            Err(e) => Err(redirect(&e).unwrap_or(FeedError::Redis(e))),
+            Err(e) => match Redirect::of(&e) {
+                Some(r) => {
+                    let Addr::Tcp(host, port) = r.addr(&self.addr) else {
+                        return Err(FeedError::Redis(e));
+                    };
+                    Err(FeedError::Redirect {
+                        host,
+                        port,
+                        ask: r.ask,
+                    })
+                }
+                None => Err(FeedError::Redis(e)),
+            },
         }
     }
-}
-
-/// A Cluster redirection (`-MOVED` or `-ASK`) as a [`FeedError`].
-fn redirect(e: &RedisError) -> Option<FeedError> {
-    let (host, port) = e.redirect_node()?;
-    let ask = matches!(e.kind(), ErrorKind::Server(::redis::ServerErrorKind::Ask));
-    Some(FeedError::Redirect {
-        host: host.to_owned(),
-        port,
-        ask,
-    })
 }
 
 pub(crate) struct Consumer {

@@ -9,7 +9,7 @@ use ::redis::aio::MultiplexedConnection;
 use ::redis::{AsyncConnectionConfig, Value};
 use aws_lc_rs::digest;
 
-use super::connect::{ConnectError, Connector};
+use super::connect::{ConnectError, Connector, Redirect};
 use super::endpoint::{Addr, RedisEndpoint};
 use crate::clock::{Clock, SystemClock};
 use crate::error::ConfigError;
@@ -115,6 +115,17 @@ impl RedisReplayGuard {
     /// server shows up at startup.
     pub async fn connect(url: &str) -> Result<Self, ConfigError> {
         let guard = Self::new(url)?;
+        guard
+            .connection(&guard.key_for("", "connect"), None)
+            .await
+            .map_err(|e| ConfigError::invalid("redis_url", e.to_string()))?;
+        Ok(guard)
+    }
+
+    /// Like [`on`](Self::on), and connect now, so a wrong endpoint, an untrusted
+    /// certificate or an unreachable server shows up at startup.
+    pub async fn connect_to(endpoint: &RedisEndpoint) -> Result<Self, ConfigError> {
+        let guard = Self::on(endpoint)?;
         guard
             .connection(&guard.key_for("", "connect"), None)
             .await
@@ -276,15 +287,22 @@ impl RedisReplayGuard {
                 Ok(Value::Nil) => return Ok(false),
                 Ok(_) => return Err(ReplayError::new("unexpected reply to SET NX")),
                 Err(e) => {
-                    if let Some((host, port)) = e.redirect_node() {
-                        asking = matches!(
-                            e.kind(),
-                            ::redis::ErrorKind::Server(::redis::ServerErrorKind::Ask)
-                        );
-                        if !asking {
-                            self.connector.moved(key.as_bytes(), host, port);
+                    if let Some(r) = Redirect::of(&e) {
+                        let answered = to
+                            .clone()
+                            .or(self
+                                .connector
+                                .cluster_owner(key.as_bytes())
+                                .await
+                                .ok()
+                                .flatten())
+                            .unwrap_or(Addr::Tcp(String::new(), r.port));
+                        let addr = r.addr(&answered);
+                        asking = r.ask;
+                        if let (false, Addr::Tcp(host, port)) = (asking, &addr) {
+                            self.connector.moved(key.as_bytes(), host, *port);
                         }
-                        to = Some(Addr::Tcp(host.to_owned(), port));
+                        to = Some(addr);
                         continue;
                     }
                     // READONLY after a failover, a dropped socket, a timeout: start

@@ -792,7 +792,29 @@ impl SentinelSet {
 
     /// Wait until every sentinel reports the same primary, not `old`, and that node
     /// reports `role:master`.
-    async fn wait_new_primary(&self, old: u16) -> u16 {
+    /// SIGSTOP the data node on `port`: it keeps its sockets but answers nothing
+    /// (a replica stops replicating) until [`resume_node`](Self::resume_node).
+    pub fn pause_node(&mut self, port: u16) {
+        self.node_mut(port).signal("-STOP");
+    }
+
+    /// SIGCONT the data node on `port`.
+    pub fn resume_node(&mut self, port: u16) {
+        self.node_mut(port).signal("-CONT");
+    }
+
+    /// SIGKILL the data node on `port`, without waiting for the sentinels.
+    pub fn kill_node(&mut self, port: u16) {
+        self.node_mut(port).kill();
+    }
+
+    /// Wait until the sentinels agree on a primary other than `old` and it reports
+    /// `role:master`; returns its port.
+    pub async fn wait_new_primary(&self, old: u16) -> u16 {
+        self.wait_new_primary_inner(old).await
+    }
+
+    async fn wait_new_primary_inner(&self, old: u16) -> u16 {
         let sentinels = self.sentinel_ports();
         wait_for(
             "the sentinels agree on a new primary",

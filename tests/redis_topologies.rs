@@ -1,0 +1,480 @@
+//! The revocation feed and the replay guard on Redis as users run it: over TLS,
+//! behind Sentinel (with a forced and a hard failover) and on a three-primary
+//! Cluster (with the two streams on different nodes, a moved slot and a migration
+//! half done). Every server is a real `redis-server` process on loopback (see
+//! `redis_common::modes`); nothing here waits a fixed time.
+//!
+//! Run with `cargo test --all-features --test redis_topologies`.
+#![cfg(feature = "redis")]
+
+mod redis_common;
+
+use std::time::Duration;
+
+use caracal_verifier::redis::{RedisEndpoint, RedisReplayGuard, RedisRevocations};
+use caracal_verifier::revocation::{
+    DELEGATIONS_INVALIDATE_STREAM, SESSIONS_REVOKE_STREAM, sign_fields,
+};
+use caracal_verifier::testing::TestIssuer;
+use caracal_verifier::{AnchorKind, AuthError, InvalidReason, Requirements, Verifier};
+use redis::Value;
+use redis_common::modes::{
+    RedisCluster, SentinelSet, TlsOptions, TlsRedis, node_connection, query_node,
+};
+use redis_common::{eventually, init_tracing, stream_key, verifier};
+
+async fn check(v: &Verifier, token: &str) -> Result<(), AuthError> {
+    v.verify(token, &Requirements::new()).await.map(drop)
+}
+
+fn revoked(answer: &Result<(), AuthError>) -> bool {
+    matches!(
+        answer,
+        Err(AuthError::SessionRevoked {
+            anchor: AnchorKind::Sid,
+            ..
+        })
+    )
+}
+
+fn stale_epoch(answer: &Result<(), AuthError>) -> bool {
+    matches!(answer, Err(AuthError::DelegationStale { .. }))
+}
+
+fn unavailable(answer: &Result<(), AuthError>) -> bool {
+    matches!(answer, Err(AuthError::RevocationUnavailable))
+}
+
+async fn issuer() -> TestIssuer {
+    TestIssuer::start("zone-1")
+        .await
+        .expect("start the test issuer")
+}
+
+/// The feed settings of these tests: signed events, short timeouts.
+fn feed_on(endpoint: RedisEndpoint) -> RedisRevocations {
+    RedisRevocations::on(endpoint)
+        .stream_key(stream_key())
+        .max_staleness(Duration::from_secs(3))
+        .block_timeout(Duration::from_millis(250))
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(250))
+}
+
+/// Wait until `sid` is revoked through the verifier.
+async fn until_revoked(v: &Verifier, sts: &TestIssuer, sid: &str) {
+    let token = sts.mandate().sid(sid).sign();
+    eventually(&format!("{sid} is revoked"), async || {
+        revoked(&check(v, &token).await)
+    })
+    .await;
+}
+
+/// `total_connections_received` of the server on `port`: every connection it
+/// accepted, whether or not its TLS handshake then succeeded.
+async fn connections_received(port: u16) -> u64 {
+    let info: String = query_node(port, redis::cmd("INFO").arg("stats"))
+        .await
+        .expect("INFO stats");
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_connections_received:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("total_connections_received")
+}
+
+/// Wait until the server on `plain_port` has accepted `n` more connections than
+/// `before`: the feed has tried (and, for a refused handshake, failed) that often.
+async fn attempts(plain_port: u16, before: u64, n: u64) {
+    eventually("the feed tries to connect", async || {
+        connections_received(plain_port).await >= before + n
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// TLS
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_refuses_a_server_whose_certificate_another_ca_signed() {
+    init_tracing();
+    let server = TlsRedis::start(TlsOptions::default()).await;
+    let sts = issuer().await;
+    let before = connections_received(server.plain_port()).await;
+    let endpoint = RedisEndpoint::new(server.tls_url()).tls_ca_file(server.other_ca_pem());
+    let v = verifier(&sts, feed_on(endpoint.clone())).await;
+    // Three handshakes refused (the feed retries with backoff); the verifier never
+    // trusted the set meanwhile.
+    attempts(server.plain_port(), before, 3).await;
+    assert!(!v.is_ready());
+    let answer = check(&v, &sts.mandate().sid("sid-1").sign()).await;
+    assert!(unavailable(&answer), "{answer:?}");
+    assert!(
+        !v.revocation_feed()
+            .unwrap()
+            .status()
+            .feed
+            .unwrap()
+            .connected
+    );
+    // The replay guard refuses the same server at once.
+    assert!(RedisReplayGuard::connect_to(&endpoint).await.is_err());
+    // The system roots do not vouch for a test CA either.
+    let system = RedisEndpoint::new(server.tls_url());
+    assert!(RedisReplayGuard::connect_to(&system).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_presents_the_client_certificate_a_server_requires() {
+    init_tracing();
+    let server = TlsRedis::start(TlsOptions {
+        require_client_cert: true,
+    })
+    .await;
+    let sts = issuer().await;
+    let trusted = || RedisEndpoint::new(server.tls_url()).tls_ca_file(server.ca_pem());
+
+    // Hostile first: no certificate, then one signed by another CA.
+    for endpoint in [
+        trusted(),
+        trusted().tls_client_identity_files(
+            server.other_client_cert_pem(),
+            server.other_client_key_pem(),
+        ),
+    ] {
+        let before = connections_received(server.plain_port()).await;
+        let v = verifier(&sts, feed_on(endpoint.clone())).await;
+        attempts(server.plain_port(), before, 3).await;
+        assert!(!v.is_ready());
+        assert!(unavailable(
+            &check(&v, &sts.mandate().sid("sid-1").sign()).await
+        ));
+        assert!(RedisReplayGuard::connect_to(&endpoint).await.is_err());
+        v.shutdown().await;
+    }
+
+    let endpoint =
+        trusted().tls_client_identity_files(server.client_cert_pem(), server.client_key_pem());
+    let mut publisher = server.publisher().await;
+    publisher.revoke("sid", "sid-before").await;
+    let v = verifier(&sts, feed_on(endpoint.clone())).await;
+    eventually("the feed is ready over TLS", async || v.is_ready()).await;
+    assert!(revoked(
+        &check(&v, &sts.mandate().sid("sid-before").sign()).await
+    ));
+    publisher.revoke("sid", "sid-after").await;
+    until_revoked(&v, &sts, "sid-after").await;
+    check(&v, &sts.mandate().sid("sid-other").sign())
+        .await
+        .expect("not revoked");
+
+    // The replay guard over the same endpoint keeps a mandate single-use.
+    let guard = RedisReplayGuard::connect_to(&endpoint)
+        .await
+        .expect("replay guard over TLS");
+    let single = Verifier::builder()
+        .issuer(sts.issuer_url())
+        .audience("resource://api")
+        .zone("zone-1")
+        .replay_guard(guard)
+        .build()
+        .unwrap();
+    single.warm_up().await.unwrap();
+    let token = sts.mandate().jti("jti-tls").sign();
+    let once = Requirements::new().single_use();
+    single.verify(&token, &once).await.expect("first use");
+    let again = single.verify(&token, &once).await.map(drop);
+    assert!(
+        matches!(
+            again,
+            Err(AuthError::InvalidToken {
+                reason: InvalidReason::Replayed,
+                ..
+            })
+        ),
+        "{again:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_keeps_the_reply_size_bound() {
+    init_tracing();
+    let server = TlsRedis::start(TlsOptions::default()).await;
+    let sts = issuer().await;
+    let endpoint = RedisEndpoint::new(server.tls_url()).tls_ca_file(server.ca_pem());
+    let v = verifier(&sts, feed_on(endpoint).max_reply_bytes(64 * 1024)).await;
+    eventually("the feed is ready over TLS", async || v.is_ready()).await;
+    let mut publisher = server.publisher().await;
+    // A writer without the key adds a 2 MiB entry, then a real event follows.
+    let huge = "x".repeat(2 * 1024 * 1024);
+    publisher
+        .raw(
+            SESSIONS_REVOKE_STREAM,
+            "*",
+            &[("zone_id", "zone-1"), ("sid", &huge)],
+        )
+        .await;
+    publisher.revoke("sid", "sid-after-huge").await;
+    until_revoked(&v, &sts, "sid-after-huge").await;
+    let status = v.revocation_feed().unwrap().status().feed.unwrap();
+    assert!(status.dropped >= 1, "{status:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Sentinel
+// ---------------------------------------------------------------------------
+
+fn sentinel_url(set: &SentinelSet) -> String {
+    let nodes: Vec<String> = set
+        .sentinel_addrs()
+        .iter()
+        .map(|(h, p)| format!("{h}:{p}"))
+        .collect();
+    format!("redis+sentinel://{}/{}", nodes.join(","), set.master_name())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_keeps_every_revocation() {
+    init_tracing();
+    let set = SentinelSet::start().await;
+    let sts = issuer().await;
+    let mut publisher = set.publisher().await;
+    publisher.revoke("sid", "sid-before-start").await;
+    set.wait_replicated().await;
+
+    let endpoint = RedisEndpoint::new(sentinel_url(&set));
+    let v = verifier(&sts, feed_on(endpoint.clone())).await;
+    eventually("the feed is ready through Sentinel", async || v.is_ready()).await;
+    assert!(revoked(
+        &check(&v, &sts.mandate().sid("sid-before-start").sign()).await
+    ));
+    publisher.revoke("sid", "sid-before-failover").await;
+    until_revoked(&v, &sts, "sid-before-failover").await;
+    set.wait_replicated().await;
+    let resets = v.revocation_feed().unwrap().status().feed.unwrap().resets;
+
+    let old = set.primary_port().await;
+    let new = set.failover().await;
+    assert_ne!(old, new);
+    let mut publisher = set.publisher().await;
+    publisher.revoke("sid", "sid-after-failover").await;
+    publisher.epoch(9).await;
+    until_revoked(&v, &sts, "sid-after-failover").await;
+    eventually("the epoch is enforced", async || {
+        stale_epoch(&check(&v, &sts.mandate().epoch(8).sign()).await)
+    })
+    .await;
+    for sid in ["sid-before-start", "sid-before-failover"] {
+        assert!(revoked(&check(&v, &sts.mandate().sid(sid).sign()).await));
+    }
+    // The new primary is another server: the feed re-read the retained history.
+    let status = v.revocation_feed().unwrap().status().feed.unwrap();
+    assert!(status.resets > resets, "{status:?}");
+    eventually("the feed is ready again", async || v.is_ready()).await;
+
+    // The replay guard follows the failover too.
+    let guard = RedisReplayGuard::connect_to(&endpoint)
+        .await
+        .expect("replay guard through Sentinel");
+    assert!(first_use(&guard, "jti-s").await);
+    assert!(!first_use(&guard, "jti-s").await);
+}
+
+/// Record `jti` through `guard` and say whether it was the first use.
+async fn first_use(guard: &RedisReplayGuard, jti: &str) -> bool {
+    use caracal_verifier::replay::ReplayGuard;
+    guard
+        .first_use("https://sts.example.com", jti, u64::MAX / 4000)
+        .await
+        .expect("the replay guard answers")
+}
+
+/// The new primary lacks an entry the feed read from the old one (replication is
+/// asynchronous), and then takes an entry numbered *below* the feed's read
+/// position. The run id tells the feed it is another server: it re-reads the
+/// retained history, so that entry is enforced, and the lost one stays enforced
+/// from memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_hard_failover_to_a_replica_that_missed_entries() {
+    init_tracing();
+    let mut set = SentinelSet::start().await;
+    let sts = issuer().await;
+    let mut publisher = set.publisher().await;
+    let first = publisher.revoke("sid", "sid-replicated").await;
+    set.wait_replicated().await;
+    let v = verifier(&sts, feed_on(RedisEndpoint::new(sentinel_url(&set)))).await;
+    eventually("the feed is ready through Sentinel", async || v.is_ready()).await;
+
+    // The replica stops; the primary takes one more event, which the feed reads.
+    let primary = set.primary_port().await;
+    let replica = *set
+        .node_ports()
+        .iter()
+        .find(|p| **p != primary)
+        .expect("a replica");
+    set.pause_node(replica);
+    // Cut the replication link too, or the event would wait in the stopped
+    // replica's socket buffer and reach it on resume.
+    let killed: i64 = query_node(
+        primary,
+        redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("replica"),
+    )
+    .await
+    .expect("CLIENT KILL TYPE replica");
+    assert_eq!(killed, 1);
+    let lost = publisher.revoke("sid", "sid-lost-in-failover").await;
+    until_revoked(&v, &sts, "sid-lost-in-failover").await;
+    // The primary dies before the replica saw that event; the replica takes over.
+    set.kill_node(primary);
+    set.resume_node(replica);
+    let new = set.wait_new_primary(primary).await;
+    assert_eq!(new, replica);
+
+    // An event numbered between the two the feed read: below its read position.
+    let ms = |id: &str| id.split('-').next().unwrap().parse::<u64>().unwrap();
+    let between = format!("{}-0", (ms(&first) + ms(&lost)) / 2);
+    assert!(ms(&lost) >= ms(&first) + 2, "{first} {lost}");
+    let mut publisher = set.publisher().await;
+    let fields = [("zone_id", "zone-1"), ("sid", "sid-below-position")];
+    let sig = sign_fields(&stream_key(), SESSIONS_REVOKE_STREAM, &fields);
+    let written = publisher
+        .raw(
+            SESSIONS_REVOKE_STREAM,
+            &between,
+            &[fields[0], fields[1], ("_sig", &sig)],
+        )
+        .await;
+    assert_eq!(written, between);
+    until_revoked(&v, &sts, "sid-below-position").await;
+    for sid in ["sid-replicated", "sid-lost-in-failover"] {
+        assert!(revoked(&check(&v, &sts.mandate().sid(sid).sign()).await));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Cluster
+// ---------------------------------------------------------------------------
+
+fn cluster_url(cluster: &RedisCluster) -> String {
+    let seeds: Vec<String> = cluster
+        .seed_addrs()
+        .iter()
+        .map(|(h, p)| format!("{h}:{p}"))
+        .collect();
+    format!("redis+cluster://{}", seeds.join(","))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_reads_each_stream_from_its_own_node_and_follows_moves() {
+    init_tracing();
+    let mut cluster = RedisCluster::start().await;
+    let sts = issuer().await;
+    let revoke_node = cluster.node_for_key(SESSIONS_REVOKE_STREAM).await;
+    let epoch_node = cluster.node_for_key(DELEGATIONS_INVALIDATE_STREAM).await;
+    assert_ne!(revoke_node, epoch_node, "the streams share a node");
+    cluster
+        .publisher_for(SESSIONS_REVOKE_STREAM)
+        .await
+        .revoke("sid", "sid-before-start")
+        .await;
+
+    let v = verifier(&sts, feed_on(RedisEndpoint::new(cluster_url(&cluster)))).await;
+    eventually("the feed is ready on the Cluster", async || v.is_ready()).await;
+    assert!(revoked(
+        &check(&v, &sts.mandate().sid("sid-before-start").sign()).await
+    ));
+    cluster
+        .publisher_for(SESSIONS_REVOKE_STREAM)
+        .await
+        .revoke("sid", "sid-live")
+        .await;
+    cluster
+        .publisher_for(DELEGATIONS_INVALIDATE_STREAM)
+        .await
+        .epoch(5)
+        .await;
+    until_revoked(&v, &sts, "sid-live").await;
+    eventually("the epoch is enforced", async || {
+        stale_epoch(&check(&v, &sts.mandate().epoch(4).sign()).await)
+    })
+    .await;
+
+    // The revoke stream's slot moves under the feed (MOVED).
+    let third = *cluster
+        .ports()
+        .iter()
+        .find(|p| **p != revoke_node && **p != epoch_node)
+        .expect("a third primary");
+    cluster.move_slot_of(SESSIONS_REVOKE_STREAM, third).await;
+    cluster
+        .publisher_for(SESSIONS_REVOKE_STREAM)
+        .await
+        .revoke("sid", "sid-after-move")
+        .await;
+    until_revoked(&v, &sts, "sid-after-move").await;
+
+    // Half-way through the next migration the key sits on the target, which serves
+    // it only after ASKING; the old owner answers -ASK.
+    cluster
+        .start_migration_of(SESSIONS_REVOKE_STREAM, revoke_node)
+        .await;
+    let mut target = node_connection(revoke_node).await;
+    let fields = [("zone_id", "zone-1"), ("sid", "sid-during-migration")];
+    let sig = sign_fields(&stream_key(), SESSIONS_REVOKE_STREAM, &fields);
+    let mut pipe = redis::pipe();
+    pipe.cmd("ASKING").ignore();
+    pipe.cmd("XADD")
+        .arg(SESSIONS_REVOKE_STREAM)
+        .arg("*")
+        .arg(fields[0].0)
+        .arg(fields[0].1)
+        .arg(fields[1].0)
+        .arg(fields[1].1)
+        .arg("_sig")
+        .arg(&sig);
+    let _: Vec<Value> = pipe
+        .query_async(&mut target)
+        .await
+        .expect("XADD after ASKING");
+    until_revoked(&v, &sts, "sid-during-migration").await;
+    cluster.finish_migration().await;
+    cluster
+        .publisher_for(SESSIONS_REVOKE_STREAM)
+        .await
+        .revoke("sid", "sid-after-migration")
+        .await;
+    until_revoked(&v, &sts, "sid-after-migration").await;
+    eventually("the feed is ready again", async || v.is_ready()).await;
+    for sid in ["sid-before-start", "sid-live", "sid-after-move"] {
+        assert!(revoked(&check(&v, &sts.mandate().sid(sid).sign()).await));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_replay_guard_routes_each_key_to_its_slot() {
+    init_tracing();
+    let mut cluster = RedisCluster::start().await;
+    let endpoint = RedisEndpoint::new(cluster_url(&cluster));
+    let guard = RedisReplayGuard::connect_to(&endpoint)
+        .await
+        .expect("replay guard on the Cluster");
+    // Enough ids that every primary holds some.
+    let jtis: Vec<String> = (0..24).map(|i| format!("jti-{i}")).collect();
+    let mut nodes = std::collections::BTreeSet::new();
+    for jti in &jtis {
+        let key = guard.key_for("https://sts.example.com", jti);
+        nodes.insert(cluster.node_for_key(&key).await);
+        assert!(first_use(&guard, jti).await, "{jti}");
+        assert!(!first_use(&guard, jti).await, "{jti} replayed");
+    }
+    assert_eq!(nodes.len(), 3, "the keys span every primary");
+
+    // A key's slot moves: the guard follows MOVED and still sees the first use.
+    let key = guard.key_for("https://sts.example.com", &jtis[0]);
+    let from = cluster.node_for_key(&key).await;
+    let to = *cluster.ports().iter().find(|p| **p != from).unwrap();
+    cluster.move_slot_of(&key, to).await;
+    assert!(
+        !first_use(&guard, &jtis[0]).await,
+        "replayed after the move"
+    );
+}
