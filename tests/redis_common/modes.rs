@@ -848,12 +848,14 @@ impl Drop for SentinelSet {
 }
 
 /// A data node of a [`SentinelSet`], run from its own config file (which Sentinel
-/// rewrites), a replica of `primary` when given.
+/// rewrites), a replica of `primary` when given. A full sync starts at once rather
+/// than after the default 5 s wait for more replicas (`repl-diskless-sync-delay`).
 async fn start_data_node(parent: &Path, name: &str, primary: Option<u16>) -> Node {
     Node::start(parent, name, 1, |dir, ports| {
         let conf = dir.join("redis.conf");
         let mut text = format!(
-            "port {}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndir {dir:?}\n",
+            "port {}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndir {dir:?}\n\
+             repl-diskless-sync-delay 0\n",
             ports[0]
         );
         if let Some(primary) = primary {
