@@ -478,3 +478,101 @@ async fn cluster_replay_guard_routes_each_key_to_its_slot() {
         "replayed after the move"
     );
 }
+
+// ---------------------------------------------------------------------------
+// The audit emitter on the same endpoints
+// ---------------------------------------------------------------------------
+
+#[cfg(feature = "audit")]
+mod audit {
+    use super::*;
+    use axum::Router;
+    use axum::body::Body;
+    use axum::routing::get;
+    use caracal_verifier::audit::{AuditEmitter, AuditKey};
+    use caracal_verifier::layer::MandateLayer;
+    use http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    const AUDIT_STREAM: &str = "caracal.audit.events";
+
+    /// Send one allowed and one denied request through a layer whose verifier
+    /// audits to `endpoint`, and wait until both events are sent.
+    async fn audit_two_requests(endpoint: RedisEndpoint) {
+        let sts = issuer().await;
+        let emitter = AuditEmitter::on(endpoint)
+            .key(AuditKey::from_hex(&"5a".repeat(32)).unwrap())
+            .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200));
+        let stats = emitter.stats();
+        let v = Verifier::builder()
+            .issuer(sts.issuer_url())
+            .audience("resource://api")
+            .zone("zone-1")
+            .audit(emitter)
+            .build()
+            .unwrap();
+        v.warm_up().await.unwrap();
+        let app = Router::new()
+            .route("/ok", get(|| async { "ok" }))
+            .layer(MandateLayer::new(v.clone(), Requirements::new()));
+        let token = sts.mandate().sign();
+        let allowed = Request::get("/ok")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(
+            app.clone().oneshot(allowed).await.unwrap().status(),
+            StatusCode::OK
+        );
+        let denied = Request::get("/ok").body(Body::empty()).unwrap();
+        assert_eq!(
+            app.oneshot(denied).await.unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
+        eventually("both audit events are sent", async || {
+            stats.snapshot().sent >= 2
+        })
+        .await;
+        v.shutdown().await;
+    }
+
+    async fn stream_len(port: u16) -> u64 {
+        query_node(port, redis::cmd("XLEN").arg(AUDIT_STREAM))
+            .await
+            .expect("XLEN")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn audit_events_go_over_mutual_tls() {
+        init_tracing();
+        let server = TlsRedis::start(TlsOptions {
+            require_client_cert: true,
+        })
+        .await;
+        let endpoint = RedisEndpoint::new(server.tls_url())
+            .tls_ca_file(server.ca_pem())
+            .tls_client_identity_files(server.client_cert_pem(), server.client_key_pem());
+        audit_two_requests(endpoint).await;
+        assert_eq!(stream_len(server.plain_port()).await, 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn audit_events_reach_the_cluster_node_that_owns_the_stream() {
+        init_tracing();
+        let cluster = RedisCluster::start().await;
+        let owner = cluster.node_for_key(AUDIT_STREAM).await;
+        // Seeded with the other nodes only: the emitter must find the owner.
+        let seeds: Vec<String> = cluster
+            .ports()
+            .into_iter()
+            .filter(|p| *p != owner)
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        audit_two_requests(RedisEndpoint::new(format!(
+            "redis+cluster://{}",
+            seeds.join(",")
+        )))
+        .await;
+        assert_eq!(stream_len(owner).await, 2);
+    }
+}
