@@ -637,6 +637,40 @@ mod tests {
         assert_eq!(key_slot(b"foo{{bar}}zap"), key_slot(b"{bar"));
     }
 
+    fn server_error(reply: &[u8]) -> RedisError {
+        ::redis::parse_redis_value(reply)
+            .unwrap()
+            .extract_error()
+            .unwrap_err()
+    }
+
+    #[test]
+    fn redirections_name_host_and_port() {
+        let moved = Redirect::of(&server_error(b"-MOVED 3999 10.0.0.7:6381\r\n")).unwrap();
+        assert_eq!(
+            moved,
+            Redirect {
+                ask: false,
+                host: "10.0.0.7".into(),
+                port: 6381
+            }
+        );
+        let ask = Redirect::of(&server_error(b"-ASK 3999 :7002\r\n")).unwrap();
+        assert!(ask.ask);
+        let answered = Addr::Tcp("node-b".into(), 7000);
+        assert_eq!(ask.addr(&answered), Addr::Tcp("node-b".into(), 7002));
+        let v6 = Redirect::of(&server_error(b"-MOVED 1 [::1]:7003\r\n")).unwrap();
+        assert_eq!(v6.host, "::1");
+        for not_one in [
+            &b"-MOVED 1 nohostport\r\n"[..],
+            b"-MOVED 1 h:0\r\n",
+            b"-ERR MOVED 1 h:1\r\n",
+            b"-READONLY You can't write against a read only replica.\r\n",
+        ] {
+            assert_eq!(Redirect::of(&server_error(not_one)), None);
+        }
+    }
+
     #[test]
     fn discovery_replies_are_checked() {
         let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
