@@ -40,6 +40,11 @@ use crate::revocation::{EventError, RevocationEvent, RevocationSet, StreamKey};
 
 /// Entries asked for per stream and per plain read.
 const PAGE: usize = 128;
+/// The size a plain catch-up page assumes per entry, for its count: Caracal's events
+/// take about 300 bytes in a reply, so a page fills under a third of its budget.
+const CATCH_UP_ENTRY: usize = 1024;
+/// The most entries asked for per catch-up read.
+const MAX_CATCH_UP_PAGE: usize = 4096;
 /// The most time a connection attempt may take.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long past the block timeout a read may take before the connection counts as hung.
@@ -74,6 +79,15 @@ impl Limits {
     fn screened_page(&self) -> usize {
         let per_entry = self.max_bytes + self.max_fields * 2 * 16 + 64;
         (self.max_reply_bytes / per_entry).clamp(1, PAGE)
+    }
+
+    /// Entries per plain (unscreened) scan read: [`CATCH_UP_ENTRY`] bytes each within
+    /// the reply budget, and never fewer than a tail read. A million retained events
+    /// then take a thousand round trips rather than eight thousand. A page that
+    /// still goes over the budget breaks the connection like any other reply, and
+    /// the feed reads through the screening script.
+    fn catch_up_page(&self) -> usize {
+        (self.max_reply_bytes / CATCH_UP_ENTRY).clamp(PAGE, MAX_CATCH_UP_PAGE)
     }
 }
 
@@ -847,13 +861,14 @@ impl Consumer {
                 .map_err(|e| refused("EVAL (the screening script)", e))?;
             (v, page)
         } else {
+            let page = self.limits.catch_up_page();
             let mut cmd = ::redis::cmd("XREAD");
             cmd.arg("COUNT")
-                .arg(PAGE)
+                .arg(page)
                 .arg("STREAMS")
                 .arg(&name)
                 .arg(from.to_string());
-            (conn.query(&cmd, self.limits.max_reply_bytes).await?, PAGE)
+            (conn.query(&cmd, self.limits.max_reply_bytes).await?, page)
         };
         let entries = if self.screened() {
             reply::entries(&v).map_err(FeedError::Reply)?
