@@ -9,7 +9,8 @@
 //!   instead of blocking past it. So a far-future id cannot hide the events the
 //!   server numbers after a `DEL`.
 //! - **Resets and lost history are noticed on a healthy connection.** After every
-//!   read the feed compares each stream's `last-generated-id`, `entries-added` and
+//!   quiet read (a block timeout), and at least every [`CHECK_EVERY`] while events
+//!   flow, the feed compares each stream's `last-generated-id`, `entries-added` and
 //!   `max-deleted-entry-id` (`XINFO STREAM`) with what it has read. A stream that was
 //!   deleted, recreated or whose ids went backwards is re-read from the catch-up
 //!   start; history deleted before the feed read it is a gap, counted and logged.
@@ -60,6 +61,10 @@ pub(crate) const SCREEN_HOLD: Duration = Duration::from_secs(60);
 const MAX_AHEAD: usize = 1024;
 /// How often, in Sentinel mode, the feed asks whether its node is still the primary.
 const SENTINEL_RECHECK: Duration = Duration::from_secs(1);
+/// While events flow, the safety check (`XINFO STREAM`, the entry at the position,
+/// `TIME`, a read to the end) runs at most this often; it runs after every quiet
+/// read too (a block timeout), and never less often than the block timeout.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
 /// Cluster redirections followed in a row without a pause.
 const MAX_REDIRECTS: u32 = 5;
 /// The budget of replies that carry no entries (`TIME`, `INFO`, `XINFO` through the
@@ -240,6 +245,15 @@ impl Stream {
         self.read_in_window = std::mem::take(&mut self.read_beyond_window);
         lost
     }
+}
+
+/// What one tail read found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tailed {
+    /// Entries, handled.
+    Entries,
+    /// Nothing within the block timeout, or the streams were polled instead.
+    Quiet,
 }
 
 /// Why a connection was abandoned.
@@ -595,12 +609,21 @@ impl Consumer {
         }
         *failures = 0;
         self.backoff.reset();
+        // The safety check costs several commands; after a read that brought
+        // entries it waits for CHECK_EVERY, so an event costs Redis one read per
+        // replica, not the full check (which runs after every quiet read).
+        let check_every = CHECK_EVERY.min(self.block);
+        let mut checked = Instant::now();
         loop {
-            if let Err(e) = self.tail(&mut conn).await {
-                return (e, true);
-            }
-            if let Err(e) = self.check(&mut conn).await {
-                return (e, true);
+            let tailed = match self.tail(&mut conn).await {
+                Ok(t) => t,
+                Err(e) => return (e, true),
+            };
+            if tailed == Tailed::Quiet || checked.elapsed() >= check_every {
+                if let Err(e) = self.check(&mut conn).await {
+                    return (e, true);
+                }
+                checked = Instant::now();
             }
             match self.still_primary(&mut conn).await {
                 Ok(true) => self.health.mark_read_ok(),
@@ -666,7 +689,8 @@ impl Consumer {
     }
 
     /// Compare each stream with what the server reports, react to resets and gaps,
-    /// and read until every stream is caught up. Runs after every read.
+    /// and read until every stream is caught up. Runs after every quiet read and at
+    /// least every [`CHECK_EVERY`].
     async fn check(&mut self, conn: &mut Conn) -> Result<(), FeedError> {
         self.refresh_time(conn).await?;
         let mut behind = false;
@@ -900,12 +924,12 @@ impl Consumer {
     }
 
     /// Wait for new entries and handle them.
-    async fn tail(&mut self, conn: &mut Conn) -> Result<(), FeedError> {
+    async fn tail(&mut self, conn: &mut Conn) -> Result<Tailed, FeedError> {
         if self.screened() || self.streams.iter().any(|s| s.ahead.is_some() || s.blind) {
             // A blocking read from the position would return the entries ahead of the
             // clock at once; poll instead.
             tokio::time::sleep(POLL.min(self.block)).await;
-            return Ok(());
+            return Ok(Tailed::Quiet);
         }
         let block_ms = u64::try_from(self.block.as_millis()).unwrap_or(u64::MAX);
         let mut cmd = ::redis::cmd("XREAD");
@@ -922,6 +946,9 @@ impl Consumer {
         }
         let v = conn.query(&cmd, self.limits.max_reply_bytes).await?;
         let streams = reply::xread(&v).map_err(FeedError::Reply)?;
+        if streams.iter().all(|(_, e)| e.is_empty()) {
+            return Ok(Tailed::Quiet);
+        }
         if let Some(last) = streams
             .iter()
             .filter_map(|(_, e)| e.last())
@@ -945,7 +972,7 @@ impl Consumer {
                 self.handle(i, e, true);
             }
         }
-        Ok(())
+        Ok(Tailed::Entries)
     }
 
     /// Apply or drop one entry, then move the read position past it if the server's

@@ -62,7 +62,8 @@
 //!
 //! Before readiness turns true, the feed replays the retained history of both streams
 //! that falls within [`catch_up`](RedisRevocations::catch_up) (default 24 h, the
-//! revocation TTL), measured on the Redis server's clock (`TIME`), in pages of 128.
+//! revocation TTL), measured on the Redis server's clock (`TIME`), in pages of up to 1,024 entries
+//! ([`max_reply_bytes`](RedisRevocations::max_reply_bytes) / 1 KiB).
 //! A revocation published before the process started is thus enforced from the first
 //! request. A trimmed stream (`MAXLEN`/`MINID`) just starts later: reading from an id
 //! older than the first entry returns the oldest one kept.
@@ -111,8 +112,9 @@
 //!   data, so both streams are re-read from the catch-up start: every event the new
 //!   server holds is seen, whatever ids it gave them, and events applied twice change
 //!   nothing.
-//! - **Deleted, recreated or rewound streams.** After every read, on a live
-//!   connection, `XINFO STREAM` is compared with what was read: a missing stream, a
+//! - **Deleted, recreated or rewound streams.** After every quiet read (a block
+//!   timeout that brought nothing), and at least every 250 ms while events flow, on a
+//!   live connection, `XINFO STREAM` is compared with what was read: a missing stream, a
 //!   `last-generated-id` below the position, a fall in `entries-added`, or another
 //!   entry at the position's very id (a `DEL` and `XADD` within one millisecond)
 //!   means the stream was replaced, and it is re-read from the catch-up start
