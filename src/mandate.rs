@@ -324,6 +324,22 @@ pub(crate) struct MandateInner {
     pub(crate) policy: crate::verifier::PolicyId,
 }
 
+/// A handle on a verified mandate, with a reference count of its own.
+///
+/// The verified data is shared by every handle; a handle is what a [`Mandate`]
+/// counts. The mandate cache gives each thread its own handle on a hot mandate, so
+/// threads answering the same token from the cache never write the same reference
+/// count (one cache line bouncing between cores would undo the point of a cache).
+pub(crate) struct Handle(Arc<MandateInner>);
+
+impl std::ops::Deref for Handle {
+    type Target = MandateInner;
+    #[inline]
+    fn deref(&self) -> &MandateInner {
+        &self.0
+    }
+}
+
 /// A verified mandate. Only the verifier constructs one; cloning is cheap.
 ///
 /// Accessors follow the claim names of the Caracal contract: the authority record
@@ -331,7 +347,7 @@ pub(crate) struct MandateInner {
 /// session [`agent_session_id`](Self::agent_session_id) and the delegation
 /// [`delegation_edge_id`](Self::delegation_edge_id).
 #[derive(Clone)]
-pub struct Mandate(pub(crate) Arc<MandateInner>);
+pub struct Mandate(pub(crate) Arc<Handle>);
 
 impl fmt::Debug for Mandate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -352,6 +368,17 @@ impl fmt::Debug for Mandate {
 }
 
 impl Mandate {
+    /// A mandate, verified just now.
+    pub(crate) fn new(inner: MandateInner) -> Mandate {
+        Mandate(Arc::new(Handle(Arc::new(inner))))
+    }
+
+    /// The same mandate through a new handle, whose reference count no other
+    /// handle shares.
+    pub(crate) fn new_handle(&self) -> Mandate {
+        Mandate(Arc::new(Handle(Arc::clone(&self.0.0))))
+    }
+
     fn c(&self) -> &Claims {
         &self.0.claims
     }
