@@ -197,7 +197,8 @@ impl Inner {
             if until != GONE {
                 let (new, _) = table.probe(slot.fp.load(Ordering::Relaxed));
                 new.until.store(until, Ordering::Relaxed);
-                new.fp.store(slot.fp.load(Ordering::Relaxed), Ordering::Relaxed);
+                new.fp
+                    .store(slot.fp.load(Ordering::Relaxed), Ordering::Relaxed);
                 used += 1;
             }
         }
