@@ -446,6 +446,7 @@ mod tests {
         )
         .unwrap();
         Mandate::new(MandateInner {
+            hops: crate::mandate::effective_hops(&claims),
             claims,
             key: crate::jwk::test_key(),
             alg: Algorithm::ES256,

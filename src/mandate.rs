@@ -322,6 +322,22 @@ pub(crate) struct MandateInner {
     pub(crate) anchors: Vec<crate::revocation::Anchor>,
     /// The policy it was verified under: stacked layers reuse it only under the same.
     pub(crate) policy: crate::verifier::PolicyId,
+    /// [`Mandate::hops`], counted once: the route's hop limit and the request
+    /// context read it on every request.
+    pub(crate) hops: u64,
+}
+
+/// Effective hops: the largest of `hop_count`, the delegation edges in the chain
+/// and the edges in `delegation_path`.
+pub(crate) fn effective_hops(c: &Claims) -> u64 {
+    let edges = c
+        .chain()
+        .unwrap_or(NO_CHAIN)
+        .iter()
+        .filter(|h| h.delegation_edge_id().is_some())
+        .count() as u64;
+    let path = c.delegation_path().len() as u64;
+    c.hop_count().unwrap_or(0).max(edges).max(path)
 }
 
 /// A handle on a verified mandate, with a reference count of its own.
@@ -490,13 +506,7 @@ impl Mandate {
     /// chain and the edges in `delegation_path`, so no claim can understate the
     /// depth.
     pub fn hops(&self) -> u64 {
-        let edges = self
-            .delegation_chain()
-            .iter()
-            .filter(|h| h.delegation_edge_id().is_some())
-            .count() as u64;
-        let path = self.delegation_path().len() as u64;
-        self.c().hop_count().unwrap_or(0).max(edges).max(path)
+        self.0.hops
     }
     /// `delegation_graph_epoch`.
     pub fn delegation_graph_epoch(&self) -> Option<u64> {

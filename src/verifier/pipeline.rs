@@ -11,7 +11,7 @@ use tracing::field::Empty;
 use super::Verifier;
 use crate::claims::parse_payload;
 use crate::error::{AnchorKind, AuthError, InvalidReason};
-use crate::mandate::{Claims, Mandate, MandateInner};
+use crate::mandate::{Claims, Mandate, MandateInner, effective_hops};
 use crate::requirements::Requirements;
 use crate::revocation::{Anchor, fingerprint};
 use crate::stats::{self, Sample};
@@ -293,6 +293,7 @@ impl Verifier {
         self.check_claims(&claims, now)?;
         let anchors = anchors_of(&claims);
         Ok(Mandate::new(MandateInner {
+            hops: effective_hops(&claims),
             claims,
             key,
             alg,
