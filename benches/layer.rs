@@ -4,6 +4,9 @@
 //! Run: `cargo bench --all-features --bench layer`
 //!
 //! - `layer/unprotected_baseline`: the inner `service_fn` alone.
+//! - `layer/verify_repeated_token`: bare `Verifier::verify()` of the same token, so
+//!   one run prices the layer's own glue: `warm_repeated_token` against this plus
+//!   `unprotected_baseline` (goal ≤ 1.3×).
 //! - `layer/warm_repeated_token`: the same token every call (mandate cache hit);
 //!   goal ≤ 1 µs median. `…_with_request_id` sends an `x-request-id`, so the layer
 //!   reuses it instead of generating one.
@@ -70,6 +73,14 @@ fn layer(c: &mut Criterion) {
             |req| call(&mut bare, req),
             BatchSize::SmallInput,
         )
+    });
+
+    let v = verifier(&s, true);
+    let r = reqs();
+    now(v.verify(&tok, &r)).unwrap();
+    now(v.verify(&tok, &r)).unwrap();
+    g.bench_function("verify_repeated_token", |b| {
+        b.iter(|| now(v.verify(&tok, &r)).unwrap())
     });
 
     let mut warm = MandateLayer::new(verifier(&s, true), reqs()).layer(inner());

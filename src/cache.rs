@@ -3,25 +3,38 @@
 //!
 //! Entries are found by a keyed hash of the token's last bytes (inside the
 //! signature) and then compared on the **whole** token, so a hash collision can only
-//! miss, never return another token's mandate. Only tokens that passed full
+//! miss, never return another token's mandate. An entry does not keep the payload
+//! twice: when the mandate's claims hold the decoded payload (every token an STS
+//! mints), the entry keeps the header and signature segments, and the payload
+//! segment is compared by decoding it against the claims. Decoding is strict and
+//! canonical, so that comparison holds for exactly one payload segment. Only tokens that passed full
 //! verification are inserted, so an attacker cannot fill the cache or steer its
 //! buckets. The cache is bounded in entries and bytes, entries never outlive `exp`,
 //! and they die with the key that verified them.
 //!
-//! It is a sharded map rather than a general-purpose cache: a lookup is one
-//! uncontended read lock and one probe, and an insert is one write lock. When a
-//! shard is full, its expired entries go first; if none have expired the shard is
-//! emptied, and its tokens are verified afresh when next seen.
+//! It is a sharded map rather than a general-purpose cache: a lookup is one read
+//! lock and one probe, and an insert is one write lock. When a shard is full, its
+//! expired entries go first; if none have expired the shard is emptied, and its
+//! tokens are verified afresh when next seen.
+//!
+//! In front of the shards, each thread keeps a small direct-mapped table of the
+//! entries it was last served, each with a [`Mandate`] handle of its own. A
+//! repeated token is then answered from the thread's table: no lock, and no
+//! reference count that another thread writes, so threads serving the same hot
+//! token do not bounce a cache line between cores. An entry there is checked like
+//! a shared one (the whole token, `exp`); the key that verified it is checked by the
+//! caller on every hit, and a removal clears the calling thread's entry.
 //!
 //! A token is admitted on its **second** sighting: a small direct-mapped table of
 //! hashes remembers tokens seen once. Mandates used once (most cold traffic) then
 //! cost nothing to cache, and a repeated token is verified in full twice before it
 //! is served from the cache.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 
 use crate::hash::BuildIdentity;
 use crate::mandate::Mandate;
@@ -35,18 +48,129 @@ const SHARDS: usize = 16;
 /// Bytes of the token's tail that are hashed: all inside an ES256 signature.
 const HASHED_TAIL: usize = 64;
 
+/// How an entry recognises its token.
+enum TokenKey {
+    /// The header and signature segments, back to back: the payload segment is
+    /// compared against the mandate's claims, which hold the decoded payload.
+    Split {
+        ends: Box<str>,
+        header_len: u32,
+        payload_len: u32,
+    },
+    /// The whole token, when the claims do not hold the decoded payload (the strict
+    /// parser lays claims out afresh).
+    Whole(Box<str>),
+}
+
+impl TokenKey {
+    fn new(token: &str, payload: &[u8]) -> TokenKey {
+        if let Ok(parts) = crate::token::split(token)
+            && let (Ok(header_len), Ok(payload_len)) = (
+                u32::try_from(parts.header.len()),
+                u32::try_from(parts.payload.len()),
+            )
+            && payload_is(parts.payload, payload)
+        {
+            let mut ends = String::with_capacity(parts.header.len() + parts.signature.len());
+            ends.push_str(parts.header);
+            ends.push_str(parts.signature);
+            return TokenKey::Split {
+                ends: ends.into(),
+                header_len,
+                payload_len,
+            };
+        }
+        TokenKey::Whole(token.into())
+    }
+
+    /// Whether `token` is exactly the token this key was made from; `payload` is the
+    /// mandate's decoded payload.
+    fn matches(&self, token: &str, payload: &[u8]) -> bool {
+        match self {
+            TokenKey::Whole(t) => **t == *token,
+            TokenKey::Split {
+                ends,
+                header_len,
+                payload_len,
+            } => {
+                let (h, p) = (*header_len as usize, *payload_len as usize);
+                let (header, signature) = ends.split_at(h);
+                let b = token.as_bytes();
+                b.len() == ends.len() + p + 2
+                    && b[h] == b'.'
+                    && b[h + 1 + p] == b'.'
+                    && token[..h] == *header
+                    && token[h + 2 + p..] == *signature
+                    // Decoded last: the costly part, on tokens that matched so far.
+                    && payload_is(&token[h + 1..h + 1 + p], payload)
+            }
+        }
+    }
+
+    /// The bytes this key keeps.
+    fn len(&self) -> usize {
+        match self {
+            TokenKey::Split { ends, .. } => ends.len(),
+            TokenKey::Whole(t) => t.len(),
+        }
+    }
+}
+
+/// Whether the base64url `segment` decodes (strictly) to exactly `payload`.
+/// Decodes in chunks on the stack, stopping at the first difference.
+fn payload_is(segment: &str, payload: &[u8]) -> bool {
+    /// Characters per chunk: whole 4-character groups, so chunks decode alone.
+    const CHUNK: usize = 1024;
+    let mut buf = [0u8; CHUNK / 4 * 3];
+    let mut rest = payload;
+    for chunk in segment.as_bytes().chunks(CHUNK) {
+        let Ok(n) = crate::b64::SIMD_B64.decoded_length(chunk) else {
+            return false;
+        };
+        if n > rest.len() {
+            return false;
+        }
+        let Ok(decoded) =
+            crate::b64::SIMD_B64.decode(chunk, base64_simd::Out::from_slice(&mut buf[..n]))
+        else {
+            return false;
+        };
+        let (head, tail) = rest.split_at(n);
+        if *decoded != *head {
+            return false;
+        }
+        rest = tail;
+    }
+    rest.is_empty()
+}
+
 pub(crate) struct Cached {
-    token: Box<str>,
+    key: TokenKey,
     mandate: Mandate,
     /// Drop the entry at this time (seconds since the Unix epoch).
     expires_at: u64,
 }
 
+impl Cached {
+    fn is_for(&self, token: &str) -> bool {
+        self.key
+            .matches(token, self.mandate.0.claims.text.as_bytes())
+    }
+
+    /// Rough heap cost: the token's parts kept, the parsed claims and bookkeeping.
+    fn bytes(&self) -> usize {
+        self.key.len() + self.mandate.0.claims.text.len() + ENTRY_OVERHEAD
+    }
+}
+
 /// The token shows as its length only.
 impl std::fmt::Debug for Cached {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kept = match &self.key {
+            TokenKey::Split { ends, .. } | TokenKey::Whole(ends) => ends,
+        };
         f.debug_struct("Cached")
-            .field("token", &crate::token::Redacted(&self.token))
+            .field("token", &crate::token::Redacted(kept))
             .field("mandate", &self.mandate)
             .field("expires_at", &self.expires_at)
             .finish()
@@ -55,7 +179,7 @@ impl std::fmt::Debug for Cached {
 
 #[derive(Default)]
 struct Shard {
-    map: HashMap<u64, Arc<Cached>, BuildIdentity>,
+    map: HashMap<u64, Cached, BuildIdentity>,
     bytes: usize,
 }
 
@@ -63,7 +187,40 @@ struct Shard {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Slot(u64);
 
+/// Entries of a thread's own table ([`Near`]).
+const NEAR_SLOTS: usize = 64;
+
+/// A shared entry as one thread last used it, with that thread's own handle and
+/// its own copy of the token (compared byte for byte, no decoding).
+struct NearEntry {
+    /// [`MandateCache::id`] of the cache it came from.
+    cache: u64,
+    hash: u64,
+    token: Box<str>,
+    expires_at: u64,
+    mandate: Mandate,
+}
+
+/// A thread's table of the entries it was last served, direct-mapped by hash.
+struct Near(Box<[Option<NearEntry>]>);
+
+thread_local! {
+    static NEAR: RefCell<Near> = RefCell::new(Near(
+        std::iter::repeat_with(|| None).take(NEAR_SLOTS).collect(),
+    ));
+}
+
+/// Where a hash sits in a thread's table: bits the shard index does not use.
+fn near_index(h: u64) -> usize {
+    (h as usize >> 8) % NEAR_SLOTS
+}
+
+/// Cache ids, so a thread's table never answers for another cache.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
 pub(crate) struct MandateCache {
+    /// Unique per cache in the process.
+    id: u64,
     shards: Box<[RwLock<Shard>]>,
     /// Hashes of tokens seen once (direct-mapped; a collision only delays admission).
     seen_once: Box<[AtomicU64]>,
@@ -81,10 +238,9 @@ impl std::fmt::Debug for MandateCache {
     }
 }
 
-/// Rough heap cost of one entry: the token, the parsed claims and bookkeeping.
-fn entry_bytes(token: &str) -> usize {
-    token.len() * 2 + 512
-}
+/// Heap bytes of an entry besides its strings: the claims' fields and tables, the
+/// revocation anchors, the handles and the map slot.
+const ENTRY_OVERHEAD: usize = 512;
 
 impl MandateCache {
     pub(crate) fn new(max_entries: u64, max_bytes: u64) -> Self {
@@ -98,6 +254,7 @@ impl MandateCache {
             .clamp(1024, 1 << 16)
             .next_power_of_two();
         Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
             seen_once: (0..doorkeeper).map(|_| AtomicU64::new(0)).collect(),
             hasher: foldhash::fast::RandomState::default(),
@@ -119,10 +276,29 @@ impl MandateCache {
 
     /// The mandate for exactly this token, if it is cached and not past its lifetime.
     ///
-    /// Only the mandate's reference count is touched: a hit on a popular token is one
-    /// shared read lock and one atomic increment.
+    /// A token this thread was served before is answered from the thread's own
+    /// table, touching nothing another thread writes. Otherwise: one shared read
+    /// lock and one probe, and the entry goes into the thread's table with a new
+    /// handle.
     pub(crate) fn get_at(&self, slot: Slot, token: &str, now: u64) -> Option<Mandate> {
         let Slot(h) = slot;
+        let near = NEAR.try_with(|near| {
+            let near = near.borrow();
+            match &near.0[near_index(h)] {
+                Some(n)
+                    if n.cache == self.id
+                        && n.hash == h
+                        && n.expires_at > now
+                        && *n.token == *token =>
+                {
+                    Some(n.mandate.clone())
+                }
+                _ => None,
+            }
+        });
+        if let Ok(Some(m)) = near {
+            return Some(m);
+        }
         let s = self
             .shard(slot)
             .read()
@@ -130,15 +306,27 @@ impl MandateCache {
         let hit = s
             .map
             .get(&h)
-            .filter(|c| *c.token == *token && c.expires_at > now)
-            .map(|c| c.mandate.clone());
-        if hit.is_none() {
+            .filter(|c| c.expires_at > now && c.is_for(token))
+            .map(|c| (c.mandate.new_handle(), c.expires_at));
+        drop(s);
+        let Some((mandate, expires_at)) = hit else {
             // A miss is followed, once the token verifies, by an insert that reads this
             // token's doorkeeper slot. Touch it now: the load overlaps the signature
             // check instead of stalling the insert on a cache miss.
             std::hint::black_box(self.doorkeeper(h).load(Ordering::Relaxed));
-        }
-        hit
+            return None;
+        };
+        // During thread teardown the table may be gone: the hit is still served.
+        let _ = NEAR.try_with(|near| {
+            near.borrow_mut().0[near_index(h)] = Some(NearEntry {
+                cache: self.id,
+                hash: h,
+                token: token.into(),
+                expires_at,
+                mandate: mandate.clone(),
+            });
+        });
+        Some(mandate)
     }
 
     fn doorkeeper(&self, h: u64) -> &AtomicU64 {
@@ -153,20 +341,20 @@ impl MandateCache {
         expires_at: u64,
         now: u64,
     ) {
-        let size = entry_bytes(token);
-        if size > self.max_bytes {
-            return;
-        }
         let Slot(h) = slot;
         // Admit on the second sighting only.
         if self.doorkeeper(h).swap(h, Ordering::Relaxed) != h {
             return;
         }
-        let entry = Arc::new(Cached {
-            token: token.into(),
+        let entry = Cached {
+            key: TokenKey::new(token, mandate.0.claims.text.as_bytes()),
             mandate,
             expires_at,
-        });
+        };
+        let size = entry.bytes();
+        if size > self.max_bytes {
+            return;
+        }
         let mut s = self
             .shard(slot)
             .write()
@@ -177,24 +365,33 @@ impl MandateCache {
             if s.map.len() >= self.max_entries || s.bytes + size > self.max_bytes {
                 s.map.clear();
             }
-            s.bytes = s.map.values().map(|c| entry_bytes(&c.token)).sum();
+            s.bytes = s.map.values().map(Cached::bytes).sum();
         }
         if let Some(old) = s.map.insert(h, entry) {
-            s.bytes -= entry_bytes(&old.token);
+            s.bytes -= old.bytes();
         }
         s.bytes += size;
     }
 
     pub(crate) fn remove_at(&self, slot: Slot, token: &str) {
         let Slot(h) = slot;
+        let _ = NEAR.try_with(|near| {
+            let mut near = near.borrow_mut();
+            let e = &mut near.0[near_index(h)];
+            if e.as_ref()
+                .is_some_and(|n| n.cache == self.id && n.hash == h)
+            {
+                *e = None;
+            }
+        });
         let mut s = self
             .shard(slot)
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if s.map.get(&h).is_some_and(|c| *c.token == *token)
+        if s.map.get(&h).is_some_and(|c| c.is_for(token))
             && let Some(old) = s.map.remove(&h)
         {
-            s.bytes -= entry_bytes(&old.token);
+            s.bytes -= old.bytes();
         }
     }
 
@@ -248,20 +445,21 @@ mod tests {
                 "client_id":"c","sid":"s","root_sid":"r","use":"resource","sub_type":"user"}"#,
         )
         .unwrap();
-        Mandate(Arc::new(MandateInner {
+        Mandate::new(MandateInner {
+            hops: crate::mandate::effective_hops(&claims),
             claims,
             key: crate::jwk::test_key(),
             alg: Algorithm::ES256,
             anchors: Vec::new(),
             policy: crate::verifier::PolicyId::fresh(),
-        }))
+        })
     }
 
     #[test]
     fn debug_of_an_entry_shows_no_token_bytes() {
         let token = format!("header.payload.{}", "S".repeat(86));
         let entry = Cached {
-            token: token.as_str().into(),
+            key: TokenKey::new(&token, b"not the payload"),
             mandate: mandate(),
             expires_at: 100,
         };
@@ -297,6 +495,51 @@ mod tests {
         );
         c.remove(&a);
         assert!(c.get(&a, 50).is_none());
+    }
+
+    /// A token whose payload segment is the claims' buffer, encoded, as an STS
+    /// mints it: the entry keeps only the header and signature segments.
+    fn minted(m: &Mandate, header: &str, sig: &str) -> String {
+        let payload = crate::b64::SIMD_B64.encode_to_string(m.0.claims.text.as_bytes());
+        format!("{header}.{payload}.{sig}")
+    }
+
+    #[test]
+    fn an_entry_keeps_the_payload_once_and_still_matches_only_its_token() {
+        let m = mandate();
+        let sig = "S".repeat(86);
+        let token = minted(&m, "eyJhbGciOiJFUzI1NiJ9", &sig);
+        let key = TokenKey::new(&token, m.0.claims.text.as_bytes());
+        assert!(matches!(key, TokenKey::Split { .. }));
+        let text = m.0.claims.text.as_bytes();
+        assert!(key.matches(&token, text));
+        let (h, rest) = token.split_once('.').unwrap();
+        let (p, s) = rest.split_once('.').unwrap();
+        assert_eq!(key.len(), h.len() + s.len());
+        // Any other token misses: each segment changed, a dot moved, a byte added,
+        // and a payload segment that decodes to the same bytes only non-canonically.
+        let last = p.as_bytes()[p.len() - 1];
+        let twin = char::from(if last % 2 == 0 { last + 1 } else { last - 1 });
+        let noncanonical = format!("{h}.{}{twin}.{s}", &p[..p.len() - 1]);
+        for other in [
+            format!("x{token}"),
+            format!("{token}x"),
+            format!("{h}x.{p}.{s}"),
+            format!("{h}.{p}.{}", "T".repeat(86)),
+            format!("{h}.A{}.{s}", &p[1..]),
+            format!("{h}{p}..{s}"),
+            noncanonical,
+        ] {
+            assert!(!key.matches(&other, text), "{other}");
+        }
+        // Through the cache: admitted on the second sighting, served, removed.
+        let c = MandateCache::new(100, 1 << 20);
+        c.insert(&token, m.clone(), 100, 0);
+        c.insert(&token, m.clone(), 100, 0);
+        assert!(c.get(&token, 50).is_some());
+        assert!(c.get(&format!("{h}x.{p}.{s}"), 50).is_none());
+        c.remove(&token);
+        assert!(c.get(&token, 50).is_none());
     }
 
     #[test]

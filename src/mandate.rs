@@ -322,6 +322,38 @@ pub(crate) struct MandateInner {
     pub(crate) anchors: Vec<crate::revocation::Anchor>,
     /// The policy it was verified under: stacked layers reuse it only under the same.
     pub(crate) policy: crate::verifier::PolicyId,
+    /// [`Mandate::hops`], counted once: the route's hop limit and the request
+    /// context read it on every request.
+    pub(crate) hops: u64,
+}
+
+/// Effective hops: the largest of `hop_count`, the delegation edges in the chain
+/// and the edges in `delegation_path`.
+pub(crate) fn effective_hops(c: &Claims) -> u64 {
+    let edges = c
+        .chain()
+        .unwrap_or(NO_CHAIN)
+        .iter()
+        .filter(|h| h.delegation_edge_id().is_some())
+        .count() as u64;
+    let path = c.delegation_path().len() as u64;
+    c.hop_count().unwrap_or(0).max(edges).max(path)
+}
+
+/// A handle on a verified mandate, with a reference count of its own.
+///
+/// The verified data is shared by every handle; a handle is what a [`Mandate`]
+/// counts. The mandate cache gives each thread its own handle on a hot mandate, so
+/// threads answering the same token from the cache never write the same reference
+/// count (one cache line bouncing between cores would undo the point of a cache).
+pub(crate) struct Handle(Arc<MandateInner>);
+
+impl std::ops::Deref for Handle {
+    type Target = MandateInner;
+    #[inline]
+    fn deref(&self) -> &MandateInner {
+        &self.0
+    }
 }
 
 /// A verified mandate. Only the verifier constructs one; cloning is cheap.
@@ -331,7 +363,7 @@ pub(crate) struct MandateInner {
 /// session [`agent_session_id`](Self::agent_session_id) and the delegation
 /// [`delegation_edge_id`](Self::delegation_edge_id).
 #[derive(Clone)]
-pub struct Mandate(pub(crate) Arc<MandateInner>);
+pub struct Mandate(pub(crate) Arc<Handle>);
 
 impl fmt::Debug for Mandate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -352,6 +384,17 @@ impl fmt::Debug for Mandate {
 }
 
 impl Mandate {
+    /// A mandate, verified just now.
+    pub(crate) fn new(inner: MandateInner) -> Mandate {
+        Mandate(Arc::new(Handle(Arc::new(inner))))
+    }
+
+    /// The same mandate through a new handle, whose reference count no other
+    /// handle shares.
+    pub(crate) fn new_handle(&self) -> Mandate {
+        Mandate(Arc::new(Handle(Arc::clone(&self.0.0))))
+    }
+
     fn c(&self) -> &Claims {
         &self.0.claims
     }
@@ -463,13 +506,7 @@ impl Mandate {
     /// chain and the edges in `delegation_path`, so no claim can understate the
     /// depth.
     pub fn hops(&self) -> u64 {
-        let edges = self
-            .delegation_chain()
-            .iter()
-            .filter(|h| h.delegation_edge_id().is_some())
-            .count() as u64;
-        let path = self.delegation_path().len() as u64;
-        self.c().hop_count().unwrap_or(0).max(edges).max(path)
+        self.0.hops
     }
     /// `delegation_graph_epoch`.
     pub fn delegation_graph_epoch(&self) -> Option<u64> {

@@ -209,8 +209,9 @@ impl KeyCache {
         duration_ms(self.cfg.ttl.min(self.cfg.max_staleness))
     }
 
-    /// Whether the keyset is within its TTL (no refresh due, nothing to refuse).
-    fn within_ttl(&self) -> bool {
+    /// Whether the keyset is within its TTL (no refresh due, nothing to refuse):
+    /// one atomic load and a clock read, no lock.
+    pub(crate) fn within_ttl(&self) -> bool {
         let at = self.current_fetched_ms.load(Ordering::Acquire);
         at != NO_KEYS && self.now_ms().saturating_sub(at) <= self.fresh_ms()
     }

@@ -1,14 +1,23 @@
 //! The in-process revocation mirror: revoked anchors with a TTL, and per-zone epochs.
+//!
+//! Reads take no lock and write no shared memory: a check loads the current probe
+//! table and the epoch map through `arc-swap` (whose loads write only to the reading
+//! thread's own slot) and probes the table with atomic loads. Writers serialise on
+//! a mutex, update the table in place, and publish a new table only when it must
+//! grow or shed expired slots. Every write is in the table before `revoke()`
+//! returns, so a check that starts after it sees it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::BuildHasher;
-use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use crate::clock::{Clock, SharedClock, SystemClock};
 use crate::error::{AnchorKind, AuthError};
-use crate::hash::BuildIdentity;
 use crate::revocation::event::RevocationEvent;
 use crate::revocation::feed::{FeedHealth, FeedStatus};
 
@@ -19,8 +28,10 @@ fn anchor_key() -> &'static foldhash::quality::RandomState {
     KEY.get_or_init(foldhash::quality::RandomState::default)
 }
 
+/// Never [`EMPTY`]: the one fingerprint in 2^64 that would be is folded onto 1 (a
+/// collision, which could only over-revoke).
 pub(crate) fn fingerprint(id: &str) -> u64 {
-    anchor_key().hash_one(id)
+    anchor_key().hash_one(id).max(1)
 }
 
 /// One anchor of a mandate, fingerprinted once when the token is first verified.
@@ -30,7 +41,74 @@ pub(crate) struct Anchor {
     pub(crate) kind: AnchorKind,
 }
 
-type FpMap = HashMap<u64, u32, BuildIdentity>;
+/// The fingerprint of a slot never used.
+const EMPTY: u64 = 0;
+
+/// The `until` of a slot whose anchor is not held (expired and removed).
+const GONE: u32 = 0;
+
+/// Fewest slots in a table.
+const MIN_SLOTS: usize = 64;
+
+/// One slot of the probe table. Its fingerprint is written once, from [`EMPTY`];
+/// only its `until` changes afterwards, and only under the writer lock.
+struct Slot {
+    fp: AtomicU64,
+    /// Expiry, seconds since the Unix epoch; [`GONE`] once removed.
+    until: AtomicU32,
+}
+
+/// An open-addressing table of fingerprints, linear probing, read without a lock.
+///
+/// Slots are never emptied or moved while the table is published, so a probe
+/// cannot miss an anchor by racing a writer; removed anchors keep their slot
+/// (`until` = [`GONE`]) until the writer publishes a compacted table.
+struct Table {
+    slots: Box<[Slot]>,
+    mask: usize,
+}
+
+impl Table {
+    fn new(slots: usize) -> Table {
+        let n = slots.max(MIN_SLOTS).next_power_of_two();
+        Table {
+            slots: (0..n)
+                .map(|_| Slot {
+                    fp: AtomicU64::new(EMPTY),
+                    until: AtomicU32::new(GONE),
+                })
+                .collect(),
+            mask: n - 1,
+        }
+    }
+
+    /// The slot holding `fp`, or the empty slot where it would go. The writer keeps
+    /// a quarter of the slots empty, so the probe ends.
+    fn probe(&self, fp: u64) -> (&Slot, bool) {
+        let mut i = (fp as usize) & self.mask;
+        loop {
+            let slot = &self.slots[i];
+            match slot.fp.load(Ordering::Acquire) {
+                f if f == fp => return (slot, true),
+                EMPTY => return (slot, false),
+                _ => i = (i + 1) & self.mask,
+            }
+        }
+    }
+
+    /// When `fp`'s revocation expires, if it is held.
+    fn until(&self, fp: u64) -> Option<u32> {
+        match self.probe(fp) {
+            (slot, true) => Some(slot.until.load(Ordering::Acquire)),
+            _ => None,
+        }
+    }
+
+    /// Whether the table can take `more` new slots and keep a quarter empty.
+    fn has_room(&self, used: usize, more: usize) -> bool {
+        used.saturating_add(more) <= self.slots.len() / 4 * 3
+    }
+}
 
 /// Anchors still to expire, bucketed by their expiry second. An anchor whose expiry
 /// was extended stays in its old bucket too; expiry skips such stale entries.
@@ -40,20 +118,43 @@ type ExpiryQueue = BTreeMap<u32, Vec<u64>>;
 /// so no request and no event pays for an O(n) pass under the lock.
 const EXPIRE_STEP: usize = 256;
 
-struct State {
-    /// Fingerprint → expiry (seconds since the Unix epoch).
-    anchors: FpMap,
+/// Zone → delegation epoch, replaced whole on a raise (zones are few, raises rare).
+type Epochs = HashMap<Box<str>, u64>;
+
+/// What only writers touch, under the writer lock.
+struct Writer {
     expiry: ExpiryQueue,
-    epochs: HashMap<Box<str>, u64>,
+    /// Slots of the published table with a fingerprint, held or removed.
+    used: usize,
 }
 
-impl State {
+struct Inner {
+    table: ArcSwap<Table>,
+    epochs: ArcSwap<Epochs>,
+    /// Anchors held (removed ones excluded), written under the writer lock.
+    held: AtomicUsize,
+    writer: Mutex<Writer>,
+    clock: SharedClock,
+    ttl: Duration,
+    max_anchors: usize,
+    /// The feed that keeps this set current, once one is attached.
+    feed: OnceLock<Arc<FeedHealth>>,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Writer> {
+        self.writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Remove up to `budget` expired anchors, oldest first. Returns how many were
     /// removed from the set.
-    fn expire(&mut self, now: u64, mut budget: usize) -> usize {
+    fn expire(&self, w: &mut Writer, now: u64, mut budget: usize) -> usize {
+        let table = self.table.load();
         let mut removed = 0;
         while budget > 0 {
-            let Some(mut bucket) = self.expiry.first_entry() else {
+            let Some(mut bucket) = w.expiry.first_entry() else {
                 break;
             };
             let until = *bucket.key();
@@ -66,8 +167,10 @@ impl State {
                 budget -= 1;
                 // Revoked again for longer: the entry lives on (its newer bucket
                 // will expire it).
-                if self.anchors.get(&fp) == Some(&until) {
-                    self.anchors.remove(&fp);
+                if let (slot, true) = table.probe(fp)
+                    && slot.until.load(Ordering::Relaxed) == until
+                {
+                    slot.until.store(GONE, Ordering::Release);
                     removed += 1;
                 }
             }
@@ -75,17 +178,34 @@ impl State {
                 bucket.remove();
             }
         }
+        self.held.fetch_sub(removed, Ordering::AcqRel);
         removed
     }
-}
 
-struct Inner {
-    state: RwLock<State>,
-    clock: SharedClock,
-    ttl: Duration,
-    max_anchors: usize,
-    /// The feed that keeps this set current, once one is attached.
-    feed: OnceLock<Arc<FeedHealth>>,
+    /// Make room for `more` new fingerprints: publish a table sized for the anchors
+    /// held plus `more`, without the removed ones, when the current one is too full.
+    fn reserve(&self, w: &mut Writer, more: usize) {
+        let old = self.table.load();
+        if old.has_room(w.used, more) {
+            return;
+        }
+        let held = self.held.load(Ordering::Relaxed);
+        let table = Table::new(held.saturating_add(more).saturating_mul(2));
+        let mut used = 0;
+        for slot in old.slots.iter() {
+            let until = slot.until.load(Ordering::Relaxed);
+            if until != GONE {
+                let (new, _) = table.probe(slot.fp.load(Ordering::Relaxed));
+                new.until.store(until, Ordering::Relaxed);
+                new.fp
+                    .store(slot.fp.load(Ordering::Relaxed), Ordering::Relaxed);
+                used += 1;
+            }
+        }
+        w.used = used;
+        // Published with a release store: a check that loads it sees every slot.
+        self.table.store(Arc::new(table));
+    }
 }
 
 /// The revocation set: a cheap, cloneable handle shared by the verifier, the
@@ -108,12 +228,12 @@ pub struct RevocationSet {
 
 impl fmt::Debug for RevocationSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = self.read();
+        let held = self.len();
         f.debug_struct("RevocationSet")
-            .field("anchors", &s.anchors.len())
-            .field("zones", &s.epochs.len())
+            .field("anchors", &held)
+            .field("zones", &self.zones())
             .field("ttl", &self.inner.ttl)
-            .field("over_capacity", &(s.anchors.len() > self.inner.max_anchors))
+            .field("over_capacity", &(held > self.inner.max_anchors))
             .finish()
     }
 }
@@ -169,10 +289,12 @@ impl RevocationSetBuilder {
     pub fn build(self) -> RevocationSet {
         RevocationSet {
             inner: Arc::new(Inner {
-                state: RwLock::new(State {
-                    anchors: FpMap::default(),
+                table: ArcSwap::from_pointee(Table::new(MIN_SLOTS)),
+                epochs: ArcSwap::from_pointee(Epochs::new()),
+                held: AtomicUsize::new(0),
+                writer: Mutex::new(Writer {
                     expiry: ExpiryQueue::new(),
-                    epochs: HashMap::new(),
+                    used: 0,
                 }),
                 clock: self.clock,
                 ttl: self.ttl,
@@ -201,20 +323,6 @@ impl RevocationSet {
         }
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, State> {
-        self.inner
-            .state
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn write(&self) -> RwLockWriteGuard<'_, State> {
-        self.inner
-            .state
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     fn now_secs(&self) -> u64 {
         self.inner.clock.now().as_secs()
     }
@@ -235,19 +343,36 @@ impl RevocationSet {
         let until =
             u32::try_from(now.saturating_add(ttl.as_secs()).max(now + 1)).unwrap_or(u32::MAX);
         let max = self.inner.max_anchors;
-        let mut s = self.write();
+        let inner = &*self.inner;
+        let mut w = inner.lock();
+        // Reclaim a bounded batch of expired entries per event, first, so their
+        // slots can be shed if the table has to grow.
+        inner.expire(&mut w, now, EXPIRE_STEP.max(2 * fps.len()));
+        inner.reserve(&mut w, fps.len());
+        let table = inner.table.load();
+        let mut added = 0;
         for &fp in fps {
-            let e = s.anchors.entry(fp).or_insert(0);
-            if *e < until {
-                *e = until;
-                s.expiry.entry(until).or_default().push(fp);
+            let (slot, found) = table.probe(fp);
+            let cur = slot.until.load(Ordering::Relaxed);
+            if cur >= until {
+                continue;
             }
+            if cur == GONE {
+                added += 1;
+            }
+            // A new slot: its expiry before its fingerprint, so a probe that finds
+            // the fingerprint reads the expiry with it.
+            slot.until.store(until, Ordering::Release);
+            if !found {
+                slot.fp.store(fp, Ordering::Release);
+                w.used += 1;
+            }
+            w.expiry.entry(until).or_default().push(fp);
         }
-        // Reclaim a bounded batch of expired entries per event.
-        s.expire(now, EXPIRE_STEP.max(2 * fps.len()));
-        if s.anchors.len() > max {
+        let held = inner.held.fetch_add(added, Ordering::AcqRel) + added;
+        if held > max {
             tracing::error!(
-                anchors = s.anchors.len(),
+                anchors = held,
                 max_anchors = max,
                 "revocation set is over capacity; failing closed until entries expire"
             );
@@ -259,42 +384,44 @@ impl RevocationSet {
     /// reclaims memory sooner. It costs O(expired), not O(len).
     pub fn sweep(&self) -> usize {
         let now = self.now_secs();
-        self.write().expire(now, usize::MAX)
+        let inner = &*self.inner;
+        let mut w = inner.lock();
+        inner.expire(&mut w, now, usize::MAX)
     }
 
     /// Whether an anchor id is currently revoked.
     pub fn is_revoked(&self, anchor_id: &str) -> bool {
         let now = self.now_secs();
-        self.read()
-            .anchors
-            .get(&fingerprint(anchor_id))
-            .is_some_and(|&until| u64::from(until) > now)
+        self.inner
+            .table
+            .load()
+            .until(fingerprint(anchor_id))
+            .is_some_and(|until| u64::from(until) > now)
     }
 
     /// Raise a zone's delegation epoch. Returns whether it rose; it never goes down.
     pub fn raise_epoch(&self, zone_id: &str, epoch: u64) -> bool {
-        let mut s = self.write();
-        match s.epochs.get_mut(zone_id) {
-            Some(cur) if *cur >= epoch => false,
-            Some(cur) => {
-                *cur = epoch;
-                true
-            }
-            None => {
-                s.epochs.insert(zone_id.into(), epoch);
-                true
-            }
+        let inner = &*self.inner;
+        let _w = inner.lock();
+        let current = inner.epochs.load();
+        if current.get(zone_id).is_some_and(|&cur| cur >= epoch) {
+            return false;
         }
+        let mut next = Epochs::clone(&current);
+        next.insert(zone_id.into(), epoch);
+        // Published before this returns: a check that starts after it sees it.
+        inner.epochs.store(Arc::new(next));
+        true
     }
 
     /// A zone's recorded delegation epoch.
     pub fn epoch(&self, zone_id: &str) -> Option<u64> {
-        self.read().epochs.get(zone_id).copied()
+        self.inner.epochs.load().get(zone_id).copied()
     }
 
     /// The number of anchors held (expired ones included until swept).
     pub fn len(&self) -> usize {
-        self.read().anchors.len()
+        self.inner.held.load(Ordering::Acquire)
     }
 
     /// The capacity ([`RevocationSetBuilder::max_anchors`]).
@@ -304,7 +431,7 @@ impl RevocationSet {
 
     /// How many zones have a recorded delegation epoch.
     pub(crate) fn zones(&self) -> usize {
-        self.read().epochs.len()
+        self.inner.epochs.load().len()
     }
 
     /// Whether no anchor is held.
@@ -354,17 +481,19 @@ impl RevocationSet {
     /// Whether the set holds more anchors than its capacity, after expiring a bounded
     /// batch of old entries.
     fn over_capacity(&self) -> bool {
-        let max = self.inner.max_anchors;
-        if self.read().anchors.len() <= max {
+        let inner = &*self.inner;
+        let max = inner.max_anchors;
+        if inner.held.load(Ordering::Acquire) <= max {
             return false;
         }
         let now = self.now_secs();
-        let mut s = self.write();
-        s.expire(now, EXPIRE_STEP);
-        s.anchors.len() > max
+        let mut w = inner.lock();
+        inner.expire(&mut w, now, EXPIRE_STEP);
+        inner.held.load(Ordering::Acquire) > max
     }
 
-    /// Check a mandate's anchors and epoch. One read lock, one probe per anchor.
+    /// Check a mandate's anchors and epoch: no lock, one probe per anchor. Only a set
+    /// over its capacity takes the writer lock, to expire a batch of entries.
     pub(crate) fn check(
         &self,
         anchors: &[Anchor],
@@ -375,25 +504,24 @@ impl RevocationSet {
         if let Some(feed) = self.inner.feed.get() {
             feed.check()?;
         }
-        let mut s = self.read();
-        if s.anchors.len() > self.inner.max_anchors {
-            drop(s);
-            if self.over_capacity() {
-                return Err(AuthError::RevocationUnavailable);
-            }
-            s = self.read();
+        let inner = &*self.inner;
+        let held = inner.held.load(Ordering::Acquire);
+        if held > inner.max_anchors && self.over_capacity() {
+            return Err(AuthError::RevocationUnavailable);
         }
-        if !s.anchors.is_empty() {
+        if held != 0 {
+            let table = inner.table.load();
             for a in anchors {
-                if s.anchors
-                    .get(&a.fp)
-                    .is_some_and(|&until| u64::from(until) > now_secs)
+                if table
+                    .until(a.fp)
+                    .is_some_and(|until| u64::from(until) > now_secs)
                 {
                     return Err(AuthError::SessionRevoked { anchor: a.kind });
                 }
             }
         }
-        if let (Some(token), Some(&current)) = (epoch, s.epochs.get(zone_id))
+        if let Some(token) = epoch
+            && let Some(&current) = inner.epochs.load().get(zone_id)
             && token < current
         {
             return Err(AuthError::DelegationStale { token, current });

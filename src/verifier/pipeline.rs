@@ -3,7 +3,6 @@
 //! order `verify` takes it: size and cache, token and signature, times, registered
 //! claims and zone, the route, revocation, and the single-use record.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::Instrument as _;
@@ -12,7 +11,7 @@ use tracing::field::Empty;
 use super::Verifier;
 use crate::claims::parse_payload;
 use crate::error::{AnchorKind, AuthError, InvalidReason};
-use crate::mandate::{Claims, Mandate, MandateInner};
+use crate::mandate::{Claims, Mandate, MandateInner, effective_hops};
 use crate::requirements::Requirements;
 use crate::revocation::{Anchor, fingerprint};
 use crate::stats::{self, Sample};
@@ -137,6 +136,53 @@ impl Verifier {
         result
     }
 
+    /// [`verify`](Self::verify), when it can decide at once: the token is cached,
+    /// its key is in use and the keyset needs no refresh, the route is not single
+    /// use and no `caracal.verify` span is wanted. Then it decides exactly as
+    /// `verify` would (same checks, same counts), without a future; otherwise
+    /// `None`, and the caller runs `verify`.
+    ///
+    /// A layer uses it to answer a repeated token without copying the token or
+    /// boxing a verification future.
+    pub(crate) fn verify_warm(
+        &self,
+        token: &str,
+        reqs: &Requirements,
+    ) -> Option<Result<Mandate, AuthError>> {
+        let inner = &*self.inner;
+        let cache = inner.cache.as_ref()?;
+        if token.is_empty()
+            || token.len() > inner.max_token_bytes
+            || reqs.is_single_use()
+            || !inner.keys.within_ttl()
+            || tracing::enabled!(target: SPAN_TARGET, tracing::Level::DEBUG)
+        {
+            return None;
+        }
+        let now = inner.clock.now().as_secs();
+        let hit = cache.get_at(cache.slot(token), token, now)?;
+        if hit.0.key.is_retired() {
+            // `verify` drops the entry and verifies afresh.
+            return None;
+        }
+        let started = (inner.sample_latency && stats::sample_warm()).then(Instant::now);
+        // As in `authenticate_at`: a cached mandate past its times is refused before
+        // the cache counts as having answered.
+        if let Err(e) = self.check_times(&hit.0.claims, now) {
+            stats::record(Err(&e), None);
+            return Some(Err(e));
+        }
+        let result = self.route_and_revocation(&hit, reqs, now).map(|()| hit);
+        stats::record(result.as_ref().map(drop), Some(true));
+        if let Some(t0) = started {
+            stats::sample(Sample {
+                cold: false,
+                elapsed: t0.elapsed(),
+            });
+        }
+        Some(result)
+    }
+
     /// `verify`'s checks, counted for the metrics; also says whether the cache
     /// answered.
     async fn verify_observed(
@@ -246,13 +292,14 @@ impl Verifier {
         let claims = parse_payload(parts.payload)?;
         self.check_claims(&claims, now)?;
         let anchors = anchors_of(&claims);
-        Ok(Mandate(Arc::new(MandateInner {
+        Ok(Mandate::new(MandateInner {
+            hops: effective_hops(&claims),
             claims,
             key,
             alg,
             anchors,
             policy: inner.policy,
-        })))
+        }))
     }
 
     /// `exp` is exact: a mandate is dead at `exp`, as Caracal re-checks active
