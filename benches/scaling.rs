@@ -15,6 +15,10 @@
 //!   in-flight slot is a spawned task verifying its share of the iterations
 //!   back to back; criterion reports the time per verification and elements/s.
 //!   Cold = mandate cache off (every verification checks the signature).
+//! - `threads/warm/<threads>`: the same warm verification on 1 and 2 plain OS
+//!   threads, each polling `verify()` of the repeated token to completion in a
+//!   loop. This prices contention inside the verifier alone: the Tokio variant
+//!   above also measures where the scheduler places two tasks on two workers.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -195,11 +199,50 @@ fn concurrency(c: &mut Criterion) {
     g.finish();
 }
 
+/// `iters` warm verifications of `tok` split over `threads` OS threads; the
+/// elapsed time from the first thread's start to the last one's end.
+fn run_on_threads(v: &Verifier, tok: &str, r: &Requirements, threads: u64, iters: u64) -> Duration {
+    let start = std::sync::Barrier::new(usize::try_from(threads).unwrap_or(1) + 1);
+    std::thread::scope(|scope| {
+        for k in 0..threads {
+            let share = iters / threads + u64::from(k < iters % threads);
+            let (v, start) = (v.clone(), &start);
+            scope.spawn(move || {
+                start.wait();
+                for _ in 0..share {
+                    std::hint::black_box(now(v.verify(tok, r)).unwrap());
+                }
+            });
+        }
+        start.wait();
+        let t0 = Instant::now();
+        // The scope joins every thread before it returns.
+        t0
+    })
+    .elapsed()
+}
+
+fn threads(c: &mut Criterion) {
+    let s = common::setup(2);
+    let r = reqs();
+    let tok = base(&s).agent_session("session-child").delegation(1).sign();
+    let v = verifier(&s, true);
+    now(v.verify(&tok, &r)).unwrap();
+    let mut g = c.benchmark_group("threads");
+    g.throughput(Throughput::Elements(1));
+    for n in [1u64, 2] {
+        g.bench_with_input(BenchmarkId::new("warm", n), &n, |b, &n| {
+            b.iter_custom(|iters| run_on_threads(&v, &tok, &r, n, iters))
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = token_size, chain_length, revoked_anchors, concurrency
+    targets = token_size, chain_length, revoked_anchors, concurrency, threads
 }
 criterion_main!(benches);
