@@ -146,6 +146,21 @@ type Kept = (MultiplexedConnection, Arc<ReplyBudget>);
 /// A `CLUSTER SLOTS` range: first slot, last slot, primary's host and port.
 type SlotRange = (u16, u16, (String, u16));
 
+/// What discovery asks a Sentinel or a Cluster seed.
+#[derive(Debug, Clone, Copy)]
+enum Question<'a> {
+    /// `SENTINEL GET-MASTER-ADDR-BY-NAME <service>`.
+    Primary(&'a str),
+    /// `CLUSTER SLOTS`.
+    Slots,
+}
+
+/// A discovery answer.
+enum Answer {
+    Primary(String, u16),
+    Slots(Vec<SlotRange>),
+}
+
 /// A connection and the node it reaches.
 pub(crate) struct NodeConn {
     pub(crate) conn: MultiplexedConnection,
@@ -194,19 +209,10 @@ impl Connector {
                     .await?;
                 return self.checked_primary(node).await;
             }
-            Topology::Cluster { seeds } => {
-                let slot = key_slot(key);
-                let known = self.slot_owner(slot);
-                let (h, p) = match known {
-                    Some(owner) => owner,
-                    None => {
-                        self.refresh_slots(seeds).await?;
-                        self.slot_owner(slot)
-                            .ok_or(ConnectError::Discovery("no Cluster node serves the slot"))?
-                    }
-                };
-                Addr::Tcp(h, p)
-            }
+            Topology::Cluster { .. } => self
+                .cluster_owner(key)
+                .await?
+                .ok_or(ConnectError::Discovery("no Cluster node serves the slot"))?,
         };
         self.open(&addr, &self.resolved.node, config, budget).await
     }
@@ -313,36 +319,12 @@ impl Connector {
             *self.sentinel.lock().unwrap_or_else(|p| p.into_inner()) = Some((conn, budget));
             return Ok(Addr::Tcp(h, p));
         }
-        let first = self.start_index(nodes.len());
-        let mut last = ConnectError::Discovery("no Sentinel named a primary for the service");
-        for i in 0..nodes.len() {
-            let (host, port) = &nodes[(first + i) % nodes.len()];
-            let addr = Addr::Tcp(host.clone(), *port);
-            let budget = Arc::new(ReplyBudget::default());
-            let attempt = async {
-                let mut s = self
-                    .open(
-                        &addr,
-                        &self.resolved.sentinel,
-                        self.config(),
-                        Some(budget.clone()),
-                    )
-                    .await?;
-                let named = self.ask(&mut s.conn, &budget, service).await?;
-                Ok::<_, ConnectError>((named, s.conn))
-            };
-            match attempt.await {
-                Ok(((h, p), conn)) => {
-                    *self.sentinel.lock().unwrap_or_else(|p| p.into_inner()) = Some((conn, budget));
-                    return Ok(Addr::Tcp(h, p));
-                }
-                Err(e) => {
-                    tracing::debug!(sentinel = %addr, error = %e, "Sentinel did not name a primary");
-                    last = e;
-                }
-            }
-        }
-        Err(last)
+        let (answer, kept) = self.first_answer(nodes, Question::Primary(service)).await?;
+        let Answer::Primary(host, port) = answer else {
+            unreachable!("a Sentinel question has a primary for its answer")
+        };
+        *self.sentinel.lock().unwrap_or_else(|p| p.into_inner()) = Some(kept);
+        Ok(Addr::Tcp(host, port))
     }
 
     /// The node must say it is a primary: a Sentinel that has not yet seen a failover
@@ -366,51 +348,90 @@ impl Connector {
 
     /// Ask the seeds for the slot map (`CLUSTER SLOTS`) and remember the primaries.
     async fn refresh_slots(&self, seeds: &[(String, u16)]) -> Result<(), ConnectError> {
-        let first = self.start_index(seeds.len());
-        let mut last = ConnectError::Discovery("no Cluster seed answered with a slot map");
-        for i in 0..seeds.len() {
-            let (host, port) = &seeds[(first + i) % seeds.len()];
+        let (answer, _) = self.first_answer(seeds, Question::Slots).await?;
+        let Answer::Slots(map) = answer else {
+            unreachable!("a slot-map question has a slot map for its answer")
+        };
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.clear();
+        for (start, end, owner) in map {
+            for slot in start..=end {
+                slots.insert(slot, owner.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Ask each of `nodes` in turn, from a rotating start (so a dead first node is
+    /// not always asked first), on a new connection whose replies are bounded; the
+    /// first answer wins and comes with its connection.
+    async fn first_answer(
+        &self,
+        nodes: &[(String, u16)],
+        question: Question<'_>,
+    ) -> Result<(Answer, Kept), ConnectError> {
+        let (info, none) = match question {
+            Question::Primary(_) => (
+                &self.resolved.sentinel,
+                "no Sentinel named a primary for the service",
+            ),
+            Question::Slots => (
+                &self.resolved.node,
+                "no Cluster seed answered with a slot map",
+            ),
+        };
+        let first = self.start_index(nodes.len());
+        let mut last = ConnectError::Discovery(none);
+        for i in 0..nodes.len() {
+            let (host, port) = &nodes[(first + i) % nodes.len()];
             let addr = Addr::Tcp(host.clone(), *port);
             let budget = Arc::new(ReplyBudget::default());
-            let attempt = async {
-                let mut s = self
-                    .open(
-                        &addr,
-                        &self.resolved.node,
-                        self.config(),
-                        Some(budget.clone()),
-                    )
-                    .await?;
+            let failed = match self
+                .open(&addr, info, self.config(), Some(budget.clone()))
+                .await
+            {
+                Ok(mut node) => match self.answer(&mut node.conn, &budget, host, question).await {
+                    Ok(answer) => return Ok((answer, (node.conn, budget))),
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            tracing::debug!(node = %addr, error = %failed, "{none}: this node did not answer");
+            last = failed;
+        }
+        Err(last)
+    }
+
+    /// One discovery question to the node behind `conn` (`host` is its address,
+    /// which an empty host in `CLUSTER SLOTS` stands for).
+    async fn answer(
+        &self,
+        conn: &mut MultiplexedConnection,
+        budget: &ReplyBudget,
+        host: &str,
+        question: Question<'_>,
+    ) -> Result<Answer, ConnectError> {
+        match question {
+            Question::Primary(service) => {
+                let (h, p) = self.ask(conn, budget, service).await?;
+                Ok(Answer::Primary(h, p))
+            }
+            Question::Slots => {
                 budget.arm(DISCOVERY_REPLY);
                 let v = self
                     .within(
                         ::redis::cmd("CLUSTER")
                             .arg("SLOTS")
-                            .query_async::<Value>(&mut s.conn),
+                            .query_async::<Value>(conn),
                     )
                     .await?;
-                parse_slots(&v, host).ok_or(ConnectError::Discovery(
-                    "the Cluster seed answered CLUSTER SLOTS with no usable map",
-                ))
-            };
-            match attempt.await {
-                Ok(map) => {
-                    let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-                    slots.clear();
-                    for (start, end, owner) in map {
-                        for slot in start..=end {
-                            slots.insert(slot, owner.clone());
-                        }
-                    }
-                    return Ok(());
-                }
-                Err(e) => {
-                    tracing::debug!(seed = %addr, error = %e, "Cluster seed gave no slot map");
-                    last = e;
-                }
+                parse_slots(&v, host)
+                    .map(Answer::Slots)
+                    .ok_or(ConnectError::Discovery(
+                        "the Cluster seed answered CLUSTER SLOTS with no usable map",
+                    ))
             }
         }
-        Err(last)
     }
 
     fn config(&self) -> AsyncConnectionConfig {
