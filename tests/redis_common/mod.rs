@@ -144,8 +144,8 @@ pub fn init_tracing() {
 
 /// Spawn `redis-server` on `port` and wait until that very process answers.
 async fn spawn_on(port: u16) -> Option<Child> {
-    let spawned = Command::new("redis-server")
-        .args(["--port", &port.to_string()])
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", &port.to_string()])
         .args(["--bind", "127.0.0.1"])
         .args(["--save", ""])
         .args(["--appendonly", "no"])
@@ -153,20 +153,24 @@ async fn spawn_on(port: u16) -> Option<Child> {
         .args(["--loglevel", "warning"])
         .arg("--dir")
         .arg(std::env::temp_dir())
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let mut child = match spawned {
+        .stderr(Stdio::null());
+    spawn_server(cmd, port, Duration::from_secs(5)).await
+}
+
+/// Run `cmd` (a `redis-server` command line) and wait, up to `deadline`, until that
+/// very process answers on `port`. `None` when it exits first (most likely the port
+/// was taken) or another process answers there.
+pub async fn spawn_server(mut cmd: Command, port: u16, deadline: Duration) -> Option<Child> {
+    let mut child = match cmd.stdin(Stdio::null()).spawn() {
         Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{INSTALL_HINT}"),
         Err(e) => panic!("cannot run redis-server: {e}"),
     };
     let url = format!("redis://127.0.0.1:{port}");
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(5) {
+    while started.elapsed() < deadline {
         if child.try_wait().ok().flatten().is_some() {
-            // It exited: most likely the port was taken.
             return None;
         }
         if let Some(pid) = server_pid(&url).await {
@@ -311,6 +315,45 @@ pub async fn eventually_within(
             "timed out after {deadline:?} waiting until {what}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Samples this process's resident memory until stopped; returns the peak.
+pub struct RssSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    peak: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssSampler {
+    /// Start sampling every `every`.
+    pub fn start(every: Duration) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(resident_bytes().unwrap_or(0)));
+        let (s, p) = (stop.clone(), peak.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                p.fetch_max(resident_bytes().unwrap_or(0), Ordering::Relaxed);
+                std::thread::sleep(every);
+            }
+        });
+        Self {
+            stop,
+            peak,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stop sampling; the peak seen.
+    pub fn finish(mut self) -> u64 {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.peak.load(Ordering::Relaxed)
     }
 }
 

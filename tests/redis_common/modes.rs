@@ -25,7 +25,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{FromRedisValue, RedisResult, Value};
 use tempfile::TempDir;
 
-use super::{INSTALL_HINT, Publisher, free_port, init_tracing, server_pid, stream_key};
+use super::{Publisher, free_port, init_tracing, spawn_server, stream_key};
 
 /// How long a harness wait may take: a process starting, a replica syncing, a
 /// failover, the cluster agreeing on its slots. Generous, since a 2-core CI machine
@@ -262,8 +262,7 @@ fn os_args(args: &[&str]) -> impl Iterator<Item = OsString> {
 }
 
 /// Spawn `redis-server args…` with its output appended to `log`, and wait until
-/// that very process answers on `port`. `None` when it exits first (a port taken)
-/// or another process answers there.
+/// that very process answers on `port` (see [`spawn_server`]).
 async fn spawn(args: &[OsString], port: u16, log: &Path) -> Option<Child> {
     let out = OpenOptions::new()
         .create(true)
@@ -271,34 +270,9 @@ async fn spawn(args: &[OsString], port: u16, log: &Path) -> Option<Child> {
         .open(log)
         .expect("open the server log");
     let err = out.try_clone().expect("clone the log handle");
-    let spawned = Command::new("redis-server")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn();
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{INSTALL_HINT}"),
-        Err(e) => panic!("cannot run redis-server: {e}"),
-    };
-    let url = format!("redis://127.0.0.1:{port}");
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(10) {
-        if child.try_wait().ok().flatten().is_some() {
-            return None;
-        }
-        if let Some(pid) = server_pid(&url).await {
-            if pid == child.id() {
-                return Some(child);
-            }
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
+    let mut cmd = Command::new("redis-server");
+    cmd.args(args).stdout(out).stderr(err);
+    spawn_server(cmd, port, Duration::from_secs(10)).await
 }
 
 fn new_dir() -> TempDir {
