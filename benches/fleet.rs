@@ -38,8 +38,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use caracal_verifier::redis::RedisRevocations;
@@ -52,7 +51,7 @@ use common::{ms, now, percentile};
 
 #[path = "../tests/redis_common/mod.rs"]
 mod redis_common;
-use redis_common::{RedisServer, resident_bytes, stream_key};
+use redis_common::{RedisServer, RssSampler, resident_bytes, stream_key};
 
 /// Live heap bytes of this process, and their peak since the last [`reset_peak`].
 struct Counting;
@@ -305,40 +304,6 @@ fn at_rest(conn: &mut redis::Connection, replicas: usize) -> usize {
             "the feeds did not all return to XREAD BLOCK"
         );
         std::thread::sleep(Duration::from_micros(500));
-    }
-}
-
-/// Samples this process's resident memory until stopped; returns the peak.
-struct RssSampler {
-    stop: Arc<AtomicBool>,
-    peak: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl RssSampler {
-    fn start() -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let peak = Arc::new(AtomicU64::new(resident_bytes().unwrap_or(0)));
-        let (s, p) = (stop.clone(), peak.clone());
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                p.fetch_max(resident_bytes().unwrap_or(0), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        });
-        Self {
-            stop,
-            peak,
-            thread: Some(thread),
-        }
-    }
-
-    fn finish(mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        self.peak.load(Ordering::Relaxed)
     }
 }
 
@@ -637,7 +602,7 @@ fn cold_start(
 
     let (heap0, rss0) = (live_heap(), resident_bytes().unwrap_or(0));
     reset_peak();
-    let sampler = RssSampler::start();
+    let sampler = RssSampler::start(Duration::from_millis(5));
     let before = RedisCost::read(conn);
     let feed_cpu0 = thread_cpu("caracal-revocat");
     let started = Instant::now();

@@ -25,8 +25,6 @@
 //! Without `--bench` (e.g. `cargo test --benches`) it runs a smoke version with
 //! 4 MiB entries and a few rounds.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use caracal_verifier::redis::RedisRevocations;
@@ -39,7 +37,7 @@ use common::{ms, now, percentile};
 
 #[path = "../tests/redis_common/mod.rs"]
 mod redis_common;
-use redis_common::{RedisServer, ready_verifier as ready, resident_bytes, stream_key};
+use redis_common::{RedisServer, RssSampler, ready_verifier as ready, resident_bytes, stream_key};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -60,40 +58,6 @@ fn summary(label: &str, lat: &mut [Duration], unit: fn(Duration) -> f64, name: &
         unit(percentile(lat, 99.0)),
         unit(*lat.last().unwrap())
     );
-}
-
-/// Samples this process's resident memory until stopped; returns the peak.
-struct RssSampler {
-    stop: Arc<AtomicBool>,
-    peak: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl RssSampler {
-    fn start() -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let peak = Arc::new(AtomicU64::new(resident_bytes().unwrap_or(0)));
-        let (s, p) = (stop.clone(), peak.clone());
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                p.fetch_max(resident_bytes().unwrap_or(0), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        });
-        Self {
-            stop,
-            peak,
-            thread: Some(thread),
-        }
-    }
-
-    fn finish(mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        self.peak.load(Ordering::Relaxed)
-    }
 }
 
 fn dropped(v: &Verifier) -> u64 {
@@ -243,7 +207,7 @@ fn main() {
         .arg(huge)
         .clone();
     let base_live = resident_bytes().unwrap_or(0);
-    let sampler = RssSampler::start();
+    let sampler = RssSampler::start(Duration::from_millis(2));
     query(&big);
     let (n, refused_huge) = timed(&mut samples, calls, &|| dropped(&v) > before);
     let peak_live = sampler.finish();
@@ -267,7 +231,7 @@ fn main() {
         query(&big);
     }
     let base_catch_up = resident_bytes().unwrap_or(0);
-    let sampler = RssSampler::start();
+    let sampler = RssSampler::start(Duration::from_millis(2));
     let started = Instant::now();
     let v2 = rt.block_on(ready(&sts, feed(redis.url())));
     let caught_up = started.elapsed();
