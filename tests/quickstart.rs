@@ -129,6 +129,15 @@ impl Server {
         server
     }
 
+    /// Poll `/readyz` until it answers 200 (keys fetched, feeds caught up).
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.send(reqwest::Method::GET, "/readyz", None).await.0 != 200 {
+            assert!(Instant::now() < deadline, "never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn send(&self, method: reqwest::Method, path: &str, token: Option<&str>) -> (u16, Value) {
         send(method, &format!("{}{path}", self.base), token).await
     }
@@ -164,11 +173,7 @@ async fn resource_server_keeps_its_contract() {
     let sts = TestIssuer::start("zone-1").await.unwrap();
     let server = Server::start(&sts.issuer_url()).await;
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while server.send(Method::GET, "/readyz", None).await.0 != 200 {
-        assert!(Instant::now() < deadline, "never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    server.wait_ready().await;
 
     let read = sts.mandate().sid("sid-1").scopes(["tickets:read"]).sign();
     let (status, body) = server.send(Method::GET, "/tickets", Some(&read)).await;
@@ -248,11 +253,7 @@ async fn resource_server_keeps_its_contract() {
 async fn resource_server_serves_metrics_status_manifest_and_propagation() {
     let sts = TestIssuer::start("zone-1").await.unwrap();
     let server = Server::start(&sts.issuer_url()).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while server.send(reqwest::Method::GET, "/readyz", None).await.0 != 200 {
-        assert!(Instant::now() < deadline, "never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    server.wait_ready().await;
     let read = sts.mandate().sid("sid-7").scopes(["tickets:read"]).sign();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
 
@@ -358,11 +359,7 @@ async fn resource_server_records_audit_events_when_configured() {
         ],
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while server.send(reqwest::Method::GET, "/readyz", None).await.0 != 200 {
-        assert!(Instant::now() < deadline, "never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    server.wait_ready().await;
     let read = sts.mandate().scopes(["tickets:read"]).sign();
     let (status, _) = server
         .send(reqwest::Method::GET, "/tickets", Some(&read))
