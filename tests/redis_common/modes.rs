@@ -622,17 +622,10 @@ impl SentinelSet {
         self.nodes.iter().map(Node::port).collect()
     }
 
-    /// The primary's port, as the first sentinel that answers reports it.
+    /// The primary's port, once every sentinel reports it and it reports
+    /// `role:master`.
     pub async fn primary_port(&self) -> u16 {
-        let mut last = String::new();
-        for port in self.sentinel_ports() {
-            match sentinel_primary(port).await {
-                Ok(primary) => return primary,
-                Err(e) => last = e,
-            }
-        }
-        self.print_logs();
-        panic!("no sentinel reports a primary; last: {last}");
+        self.settled_primary(None).await
     }
 
     /// A publisher connected to the current primary.
@@ -735,11 +728,17 @@ impl SentinelSet {
     /// have made it a replica of the current primary, in sync.
     pub async fn restart_node(&mut self, port: u16) {
         self.node_mut(port).restart().await;
-        let primary = self.primary_port().await;
+        let sentinels = self.sentinel_ports();
+        // A restarted node comes up as an empty primary, and a sentinel that had
+        // not caught up may still name it for a while: wait for one view shared by
+        // every sentinel, with the restarted node replicating from that primary.
         wait_for(
             "the restarted node replicates from the primary",
             &self.logs(),
-            async || replica_in_sync(port, primary).await,
+            async || {
+                let primary = agreed_primary(&sentinels, None).await?;
+                replica_in_sync(port, primary).await
+            },
         )
         .await;
     }
@@ -764,8 +763,6 @@ impl SentinelSet {
             .unwrap_or_else(|| panic!("no data node on port {port}"))
     }
 
-    /// Wait until every sentinel reports the same primary, not `old`, and that node
-    /// reports `role:master`.
     /// SIGSTOP the data node on `port`: it keeps its sockets but answers nothing
     /// (a replica stops replicating) until [`resume_node`](Self::resume_node).
     pub fn pause_node(&mut self, port: u16) {
@@ -785,31 +782,40 @@ impl SentinelSet {
     /// Wait until the sentinels agree on a primary other than `old` and it reports
     /// `role:master`; returns its port.
     pub async fn wait_new_primary(&self, old: u16) -> u16 {
-        self.wait_new_primary_inner(old).await
+        self.settled_primary(Some(old)).await
     }
 
-    async fn wait_new_primary_inner(&self, old: u16) -> u16 {
+    /// Wait until every sentinel reports the same primary (other than `not`) and
+    /// that node reports `role:master`; returns its port.
+    ///
+    /// One sentinel's answer is not enough: after a failover or a restart a
+    /// sentinel that has not caught up names the old node for seconds.
+    async fn settled_primary(&self, not: Option<u16>) -> u16 {
         let sentinels = self.sentinel_ports();
         wait_for(
-            "the sentinels agree on a new primary",
+            "the sentinels agree on a primary",
             &self.logs(),
-            async || {
-                let mut seen = Vec::new();
-                for &sentinel in &sentinels {
-                    seen.push(sentinel_primary(sentinel).await?);
-                }
-                let new = seen[0];
-                if seen.iter().any(|&p| p != new) || new == old {
-                    return Err(format!("sentinels report {seen:?} (old primary {old})"));
-                }
-                let replication = info(new, "replication").await?;
-                match info_field(&replication, "role") {
-                    Some("master") => Ok(new),
-                    role => Err(format!("{new} reports role {role:?}")),
-                }
-            },
+            async || agreed_primary(&sentinels, not).await,
         )
         .await
+    }
+}
+
+/// The primary every sentinel on `sentinels` reports, if they agree, it is not
+/// `not`, and it reports `role:master`.
+async fn agreed_primary(sentinels: &[u16], not: Option<u16>) -> Result<u16, String> {
+    let mut seen = Vec::new();
+    for &sentinel in sentinels {
+        seen.push(sentinel_primary(sentinel).await?);
+    }
+    let primary = seen[0];
+    if seen.iter().any(|&p| p != primary) || Some(primary) == not {
+        return Err(format!("sentinels report {seen:?} (not wanted: {not:?})"));
+    }
+    let replication = info(primary, "replication").await?;
+    match info_field(&replication, "role") {
+        Some("master") => Ok(primary),
+        role => Err(format!("{primary} reports role {role:?}")),
     }
 }
 
