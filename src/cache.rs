@@ -69,7 +69,7 @@ impl TokenKey {
                 u32::try_from(parts.header.len()),
                 u32::try_from(parts.payload.len()),
             )
-            && payload_is(parts.payload, payload)
+            && payload_is(parts.payload.as_bytes(), payload)
         {
             let mut ends = String::with_capacity(parts.header.len() + parts.signature.len());
             ends.push_str(parts.header);
@@ -85,9 +85,12 @@ impl TokenKey {
 
     /// Whether `token` is exactly the token this key was made from; `payload` is the
     /// mandate's decoded payload.
-    fn matches(&self, token: &str, payload: &[u8]) -> bool {
+    ///
+    /// Bytes, not `str`: the layer probes the cache with the header's bytes before
+    /// checking their characters, since only a verified token can match.
+    fn matches(&self, token: &[u8], payload: &[u8]) -> bool {
         match self {
-            TokenKey::Whole(t) => **t == *token,
+            TokenKey::Whole(t) => *t.as_bytes() == *token,
             TokenKey::Split {
                 ends,
                 header_len,
@@ -95,12 +98,12 @@ impl TokenKey {
             } => {
                 let (h, p) = (*header_len as usize, *payload_len as usize);
                 let (header, signature) = ends.split_at(h);
-                let b = token.as_bytes();
+                let b = token;
                 b.len() == ends.len() + p + 2
                     && b[h] == b'.'
                     && b[h + 1 + p] == b'.'
-                    && token[..h] == *header
-                    && token[h + 2 + p..] == *signature
+                    && token[..h] == *header.as_bytes()
+                    && token[h + 2 + p..] == *signature.as_bytes()
                     // Decoded last: the costly part, on tokens that matched so far.
                     && payload_is(&token[h + 1..h + 1 + p], payload)
             }
@@ -118,12 +121,12 @@ impl TokenKey {
 
 /// Whether the base64url `segment` decodes (strictly) to exactly `payload`.
 /// Decodes in chunks on the stack, stopping at the first difference.
-fn payload_is(segment: &str, payload: &[u8]) -> bool {
+fn payload_is(segment: &[u8], payload: &[u8]) -> bool {
     /// Characters per chunk: whole 4-character groups, so chunks decode alone.
     const CHUNK: usize = 1024;
     let mut buf = [0u8; CHUNK / 4 * 3];
     let mut rest = payload;
-    for chunk in segment.as_bytes().chunks(CHUNK) {
+    for chunk in segment.chunks(CHUNK) {
         let Ok(n) = crate::b64::SIMD_B64.decoded_length(chunk) else {
             return false;
         };
@@ -152,7 +155,7 @@ pub(crate) struct Cached {
 }
 
 impl Cached {
-    fn is_for(&self, token: &str) -> bool {
+    fn is_for(&self, token: &[u8]) -> bool {
         self.key
             .matches(token, self.mandate.0.claims.text.as_bytes())
     }
@@ -196,7 +199,7 @@ struct NearEntry {
     /// [`MandateCache::id`] of the cache it came from.
     cache: u64,
     hash: u64,
-    token: Box<str>,
+    token: Box<[u8]>,
     expires_at: u64,
     mandate: Mandate,
 }
@@ -265,8 +268,8 @@ impl MandateCache {
 
     /// Where `token` sits: hashed once per request, then used by the lookup and by
     /// the insert or removal that follows it.
-    pub(crate) fn slot(&self, token: &str) -> Slot {
-        let tail = &token.as_bytes()[token.len().saturating_sub(HASHED_TAIL)..];
+    pub(crate) fn slot(&self, token: &[u8]) -> Slot {
+        let tail = &token[token.len().saturating_sub(HASHED_TAIL)..];
         Slot(self.hasher.hash_one(tail))
     }
 
@@ -280,7 +283,7 @@ impl MandateCache {
     /// table, touching nothing another thread writes. Otherwise: one shared read
     /// lock and one probe, and the entry goes into the thread's table with a new
     /// handle.
-    pub(crate) fn get_at(&self, slot: Slot, token: &str, now: u64) -> Option<Mandate> {
+    pub(crate) fn get_at(&self, slot: Slot, token: &[u8], now: u64) -> Option<Mandate> {
         let Slot(h) = slot;
         let near = NEAR.try_with(|near| {
             let near = near.borrow();
@@ -388,7 +391,7 @@ impl MandateCache {
             .shard(slot)
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if s.map.get(&h).is_some_and(|c| c.is_for(token))
+        if s.map.get(&h).is_some_and(|c| c.is_for(token.as_bytes()))
             && let Some(old) = s.map.remove(&h)
         {
             s.bytes -= old.bytes();
@@ -397,17 +400,17 @@ impl MandateCache {
 
     #[cfg(test)]
     fn get(&self, token: &str, now: u64) -> Option<Mandate> {
-        self.get_at(self.slot(token), token, now)
+        self.get_at(self.slot(token.as_bytes()), token.as_bytes(), now)
     }
 
     #[cfg(test)]
     fn insert(&self, token: &str, mandate: Mandate, expires_at: u64, now: u64) {
-        self.insert_at(self.slot(token), token, mandate, expires_at, now)
+        self.insert_at(self.slot(token.as_bytes()), token, mandate, expires_at, now)
     }
 
     #[cfg(test)]
     fn remove(&self, token: &str) {
-        self.remove_at(self.slot(token), token)
+        self.remove_at(self.slot(token.as_bytes()), token)
     }
 
     #[cfg(test)]
@@ -512,7 +515,7 @@ mod tests {
         let key = TokenKey::new(&token, m.0.claims.text.as_bytes());
         assert!(matches!(key, TokenKey::Split { .. }));
         let text = m.0.claims.text.as_bytes();
-        assert!(key.matches(&token, text));
+        assert!(key.matches(token.as_bytes(), text));
         let (h, rest) = token.split_once('.').unwrap();
         let (p, s) = rest.split_once('.').unwrap();
         assert_eq!(key.len(), h.len() + s.len());
@@ -530,7 +533,7 @@ mod tests {
             format!("{h}{p}..{s}"),
             noncanonical,
         ] {
-            assert!(!key.matches(&other, text), "{other}");
+            assert!(!key.matches(other.as_bytes(), text), "{other}");
         }
         // Through the cache: admitted on the second sighting, served, removed.
         let c = MandateCache::new(100, 1 << 20);

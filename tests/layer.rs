@@ -521,6 +521,39 @@ async fn bearer_parsing_follows_rfc_6750() {
     assert_eq!(empty.status, 401);
 }
 
+/// The layer looks a repeated token up in the mandate cache before scanning its
+/// characters. A cached token with a byte added, or split by a space, must still be
+/// refused as malformed, never matched to the cached mandate.
+#[tokio::test]
+async fn a_cached_token_with_stray_bytes_is_malformed_not_a_cache_hit() {
+    let app = App::start().await;
+    let token = app.sts.mandate().sign();
+    for _ in 0..3 {
+        let reply = Reply::of(app.get("/any").bearer_auth(&token)).await;
+        assert_eq!(reply.status, 200, "{reply:#?}");
+    }
+    let (head, tail) = token.split_at(token.len() / 2);
+    let mut obs_text = format!("Bearer {token}").into_bytes();
+    obs_text.push(0xff);
+    for value in [
+        reqwest::header::HeaderValue::from_bytes(&obs_text).unwrap(),
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {head} {tail}")).unwrap(),
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {head}\t{tail}")).unwrap(),
+    ] {
+        let reply = Reply::of(app.get("/any").header("authorization", value)).await;
+        reply.assert_denied(401, "invalid_token");
+        assert_eq!(reply.body["details"]["reason"], "malformed");
+    }
+    // Trailing whitespace is not part of the token (RFC 7230 OWS): still the
+    // cached mandate.
+    let reply = Reply::of(
+        app.get("/any")
+            .header("authorization", format!("Bearer {token}\t ")),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:#?}");
+}
+
 #[tokio::test]
 async fn two_authorization_headers_are_rejected_never_first_wins() {
     let app = App::start().await;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::baggage::{self, MAX_BAGGAGE_BYTES};
+use super::traceparent::HexId;
 use super::{traceparent, tracestate};
 use crate::mandate::Mandate;
 
@@ -93,16 +94,13 @@ pub struct RequestContext(Arc<Inner>);
 
 struct Inner {
     trace_id: [u8; 16],
-    trace_id_hex: String,
-    span_id_hex: String,
-    parent_span_id_hex: Option<String>,
+    trace_id_hex: HexId<32>,
+    span_id_hex: HexId<16>,
+    parent_span_id_hex: Option<HexId<16>>,
     flags: u8,
     trace_state: Option<HeaderValue>,
-    session: String,
-    agent_session: Option<String>,
-    delegation_edge: Option<String>,
-    parent_edge: Option<String>,
-    hop: u64,
+    /// The verified mandate: the Caracal entries are read from it, not copied.
+    mandate: Mandate,
     baggage: Vec<(String, String)>,
     /// The outbound `baggage`, encoded on first use: most requests never call
     /// out, and encoding cost a third of the layer's own work.
@@ -110,28 +108,27 @@ struct Inner {
 }
 
 impl Inner {
+    fn hop(&self) -> u64 {
+        self.mandate.hops().min(MAX_HOP)
+    }
+
     fn outbound_baggage(&self) -> Option<&HeaderValue> {
         self.outbound_baggage
             .get_or_init(|| {
-                let hop_text = self.hop.to_string();
+                let hop_text = self.hop().to_string();
+                let m = &self.mandate;
                 let caracal = [
-                    (BAGGAGE_SESSION, self.session.as_str()),
-                    (
-                        BAGGAGE_AGENT_SESSION,
-                        self.agent_session.as_deref().unwrap_or(""),
-                    ),
-                    (
-                        BAGGAGE_DELEGATION_EDGE,
-                        self.delegation_edge.as_deref().unwrap_or(""),
-                    ),
-                    (BAGGAGE_PARENT_EDGE, self.parent_edge.as_deref().unwrap_or("")),
+                    (BAGGAGE_SESSION, m.sid()),
+                    (BAGGAGE_AGENT_SESSION, m.agent_session_id().unwrap_or("")),
+                    (BAGGAGE_DELEGATION_EDGE, m.delegation_edge_id().unwrap_or("")),
+                    (BAGGAGE_PARENT_EDGE, parent_edge(m).unwrap_or("")),
                     (BAGGAGE_HOP, hop_text.as_str()),
                 ];
                 let encoded = baggage::encode(&caracal, &self.baggage);
                 if encoded.header.is_none() {
                     tracing::warn!(
                         target: "caracal_verifier::context",
-                        sid = self.session.as_str(),
+                        sid = self.mandate.sid(),
                         "the caracal.* baggage entries alone exceed 8,192 bytes; no baggage is propagated"
                     );
                 } else if encoded.dropped > 0 {
@@ -167,7 +164,11 @@ impl RequestContext {
     /// Each drop is reported by a `DEBUG` event with target
     /// `caracal_verifier::context` (counts only, never values).
     pub fn from_request(headers: &HeaderMap, mandate: &Mandate) -> RequestContext {
-        let parent = single(headers, &TRACEPARENT).and_then(|v| traceparent::parse(v.as_bytes()));
+        let mut fields = headers.get_all(&TRACEPARENT).iter();
+        let (first, more) = (fields.next(), fields.next().is_some());
+        let parent = first
+            .filter(|_| !more)
+            .and_then(|v| traceparent::parse(v.as_bytes()));
         let (trace_id, parent_span_id, flags, trace_state) = match parent {
             Some(tp) => {
                 let state = combined(headers, &TRACESTATE, tracestate::MAX_BYTES)
@@ -175,7 +176,7 @@ impl RequestContext {
                     .and_then(|s| HeaderValue::try_from(s).ok());
                 (
                     tp.trace_id,
-                    Some(traceparent::hex(&tp.parent_id)),
+                    Some(HexId::of(&tp.parent_id)),
                     tp.flags & traceparent::KNOWN_FLAGS,
                     state,
                 )
@@ -187,7 +188,7 @@ impl RequestContext {
                 None,
             ),
         };
-        if parent.is_none() && headers.contains_key(&TRACEPARENT) {
+        if parent.is_none() && first.is_some() {
             tracing::debug!(
                 target: "caracal_verifier::context",
                 "invalid traceparent ignored; a new trace is started"
@@ -214,23 +215,14 @@ impl RequestContext {
             );
         }
 
-        let session = mandate.sid().to_owned();
-        let agent_session = mandate.agent_session_id().map(str::to_owned);
-        let delegation_edge = mandate.delegation_edge_id().map(str::to_owned);
-        let parent_edge = parent_edge(mandate).map(str::to_owned);
-        let hop = mandate.hops().min(MAX_HOP);
         RequestContext(Arc::new(Inner {
-            trace_id_hex: traceparent::hex(&trace_id),
+            trace_id_hex: HexId::of(&trace_id),
             trace_id,
-            span_id_hex: traceparent::hex(&traceparent::new_span_id()),
+            span_id_hex: HexId::of(&traceparent::new_span_id()),
             parent_span_id_hex: parent_span_id,
             flags,
             trace_state,
-            session,
-            agent_session,
-            delegation_edge,
-            parent_edge,
-            hop,
+            mandate: mandate.clone(),
             baggage: incoming.entries,
             outbound_baggage: std::sync::OnceLock::new(),
         }))
@@ -274,18 +266,18 @@ impl RequestContext {
 
     /// The trace id: 32 lowercase hex digits.
     pub fn trace_id(&self) -> &str {
-        &self.0.trace_id_hex
+        self.0.trace_id_hex.as_str()
     }
 
     /// This service's span id: 16 lowercase hex digits, new for each request.
     pub fn span_id(&self) -> &str {
-        &self.0.span_id_hex
+        self.0.span_id_hex.as_str()
     }
 
     /// The caller's span id (the incoming `traceparent`'s parent id), when the trace
     /// was continued.
     pub fn parent_span_id(&self) -> Option<&str> {
-        self.0.parent_span_id_hex.as_deref()
+        self.0.parent_span_id_hex.as_ref().map(HexId::as_str)
     }
 
     /// Whether the trace id came from a valid incoming `traceparent` (otherwise this
@@ -312,28 +304,28 @@ impl RequestContext {
 
     /// `caracal.session`: the mandate's `sid`.
     pub fn session(&self) -> &str {
-        &self.0.session
+        self.0.mandate.sid()
     }
 
     /// `caracal.agent_session`: the mandate's `agent_session_id`.
     pub fn agent_session(&self) -> Option<&str> {
-        self.0.agent_session.as_deref()
+        self.0.mandate.agent_session_id()
     }
 
     /// `caracal.delegation_edge`: the mandate's `delegation_edge_id`.
     pub fn delegation_edge(&self) -> Option<&str> {
-        self.0.delegation_edge.as_deref()
+        self.0.mandate.delegation_edge_id()
     }
 
     /// `caracal.parent_edge`: the delegation edge the mandate's edge narrows (its
     /// `parent_edge_id` in Caracal's graph). See the [module docs](super#caracal-entries).
     pub fn parent_edge(&self) -> Option<&str> {
-        self.0.parent_edge.as_deref()
+        parent_edge(&self.0.mandate)
     }
 
     /// `caracal.hop`: [`Mandate::hops`], capped at [`MAX_HOP`].
     pub fn hop(&self) -> u64 {
-        self.0.hop
+        self.0.hop()
     }
 
     /// The pass-through (third-party) baggage members, decoded, sorted by key.
@@ -355,16 +347,19 @@ impl fmt::Debug for RequestContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let i = &self.0;
         f.debug_struct("RequestContext")
-            .field("trace_id", &i.trace_id_hex)
-            .field("span_id", &i.span_id_hex)
-            .field("parent_span_id", &i.parent_span_id_hex)
+            .field("trace_id", &i.trace_id_hex.as_str())
+            .field("span_id", &i.span_id_hex.as_str())
+            .field(
+                "parent_span_id",
+                &i.parent_span_id_hex.as_ref().map(HexId::as_str),
+            )
             .field("trace_flags", &format_args!("{:02x}", i.flags))
             .field("trace_state", &i.trace_state.as_ref().map(|_| "<redacted>"))
-            .field("session", &i.session)
-            .field("agent_session", &i.agent_session)
-            .field("delegation_edge", &i.delegation_edge)
-            .field("parent_edge", &i.parent_edge)
-            .field("hop", &i.hop)
+            .field("session", &i.mandate.sid())
+            .field("agent_session", &i.mandate.agent_session_id())
+            .field("delegation_edge", &i.mandate.delegation_edge_id())
+            .field("parent_edge", &parent_edge(&i.mandate))
+            .field("hop", &i.hop())
             .field(
                 "baggage_keys",
                 &i.baggage

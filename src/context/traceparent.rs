@@ -138,6 +138,30 @@ pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
     }
 }
 
+/// `N` bytes as `2 × N` lowercase hex digits, kept inline: the ids of every
+/// request's context, with no allocation.
+#[derive(Clone, Copy)]
+pub(crate) struct HexId<const M: usize>([u8; M]);
+
+impl<const M: usize> HexId<M> {
+    /// `bytes` in hex; `bytes` must be `M / 2` long.
+    pub(crate) fn of(bytes: &[u8]) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        debug_assert_eq!(bytes.len() * 2, M);
+        let mut out = [b'0'; M];
+        for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 0x0f)];
+        }
+        HexId(out)
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        // Only hex digits are ever written.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
 pub(crate) fn hex(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len() * 2);
     push_hex(&mut out, bytes);
@@ -190,6 +214,19 @@ mod tests {
         assert_eq!(hex(&tp.parent_id), "00f067aa0ba902b7");
         assert_eq!(tp.flags, 0x01);
         assert_eq!(format(&tp.trace_id, &tp.parent_id, tp.flags), VALID);
+        assert_eq!(
+            HexId::<32>::of(&tp.trace_id).as_str(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(HexId::<16>::of(&tp.parent_id).as_str(), "00f067aa0ba902b7");
+    }
+
+    #[test]
+    fn inline_hex_matches_the_string_form_for_every_byte() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        for pair in bytes.chunks_exact(8) {
+            assert_eq!(HexId::<16>::of(pair).as_str(), hex(pair));
+        }
     }
 
     #[test]

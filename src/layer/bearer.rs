@@ -18,6 +18,16 @@ use crate::error::{AuthError, InvalidReason};
 ///
 /// Pure: it reads nothing but the headers, and never the query string.
 pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
+    checked(candidate(headers)?)
+}
+
+/// The bearer credential's bytes, scheme and surrounding spaces removed, with its
+/// characters not yet checked: [`bearer`] without [`checked`].
+///
+/// For a lookup that only a valid token can satisfy (the mandate cache holds
+/// verified tokens only, all base64url and dots), so the per-byte scan runs only
+/// when the lookup misses.
+pub(crate) fn candidate(headers: &HeaderMap) -> Result<&[u8], AuthError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Err(AuthError::MissingToken);
@@ -31,7 +41,11 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
     if !scheme.eq_ignore_ascii_case(b"bearer") {
         return Err(AuthError::MissingToken);
     }
-    let token = rest.trim_ascii_start().trim_ascii_end();
+    Ok(rest.trim_ascii_start().trim_ascii_end())
+}
+
+/// The rest of [`bearer`]'s checks on a [`candidate`]: non-empty, visible ASCII only.
+pub(crate) fn checked(token: &[u8]) -> Result<&str, AuthError> {
     if token.is_empty() || !all_visible_ascii(token) {
         return Err(malformed());
     }

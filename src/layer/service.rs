@@ -13,8 +13,9 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
+use tracing::Level;
 
-use super::bearer::bearer;
+use super::bearer::{self, bearer};
 use super::reject::{self, Rejecter, Renderer, SpelledJson};
 use crate::action::{ActionResult, ActionSink};
 use crate::context::{RequestContext, incoming_trace_id};
@@ -267,13 +268,20 @@ impl Config {
             }
             return Start::Decided(Ok(Some(m)));
         }
-        match bearer(headers) {
-            Ok(token) => {
-                // A cached token is decided here, with no copy of it and no future.
-                if let Some(result) = verifier.verify_warm(token, &self.reqs) {
+        match bearer::candidate(headers) {
+            Ok(raw) => {
+                // A cached token is decided here, with no copy of it and no future,
+                // and with no scan of its characters: only a verified token can hit.
+                if let Some(result) = verifier.verify_warm(raw, &self.reqs) {
                     return Start::Decided(result.map(Some).map_err(|e| (e, None)));
                 }
-                let token = token.to_owned();
+                let token = match bearer::checked(raw) {
+                    Ok(token) => token.to_owned(),
+                    Err(e) => {
+                        crate::stats::record(Err(&e), None);
+                        return Start::Decided(Err((e, None)));
+                    }
+                };
                 let config = Arc::clone(self);
                 Start::Pending(Box::pin(async move {
                     config.verifier.verify(&token, &config.reqs).await
@@ -294,9 +302,15 @@ impl Config {
         self: &Arc<Self>,
         req: &mut Request<B>,
         mandate: Option<Mandate>,
-        request_id: Option<&str>,
         audit: Option<&mut Audit>,
     ) {
+        // Looked up only for a record that will be kept: the allowed path stays cheap.
+        let wanted = audit.is_some() || tracing::enabled!(target: DECISION_TARGET, Level::DEBUG);
+        let request_id = wanted
+            .then(|| request_id(req.headers(), audit.as_deref()))
+            .flatten()
+            .map(str::to_owned);
+        let request_id = request_id.as_deref();
         match mandate {
             Some(m) => {
                 record(self, request_id, Ok(Some(&m)));
@@ -347,6 +361,14 @@ impl Config {
         record(self, Some(&request_id), Err((err, mandate)));
         self.rejecter.reject(err, &request_id)
     }
+}
+
+/// The id of this request's records and denial: the action record's when there is
+/// one (so both name the same id), otherwise the caller's `x-request-id`.
+fn request_id<'a>(headers: &'a http::HeaderMap, audit: Option<&'a Audit>) -> Option<&'a str> {
+    audit
+        .map(|a| a.request_id.as_str())
+        .or_else(|| reject::incoming_request_id(headers))
 }
 
 /// Mark every `Authorization` value sensitive, so tracing and debug layers further
@@ -440,31 +462,26 @@ where
         mark_authorization_sensitive(req.headers_mut());
         // Generated only when a denial or an action record needs one: allowed
         // requests without an audit sink stay cheap.
-        let mut request_id = reject::incoming_request_id(req.headers()).map(str::to_owned);
         let mut audit = config.verifier.inner.actions.as_ref().map(|sink| {
-            let id = request_id
-                .get_or_insert_with(reject::generate_request_id)
-                .clone();
+            let id = reject::incoming_request_id(req.headers())
+                .map_or_else(reject::generate_request_id, str::to_owned);
             Box::new(Audit::start(sink, &config.verifier, &req, id))
         });
         let state = match config.start(req.extensions(), req.headers()) {
             Start::Decided(Ok(mandate)) => {
-                config.admit(
-                    &mut req,
-                    mandate,
-                    request_id.as_deref(),
-                    audit.as_deref_mut(),
-                );
+                config.admit(&mut req, mandate, audit.as_deref_mut());
                 State::Inner {
                     fut: inner.call(req),
                 }
             }
             Start::Decided(Err((err, m))) => {
+                let id = request_id(req.headers(), audit.as_deref());
+                let response = config.deny(&err, m.as_ref(), id);
                 if let Some(a) = audit.as_deref_mut() {
                     a.denied(&err, m.as_ref());
                 }
                 State::Rejected {
-                    response: Some(config.deny(&err, m.as_ref(), request_id.as_deref())),
+                    response: Some(response),
                 }
             }
             Start::Pending(verify) => State::Verify {
@@ -473,7 +490,6 @@ where
                     inner,
                     req,
                     config: Arc::clone(config),
-                    request_id,
                 }),
             },
         };
@@ -576,7 +592,6 @@ struct Pending<S, ReqB> {
     inner: S,
     req: Request<ReqB>,
     config: Arc<Config>,
-    request_id: Option<String>,
 }
 
 pin_project! {
@@ -645,23 +660,18 @@ where
                         mut inner,
                         mut req,
                         config,
-                        request_id,
                     } = pending
                         .take()
                         .expect("ResponseFuture polled after completion");
                     match result {
                         Ok(mandate) => {
-                            config.admit(
-                                &mut req,
-                                Some(mandate),
-                                request_id.as_deref(),
-                                this.audit.as_deref_mut(),
-                            );
+                            config.admit(&mut req, Some(mandate), this.audit.as_deref_mut());
                             let fut = inner.call(req);
                             self.as_mut().project().state.set(State::Inner { fut });
                         }
                         Err(err) => {
-                            let response = config.deny(&err, None, request_id.as_deref());
+                            let id = request_id(req.headers(), this.audit.as_deref());
+                            let response = config.deny(&err, None, id);
                             if let Some(mut a) = this.audit.take() {
                                 a.denied(&err, None);
                                 (*a).finish(response.status().as_u16());

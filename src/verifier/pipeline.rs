@@ -144,9 +144,14 @@ impl Verifier {
     ///
     /// A layer uses it to answer a repeated token without copying the token or
     /// boxing a verification future.
+    ///
+    /// `token` is bytes whose characters have not been checked: only a token that
+    /// verified can match a cache entry, and every such token is base64url segments
+    /// and dots, so a match has the characters a bearer token needs (see
+    /// `layer::bearer`). Anything else misses and goes through the full checks.
     pub(crate) fn verify_warm(
         &self,
-        token: &str,
+        token: &[u8],
         reqs: &Requirements,
     ) -> Option<Result<Mandate, AuthError>> {
         let inner = &*self.inner;
@@ -230,9 +235,9 @@ impl Verifier {
             });
         }
         // The token is hashed once for the lookup and the insert or removal after it.
-        let cached = inner.cache.as_ref().map(|c| (c, c.slot(token)));
+        let cached = inner.cache.as_ref().map(|c| (c, c.slot(token.as_bytes())));
         if let Some((cache, slot)) = cached
-            && let Some(hit) = cache.get_at(slot, token, now)
+            && let Some(hit) = cache.get_at(slot, token.as_bytes(), now)
         {
             let key = &hit.0.key;
             if !key.is_retired() {
