@@ -112,10 +112,15 @@ impl RedisServer {
     }
 
     /// A connection for publishing and inspecting.
+    ///
+    /// Its replies may take [`DEADLINE`], not the redis crate's default 500 ms: a
+    /// multi-megabyte `XADD` on a loaded 2-core machine took longer, and the test
+    /// failed on its own publisher rather than on the feed.
     pub async fn connection(&self) -> MultiplexedConnection {
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(DEADLINE));
         redis::Client::open(self.url())
             .unwrap()
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
             .expect("connect to the test redis-server")
     }
