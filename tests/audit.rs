@@ -20,7 +20,7 @@ use caracal_verifier::layer::MandateLayer;
 use caracal_verifier::testing::TestIssuer;
 use caracal_verifier::{ConfigError, Requirements, Verifier};
 use http::{Request, StatusCode};
-use redis_common::{RedisServer, eventually};
+use redis_common::{RedisServer, audited_verifier, eventually};
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -45,18 +45,6 @@ fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("caracal-audit-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
-}
-
-async fn verifier(sts: &TestIssuer, emitter: AuditEmitter) -> Verifier {
-    let v = Verifier::builder()
-        .issuer(sts.issuer_url())
-        .audience("resource://api")
-        .zone("zone-1")
-        .audit(emitter)
-        .build()
-        .expect("valid settings");
-    v.warm_up().await.expect("JWKS from the test issuer");
-    v
 }
 
 fn app(v: &Verifier) -> Router {
@@ -170,7 +158,7 @@ async fn events_are_signed_over_data_and_carry_the_contract_fields() {
     let sts = TestIssuer::start("zone-1").await.unwrap();
     let emitter = emitter(&server).manifest_sha("sha256:feed");
     let stats = emitter.stats();
-    let v = verifier(&sts, emitter).await;
+    let v = audited_verifier(&sts, emitter).await;
     let app = app(&v);
     let token = sts
         .mandate()
@@ -277,7 +265,7 @@ async fn redis_down_spills_private_files_which_the_next_start_drains() {
 
     let first = emitter(&server).replay_dir(&dir);
     let stats = first.stats();
-    let v = verifier(&sts, first).await;
+    let v = audited_verifier(&sts, first).await;
     server.kill();
     send_allowed(&app(&v), &token, 5).await;
     // Shutdown flushes the queue: into the replay directory, Redis being down.
@@ -298,7 +286,7 @@ async fn redis_down_spills_private_files_which_the_next_start_drains() {
     server.restart().await;
     let second = emitter(&server).replay_dir(&dir);
     let stats = second.stats();
-    let v = verifier(&sts, second).await;
+    let v = audited_verifier(&sts, second).await;
     eventually("the replay files are drained", async || {
         stats.snapshot().drained == 5 && spill_files(&dir).is_empty()
     })
@@ -330,7 +318,7 @@ async fn a_full_queue_drops_and_counts_and_the_requests_still_succeed() {
         .batch_size(1)
         .io_timeout(Duration::from_secs(60));
     let stats = emitter.stats();
-    let v = verifier(&sts, emitter).await;
+    let v = audited_verifier(&sts, emitter).await;
     wait_sent(&stats, 0).await;
     server.pause();
     send_allowed(&app(&v), &token, 40).await;
@@ -358,7 +346,7 @@ async fn responses_never_wait_on_a_frozen_redis() {
     let token = sts.mandate().scopes(["tickets:read"]).sign();
     let emitter = emitter(&server).io_timeout(Duration::from_secs(60));
     let stats = emitter.stats();
-    let v = verifier(&sts, emitter).await;
+    let v = audited_verifier(&sts, emitter).await;
     let app = app(&v);
     // A first event makes the connection, so the next batch is stuck on it.
     send_allowed(&app, &token, 1).await;
@@ -394,7 +382,7 @@ async fn the_spill_cap_bounds_the_disk_and_counts_the_loss() {
         .max_spill(cap_bytes, 3)
         .batch_size(5);
     let stats = emitter.stats();
-    let v = verifier(&sts, emitter).await;
+    let v = audited_verifier(&sts, emitter).await;
     server.kill();
     send_allowed(&app(&v), &token, 60).await;
     v.shutdown().await;

@@ -504,14 +504,7 @@ mod audit {
             .key(AuditKey::from_hex(&"5a".repeat(32)).unwrap())
             .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200));
         let stats = emitter.stats();
-        let v = Verifier::builder()
-            .issuer(sts.issuer_url())
-            .audience("resource://api")
-            .zone("zone-1")
-            .audit(emitter)
-            .build()
-            .unwrap();
-        v.warm_up().await.unwrap();
+        let v = redis_common::audited_verifier(&sts, emitter).await;
         let app = Router::new()
             .route("/ok", get(|| async { "ok" }))
             .layer(MandateLayer::new(v.clone(), Requirements::new()));

@@ -100,15 +100,20 @@ impl RedisServer {
     /// Start a fresh, empty server on the same port.
     pub async fn restart(&mut self) {
         self.kill();
-        let started = Instant::now();
-        while started.elapsed() < DEADLINE {
-            if let Some(child) = spawn_on(self.port).await {
-                self.child = Some(child);
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("redis-server could not be restarted on port {}", self.port);
+        let port = self.port;
+        let child = poll(
+            DEADLINE,
+            Duration::from_millis(50),
+            "redis-server restarts",
+            async || {
+                spawn_on(port)
+                    .await
+                    .ok_or_else(|| format!("port {port} not served by a new redis-server"))
+            },
+            || {},
+        )
+        .await;
+        self.child = Some(child);
     }
 
     /// A connection for publishing and inspecting.
@@ -282,14 +287,33 @@ pub async fn verifier_with(
     feed: RedisRevocations,
     more: impl FnOnce(VerifierBuilder) -> VerifierBuilder,
 ) -> Verifier {
-    let builder = Verifier::builder()
-        .issuer(sts.issuer_url())
-        .audience("resource://api")
-        .zone("zone-1")
-        .redis_revocations(feed);
+    let builder = builder(sts).redis_revocations(feed);
     let verifier = more(builder).build().expect("valid verifier settings");
     verifier.warm_up().await.expect("JWKS from the test issuer");
     verifier
+}
+
+/// The settings every Redis test's verifier shares: `sts`'s issuer, audience
+/// `resource://api`, zone `zone-1`.
+pub fn builder(sts: &TestIssuer) -> VerifierBuilder {
+    Verifier::builder()
+        .issuer(sts.issuer_url())
+        .audience("resource://api")
+        .zone("zone-1")
+}
+
+/// A verifier for `sts` that audits through `emitter`, keys fetched.
+#[cfg(feature = "audit")]
+pub async fn audited_verifier(
+    sts: &TestIssuer,
+    emitter: caracal_verifier::audit::AuditEmitter,
+) -> Verifier {
+    let v = builder(sts)
+        .audit(emitter)
+        .build()
+        .expect("valid verifier settings");
+    v.warm_up().await.expect("JWKS from the test issuer");
+    v
 }
 
 /// A verifier that is ready: keys fetched and the feed caught up and fresh.
@@ -310,16 +334,37 @@ pub async fn eventually_within(
     what: &str,
     mut check: impl AsyncFnMut() -> bool,
 ) {
+    let not_yet = async || {
+        if check().await {
+            Ok(())
+        } else {
+            Err("not yet".to_owned())
+        }
+    };
+    poll(deadline, Duration::from_millis(10), what, not_yet, || {}).await;
+}
+
+/// The one polling loop of the Redis tests: call `check` every `every` until it
+/// gives a value. After `deadline`, run `on_timeout` (say, print the servers' logs)
+/// and fail the test with `what` and the last reason `check` gave.
+pub async fn poll<T>(
+    deadline: Duration,
+    every: Duration,
+    what: &str,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+    on_timeout: impl FnOnce(),
+) -> T {
     let started = Instant::now();
     loop {
-        if check().await {
-            return;
+        let reason = match check().await {
+            Ok(value) => return value,
+            Err(reason) => reason,
+        };
+        if started.elapsed() >= deadline {
+            on_timeout();
+            panic!("timed out after {deadline:?} waiting until {what}; last: {reason}");
         }
-        assert!(
-            started.elapsed() < deadline,
-            "timed out after {deadline:?} waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -15,7 +15,7 @@ use std::fs::{self, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -95,20 +95,16 @@ fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
 async fn wait_for<T>(
     what: &str,
     logs: &[PathBuf],
-    mut check: impl AsyncFnMut() -> Result<T, String>,
+    check: impl AsyncFnMut() -> Result<T, String>,
 ) -> T {
-    let started = Instant::now();
-    loop {
-        let reason = match check().await {
-            Ok(value) => return value,
-            Err(reason) => reason,
-        };
-        if started.elapsed() >= MODE_DEADLINE {
-            print_logs(logs);
-            panic!("timed out after {MODE_DEADLINE:?} waiting until {what}; last: {reason}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    super::poll(
+        MODE_DEADLINE,
+        Duration::from_millis(50),
+        what,
+        check,
+        || print_logs(logs),
+    )
+    .await
 }
 
 /// Print the last [`LOG_TAIL`] lines of each log to the test's output.
@@ -198,19 +194,18 @@ impl Node {
         if let Ok(mut log) = OpenOptions::new().append(true).open(&self.log) {
             let _ = writeln!(log, "----- restarted by the test harness -----");
         }
-        let started = Instant::now();
-        while started.elapsed() < MODE_DEADLINE {
-            if let Some(child) = spawn(&self.args, self.port(), &self.log).await {
-                self.child = Some(child);
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        print_logs(std::slice::from_ref(&self.log));
-        panic!(
-            "redis-server ({}) could not be restarted on ports {:?}",
+        let (args, port, log) = (&self.args, self.port(), &self.log);
+        let what = format!(
+            "redis-server ({}) restarts on ports {:?}",
             self.name, self.ports
         );
+        let child = wait_for(&what, std::slice::from_ref(log), async || {
+            spawn(args, port, log)
+                .await
+                .ok_or_else(|| format!("port {port} not served by the new process"))
+        })
+        .await;
+        self.child = Some(child);
     }
 }
 
