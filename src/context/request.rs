@@ -164,11 +164,8 @@ impl RequestContext {
     /// Each drop is reported by a `DEBUG` event with target
     /// `caracal_verifier::context` (counts only, never values).
     pub fn from_request(headers: &HeaderMap, mandate: &Mandate) -> RequestContext {
-        let mut fields = headers.get_all(&TRACEPARENT).iter();
-        let (first, more) = (fields.next(), fields.next().is_some());
-        let parent = first
-            .filter(|_| !more)
-            .and_then(|v| traceparent::parse(v.as_bytes()));
+        let (field, present) = single(headers, &TRACEPARENT);
+        let parent = field.and_then(|v| traceparent::parse(v.as_bytes()));
         let (trace_id, parent_span_id, flags, trace_state) = match parent {
             Some(tp) => {
                 let state = combined(headers, &TRACESTATE, tracestate::MAX_BYTES)
@@ -188,7 +185,7 @@ impl RequestContext {
                 None,
             ),
         };
-        if parent.is_none() && first.is_some() {
+        if parent.is_none() && present {
             tracing::debug!(
                 target: "caracal_verifier::context",
                 "invalid traceparent ignored; a new trace is started"
@@ -395,20 +392,22 @@ fn parent_edge(m: &Mandate) -> Option<&str> {
     (last == edge).then_some(parent)
 }
 
-/// The value of `name` when the request has exactly one such field.
 /// The trace id of a valid incoming `traceparent`, in hex: for records of requests
 /// that were denied before a [`RequestContext`] was built.
 pub(crate) fn incoming_trace_id(headers: &HeaderMap) -> Option<String> {
     single(headers, &TRACEPARENT)
+        .0
         .and_then(|v| traceparent::parse(v.as_bytes()))
         .map(|tp| traceparent::hex(&tp.trace_id))
 }
 
-fn single<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h HeaderValue> {
+/// The value of `name` when the request has exactly one such field, and whether it
+/// has any (one lookup answers both).
+fn single<'h>(headers: &'h HeaderMap, name: &HeaderName) -> (Option<&'h HeaderValue>, bool) {
     let mut values = headers.get_all(name).iter();
     match (values.next(), values.next()) {
-        (Some(v), None) => Some(v),
-        _ => None,
+        (Some(v), None) => (Some(v), true),
+        (first, _) => (None, first.is_some()),
     }
 }
 

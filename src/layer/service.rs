@@ -306,14 +306,14 @@ impl Config {
     ) {
         // Looked up only for a record that will be kept: the allowed path stays cheap.
         let wanted = audit.is_some() || tracing::enabled!(target: DECISION_TARGET, Level::DEBUG);
-        let request_id = wanted
-            .then(|| request_id(req.headers(), audit.as_deref()))
-            .flatten()
-            .map(str::to_owned);
-        let request_id = request_id.as_deref();
+        let id = if wanted {
+            request_id(req.headers(), audit.as_deref())
+        } else {
+            None
+        };
+        record(self, id, Ok(mandate.as_ref()));
         match mandate {
             Some(m) => {
-                record(self, request_id, Ok(Some(&m)));
                 // The request's trace context, from the verified claims; a stacked
                 // layer keeps the one the outer layer built (and its span).
                 let ext = req.extensions();
@@ -341,7 +341,6 @@ impl Config {
                 req.extensions_mut().insert(m);
             }
             None => {
-                record(self, request_id, Ok(None));
                 #[cfg(feature = "axum")]
                 req.extensions_mut().insert(Anonymous {
                     config: Arc::clone(self),
