@@ -677,6 +677,87 @@ async fn unsigned_flood_of_small_entries_keeps_answering() {
     assert!(status(&v).dropped >= dropped + 20_000, "{:?}", status(&v));
 }
 
+/// Attack: a retained history long enough that the feed reads it in bulk (on a
+/// second connection, through its own reply reader), salted with entries built to
+/// confuse a RESP reader: values that hold CRLF and RESP headers, a nil marker,
+/// bytes that are not UTF-8, empty names. The feed logs in as a user with the
+/// README's ACL, so the bulk connection must authenticate too. Every signed
+/// revocation in the history is enforced once the verifier is ready, and every junk
+/// entry is dropped and counted exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_history_of_resp_lookalikes_is_read_exactly() {
+    const JUNK: &str = r"
+for i = 1, tonumber(ARGV[1]) do
+  local k = i % 4
+  if k == 0 then
+    redis.call('XADD', KEYS[1], '*', 'sid', '\r\n$3\r\nsid\r\n*2\r\n' .. i, 'zone_id', 'zone-1')
+  elseif k == 1 then
+    redis.call('XADD', KEYS[1], '*', 'zone_id', '\255\254', 'sid', 'x' .. i)
+  elseif k == 2 then
+    redis.call('XADD', KEYS[1], '*', '*-1\r\n', '$-1\r\n', '', '')
+  else
+    redis.call('XADD', KEYS[1], '*', 'zone_id', 'zone-1', 'sid', 'victim-junk-' .. i, '_sig', 'AAAA')
+  end
+end";
+    const ROUNDS: usize = 12;
+    const PER_ROUND: usize = 1_000;
+    let _shared = shared_process().await;
+    let server = RedisServer::start().await;
+    let sts = issuer().await;
+    let mut p = server.publisher().await;
+    for round in 0..ROUNDS {
+        eval(
+            &server,
+            JUNK,
+            SESSIONS_REVOKE_STREAM,
+            &[&PER_ROUND.to_string()],
+        )
+        .await;
+        p.revoke("sid", &format!("victim-bulk-{round}")).await;
+    }
+    let connections = || async {
+        let info = server
+            .publisher()
+            .await
+            .query(redis::cmd("INFO").arg("stats"))
+            .await;
+        let redis::Value::BulkString(text) = info else {
+            panic!("INFO: {info:?}")
+        };
+        String::from_utf8_lossy(&text)
+            .lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .expect("INFO stats names total_connections_received")
+    };
+    let bulk_feed = feed_as(&server, "bulk", README_ACL).await;
+    let before = connections().await;
+
+    let v = ready_verifier(&sts, bulk_feed).await;
+    // Ready means caught up: every revocation is in force at once.
+    for round in 0..ROUNDS {
+        let victim = sts.mandate().sid(format!("victim-bulk-{round}")).sign();
+        assert_session_revoked(check(&v, &victim).await);
+    }
+    let forged = sts.mandate().sid("victim-junk-3").sign();
+    check(&v, &forged)
+        .await
+        .expect("a revocation with a forged signature is not enforced");
+    check(&v, &sts.mandate().sign())
+        .await
+        .expect("an innocent mandate verifies");
+    let feed = status(&v);
+    assert_eq!(feed.dropped, (ROUNDS * PER_ROUND) as u64, "{feed:?}");
+    assert_eq!(feed.applied, ROUNDS as u64, "{feed:?}");
+    // The history took more than one page: the feed opened its bulk connection
+    // beside its main one (and the INFO query's own connections count too).
+    let after = connections().await;
+    assert!(
+        after >= before + 3,
+        "the feed read its history on one connection ({before} -> {after} connections)"
+    );
+}
+
 /// The ACL the README gives the feed's user, as one `ACL SETUSER` argument list.
 const README_ACL: &[&str] = &[
     "on",

@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::capped::{Capped, ReplyBudget};
 use super::endpoint::{Addr, Resolved, Topology};
+use super::wire::{WireConn, WireError, command};
 
 /// The budget of a discovery reply (`SENTINEL …`, `CLUSTER SLOTS`, `ROLE`).
 const DISCOVERY_REPLY: usize = 256 * 1024;
@@ -462,7 +463,51 @@ impl Connector {
         config: AsyncConnectionConfig,
         budget: Option<Arc<ReplyBudget>>,
     ) -> Result<NodeConn, ConnectError> {
-        let transport = match addr {
+        let transport = self.transport(addr).await?;
+        let conn = match budget {
+            Some(b) => {
+                b.arm(DISCOVERY_REPLY);
+                self.handshake(info, Capped::new(transport, b), config)
+                    .await?
+            }
+            None => self.handshake(info, transport, config).await?,
+        };
+        Ok(NodeConn {
+            conn,
+            addr: addr.clone(),
+        })
+    }
+
+    /// A second connection to the data node at `addr` for bulk reads, read with
+    /// [`super::wire`]: authenticated and on the database the endpoint names, in
+    /// RESP2. Each step takes at most this connector's timeout.
+    pub(crate) async fn wire_at(&self, addr: &Addr) -> Result<WireConn, WireError> {
+        let transport = self.transport(addr).await.map_err(|_| WireError::Io)?;
+        let mut conn = WireConn::new(transport);
+        let info = &self.resolved.node;
+        let db = info.db().to_string();
+        let mut steps: Vec<Vec<u8>> = Vec::new();
+        match (info.username(), info.password()) {
+            (Some(user), Some(pass)) => {
+                steps.push(command(&[b"AUTH", user.as_bytes(), pass.as_bytes()]));
+            }
+            (None, Some(pass)) => steps.push(command(&[b"AUTH", pass.as_bytes()])),
+            _ => {}
+        }
+        if info.db() != 0 {
+            steps.push(command(&[b"SELECT", db.as_bytes()]));
+        }
+        for step in &steps {
+            tokio::time::timeout(self.timeout, conn.query(step, DISCOVERY_REPLY))
+                .await
+                .map_err(|_| WireError::Io)??;
+        }
+        Ok(conn)
+    }
+
+    /// TCP (then TLS when the endpoint uses it) or a Unix socket to `addr`.
+    async fn transport(&self, addr: &Addr) -> Result<Transport, ConnectError> {
+        Ok(match addr {
             Addr::Tcp(host, port) => {
                 let tcp = self
                     .within(tokio::net::TcpStream::connect((host.as_str(), *port)))
@@ -485,18 +530,6 @@ impl Connector {
             Addr::Unix(path) => {
                 Transport::Unix(self.within(tokio::net::UnixStream::connect(path)).await?)
             }
-        };
-        let conn = match budget {
-            Some(b) => {
-                b.arm(DISCOVERY_REPLY);
-                self.handshake(info, Capped::new(transport, b), config)
-                    .await?
-            }
-            None => self.handshake(info, transport, config).await?,
-        };
-        Ok(NodeConn {
-            conn,
-            addr: addr.clone(),
         })
     }
 

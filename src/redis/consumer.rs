@@ -37,6 +37,7 @@ use super::connect::{ConnectError, Connector, Redirect};
 use super::endpoint::Addr;
 use super::lanes::LaneReporter;
 use super::reply::{self, RawEntry, StreamId, StreamMeta, Unexpected};
+use super::wire::{self, WireConn, WireError};
 use crate::revocation::{EventError, RevocationEvent, RevocationSet, StreamKey};
 
 /// Entries asked for per stream and per plain read.
@@ -410,6 +411,34 @@ impl Conn {
             },
         }
     }
+}
+
+/// The connection a long catch-up reads its pages on, and the position after
+/// which it has already asked for the next page.
+struct Bulk {
+    conn: WireConn,
+    asked_after: Option<StreamId>,
+}
+
+/// `XREAD COUNT <count> STREAMS <stream> <after>`.
+fn bulk_read(stream: &str, count: usize, after: StreamId) -> Vec<u8> {
+    let (count, after) = (count.to_string(), after.to_string());
+    wire::command(&[
+        b"XREAD",
+        b"COUNT",
+        count.as_bytes(),
+        b"STREAMS",
+        stream.as_bytes(),
+        after.as_bytes(),
+    ])
+}
+
+/// What [`Consumer::handle`] judges a page's entries by, read once per page: the
+/// server's clock, in milliseconds, and whether replies are being screened.
+#[derive(Debug, Clone, Copy)]
+struct PageClock {
+    now_ms: u64,
+    screened: bool,
 }
 
 pub(crate) struct Consumer {
@@ -836,8 +865,24 @@ impl Consumer {
     async fn scan(&mut self, conn: &mut Conn, i: usize) -> Result<(), FeedError> {
         let mut from = self.streams[i].pos.unwrap_or(StreamId::ZERO);
         let mut ahead_read = 0usize;
+        // A long catch-up reads its pages on a second connection through the
+        // borrowing reader, opened once the first page comes back full.
+        let mut bulk: Option<Bulk> = None;
+        let mut bulk_tried = false;
         loop {
-            let page = self.read_page(conn, i, from).await?;
+            let page = self.read_page(conn, &mut bulk, i, from).await?;
+            if page.len == page.asked && !bulk_tried && !conn.asking && !self.screened() {
+                bulk_tried = true;
+                bulk = self
+                    .connector
+                    .wire_at(&conn.addr)
+                    .await
+                    .ok()
+                    .map(|conn| Bulk {
+                        conn,
+                        asked_after: None,
+                    });
+            }
             ahead_read += page.ahead;
             if let Some(last) = page.last {
                 from = last;
@@ -865,10 +910,16 @@ impl Consumer {
     async fn read_page(
         &mut self,
         conn: &mut Conn,
+        bulk: &mut Option<Bulk>,
         i: usize,
         from: StreamId,
     ) -> Result<Page, FeedError> {
         let name = self.streams[i].name.clone();
+        if !self.screened()
+            && let Some(page) = self.read_bulk(conn, bulk, i, from).await
+        {
+            return page;
+        }
         let (v, page) = if self.screened() {
             let page = self.limits.screened_page();
             let mut cmd = ::redis::cmd("EVAL");
@@ -903,6 +954,79 @@ impl Consumer {
                 None => Vec::new(),
             }
         };
+        self.take_page(conn, i, from, page, &entries).await
+    }
+
+    /// Read and handle one page of stream `i` after `from` on the bulk connection,
+    /// if there is one. `None` when the page is for the main connection to read:
+    /// there is no bulk connection, or it failed in a way (a server error such as a
+    /// redirection, a broken connection) that the main connection meets and
+    /// reports. After a full page the next one is asked for at once, so Redis
+    /// prepares it while this one is handled.
+    async fn read_bulk(
+        &mut self,
+        conn: &mut Conn,
+        slot: &mut Option<Bulk>,
+        i: usize,
+        from: StreamId,
+    ) -> Option<Result<Page, FeedError>> {
+        let b = slot.as_mut()?;
+        let page = self.limits.catch_up_page();
+        let budget = self.limits.max_reply_bytes;
+        let name = self.streams[i].name.clone();
+        let received = async {
+            if b.asked_after != Some(from) {
+                if b.asked_after.is_some() {
+                    // A reply asked for ahead that is not wanted after all.
+                    b.conn.receive(budget).await?;
+                }
+                b.conn.send(&bulk_read(&name, page, from)).await?;
+            }
+            b.asked_after = None;
+            b.conn.receive(budget).await
+        };
+        let reply = match tokio::time::timeout(conn.timeout, received).await {
+            Err(_) => return Some(Err(FeedError::Hung)),
+            Ok(Err(WireError::OverBudget)) => return Some(Err(FeedError::OverBudget)),
+            Ok(Err(e)) => {
+                tracing::debug!(error = ?e, "revocation feed's bulk read failed; reading on its main connection");
+                *slot = None;
+                return None;
+            }
+            Ok(Ok(reply)) => reply,
+        };
+        let handled = {
+            let mut store = Vec::new();
+            let entries = match wire::xread_one(&reply, &name, &mut store) {
+                Ok(entries) => entries,
+                Err(e) => return Some(Err(FeedError::Reply(e))),
+            };
+            if entries.len() == page
+                && let Some(last) = entries.last().map(|e| e.id)
+            {
+                let next = bulk_read(&name, page, last);
+                match tokio::time::timeout(conn.timeout, b.conn.send(&next)).await {
+                    Ok(Ok(())) => b.asked_after = Some(last),
+                    _ => *slot = None,
+                }
+            }
+            self.take_page(conn, i, from, page, &entries).await
+        };
+        if let Some(b) = slot {
+            b.conn.recycle(reply);
+        }
+        Some(handled)
+    }
+
+    /// Handle the entries of one page of stream `i`, read after `from`.
+    async fn take_page(
+        &mut self,
+        conn: &mut Conn,
+        i: usize,
+        from: StreamId,
+        asked: usize,
+        entries: &[RawEntry<'_>],
+    ) -> Result<Page, FeedError> {
         let last = entries.last().map(|e| e.id);
         if entries.first().is_some_and(|e| e.id <= from) {
             return Err(FeedError::Reply(Unexpected("XREAD")));
@@ -911,16 +1035,25 @@ impl Consumer {
             self.cover_time(conn, last).await?;
         }
         let live = self.caught_up_once;
-        for e in &entries {
-            self.handle(i, e, live);
+        let clock = self.page_clock();
+        for e in entries {
+            self.handle(i, e, live, clock);
         }
         let pos = self.streams[i].pos;
         Ok(Page {
             len: entries.len(),
-            asked: page,
+            asked,
             last,
             ahead: entries.iter().filter(|e| Some(e.id) > pos).count(),
         })
+    }
+
+    /// The server's clock and the screening state, read once for a page of entries.
+    fn page_clock(&self) -> PageClock {
+        PageClock {
+            now_ms: self.server_now_ms(),
+            screened: self.screened(),
+        }
     }
 
     /// Wait for new entries and handle them.
@@ -968,8 +1101,9 @@ impl Consumer {
             if entries.first().is_some_and(|e| e.id <= from) {
                 return Err(FeedError::Reply(Unexpected("XREAD")));
             }
+            let clock = self.page_clock();
             for e in &entries {
-                self.handle(i, e, true);
+                self.handle(i, e, true, clock);
             }
         }
         Ok(Tailed::Entries)
@@ -977,9 +1111,9 @@ impl Consumer {
 
     /// Apply or drop one entry, then move the read position past it if the server's
     /// clock has passed its id; otherwise remember it as read ahead.
-    fn handle(&mut self, i: usize, entry: &RawEntry<'_>, live: bool) {
+    fn handle(&mut self, i: usize, entry: &RawEntry<'_>, live: bool, clock: PageClock) {
         let id = entry.id;
-        let within = id.ms <= self.server_now_ms();
+        let within = id.ms <= clock.now_ms;
         let s = &self.streams[i];
         if s.pos.is_some_and(|p| id <= p) {
             return;
@@ -1016,7 +1150,7 @@ impl Consumer {
         // The identity of the entry the position moves to; a screened entry's fields
         // may be a marker, so it has none to check later.
         let digest =
-            (within && !self.screened()).then(|| reply::digest(&self.digest_key, entry.fields));
+            (within && !clock.screened).then(|| reply::digest(&self.digest_key, entry.fields));
         let s = &mut self.streams[i];
         s.seen = true;
         if first_sighting {

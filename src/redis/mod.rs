@@ -157,6 +157,7 @@ mod handle;
 mod lanes;
 mod replay;
 mod reply;
+mod wire;
 mod worker;
 
 #[cfg(feature = "audit")]

@@ -95,7 +95,16 @@ pub(crate) fn pairs(v: &Value) -> Option<Vec<(&Value, &Value)>> {
 /// One stream entry as XREAD returns it: its id and its raw field list.
 pub(crate) struct RawEntry<'a> {
     pub(crate) id: StreamId,
-    pub(crate) fields: &'a Value,
+    pub(crate) fields: FieldList<'a>,
+}
+
+/// An entry's field list, as the `redis` crate parsed it or as slices of a reply
+/// read by [`super::wire`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum FieldList<'a> {
+    Value(&'a Value),
+    /// Names and values alternating; `None` for a nil list (a deleted entry).
+    Wire(Option<&'a [&'a [u8]]>),
 }
 
 /// A list of `[id, fields]` entries, as `XRANGE`, `XREAD` and the screening script
@@ -112,7 +121,7 @@ pub(crate) fn entries(v: &Value) -> Result<Vec<RawEntry<'_>>, Unexpected> {
             Some([id, fields]) => Ok(RawEntry {
                 // Redis generates well-formed ids; anything else is not a stream reply.
                 id: text(id).and_then(StreamId::parse).ok_or(CMD)?,
-                fields,
+                fields: FieldList::Value(fields),
             }),
             _ => Err(CMD),
         })
@@ -171,7 +180,40 @@ pub(crate) const OVERSIZE_MARKER: &str = "oversize";
 /// An entry's fields as `(name, value)` strings, in stream order, if the entry holds
 /// at most `max_fields` fields and `max_bytes` bytes of names and values. The bounds
 /// are checked before anything is built, and each step is linear.
-pub(crate) fn fields(
+pub(crate) fn fields<'a>(
+    list: FieldList<'a>,
+    max_fields: usize,
+    max_bytes: usize,
+) -> Result<Vec<(&'a str, &'a str)>, FieldsError> {
+    match list {
+        FieldList::Value(v) => value_fields(v, max_fields, max_bytes),
+        FieldList::Wire(None) => Err(FieldsError::Malformed),
+        FieldList::Wire(Some(raw)) => {
+            // The same checks in the same order as for a parsed reply: an even
+            // list, the field count, the byte total, then UTF-8. (The screening
+            // script's marker never comes this way: only plain reads do.)
+            if raw.len() % 2 != 0 {
+                return Err(FieldsError::Malformed);
+            }
+            if raw.len() / 2 > max_fields {
+                return Err(FieldsError::TooManyFields);
+            }
+            let mut bytes = 0usize;
+            for f in raw {
+                bytes = bytes.saturating_add(f.len());
+                if bytes > max_bytes {
+                    return Err(FieldsError::TooLarge);
+                }
+            }
+            let text = |b: &'a [u8]| std::str::from_utf8(b).map_err(|_| FieldsError::NotUtf8);
+            raw.chunks_exact(2)
+                .map(|p| Ok((text(p[0])?, text(p[1])?)))
+                .collect()
+        }
+    }
+}
+
+fn value_fields(
     v: &Value,
     max_fields: usize,
     max_bytes: usize,
@@ -198,7 +240,7 @@ pub(crate) fn fields(
     }
     let n = match v {
         Value::Map(m) => m.len(),
-        Value::Attribute { .. } => return fields(strip(v), max_fields, max_bytes),
+        Value::Attribute { .. } => return value_fields(strip(v), max_fields, max_bytes),
         _ => array(v).ok_or(FieldsError::Malformed)?.len() / 2,
     };
     if n > max_fields {
@@ -226,7 +268,8 @@ fn strip(v: &Value) -> &Value {
 }
 
 /// A keyed digest of an entry's raw field list (names and values, length-prefixed).
-pub(crate) fn digest(key: &foldhash::quality::RandomState, fields: &Value) -> u64 {
+/// A list read by either path gives the same digest.
+pub(crate) fn digest(key: &foldhash::quality::RandomState, fields: FieldList<'_>) -> u64 {
     use std::hash::{BuildHasher, Hasher};
     fn feed(h: &mut impl Hasher, v: &Value) {
         match v {
@@ -243,7 +286,8 @@ pub(crate) fn digest(key: &foldhash::quality::RandomState, fields: &Value) -> u6
                 items.iter().for_each(|x| feed(h, x));
             }
             Value::Map(m) => {
-                h.write_usize(m.len());
+                // As the flat list of names and values it stands for.
+                h.write_usize(m.len() * 2);
                 m.iter().for_each(|(k, x)| {
                     feed(h, k);
                     feed(h, x);
@@ -255,7 +299,17 @@ pub(crate) fn digest(key: &foldhash::quality::RandomState, fields: &Value) -> u6
         }
     }
     let mut h = key.build_hasher();
-    feed(&mut h, fields);
+    match fields {
+        FieldList::Value(v) => feed(&mut h, v),
+        FieldList::Wire(None) => h.write_u8(0xff),
+        FieldList::Wire(Some(raw)) => {
+            h.write_usize(raw.len());
+            for f in raw {
+                h.write_usize(f.len());
+                h.write(f);
+            }
+        }
+    }
     h.finish()
 }
 
@@ -373,7 +427,7 @@ mod tests {
 
     #[test]
     fn odd_or_binary_fields_are_refused() {
-        let f = |v: &Value| fields(v, 64, 1024).map(|f| f.len());
+        let f = |v: &Value| fields(FieldList::Value(v), 64, 1024).map(|f| f.len());
         assert_eq!(
             f(&Value::Array(vec![bulk("a")])),
             Err(FieldsError::Malformed)
@@ -392,11 +446,50 @@ mod tests {
     #[test]
     fn entry_bounds_are_checked_before_building() {
         let many = Value::Array((0..130).map(|i| bulk(&i.to_string())).collect());
-        assert_eq!(fields(&many, 64, 1 << 20), Err(FieldsError::TooManyFields));
-        assert_eq!(fields(&many, 65, 1 << 20).unwrap().len(), 65);
+        let many = FieldList::Value(&many);
+        assert_eq!(fields(many, 64, 1 << 20), Err(FieldsError::TooManyFields));
+        assert_eq!(fields(many, 65, 1 << 20).unwrap().len(), 65);
         let big = Value::Array(vec![bulk("k"), bulk(&"v".repeat(2000))]);
-        assert_eq!(fields(&big, 64, 2000), Err(FieldsError::TooLarge));
-        assert_eq!(fields(&big, 64, 2001).unwrap().len(), 1);
+        let big = FieldList::Value(&big);
+        assert_eq!(fields(big, 64, 2000), Err(FieldsError::TooLarge));
+        assert_eq!(fields(big, 64, 2001).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn both_readers_judge_and_digest_an_entry_alike() {
+        let key = foldhash::quality::RandomState::default();
+        let big = "v".repeat(300);
+        let many: Vec<String> = (0..10).map(|i| i.to_string()).collect();
+        let cases: Vec<Option<Vec<&[u8]>>> = vec![
+            Some(vec![b"zone_id", b"z", b"sid", b"s"]),
+            Some(vec![]),
+            Some(vec![b"a"]),
+            Some(vec![OVERSIZE_MARKER.as_bytes()]),
+            Some(vec![b"k", big.as_bytes()]),
+            Some(many.iter().map(|s| s.as_bytes()).collect()),
+            Some(vec![b"k", &[0xff, 0xfe]]),
+            Some(vec![b"", b""]),
+            None,
+        ];
+        for case in &cases {
+            let value = match case {
+                None => Value::Nil,
+                Some(list) => {
+                    Value::Array(list.iter().map(|b| Value::BulkString(b.to_vec())).collect())
+                }
+            };
+            let parsed = FieldList::Value(&value);
+            let wire = FieldList::Wire(case.as_deref());
+            assert_eq!(fields(parsed, 4, 256), fields(wire, 4, 256), "{case:?}");
+            assert_eq!(digest(&key, parsed), digest(&key, wire), "{case:?}");
+        }
+        // A digest tells field lists apart even when their bytes concatenate alike.
+        let a: [&[u8]; 2] = [b"ab", b"c"];
+        let b: [&[u8]; 2] = [b"a", b"bc"];
+        assert_ne!(
+            digest(&key, FieldList::Wire(Some(&a))),
+            digest(&key, FieldList::Wire(Some(&b)))
+        );
     }
 
     #[test]
