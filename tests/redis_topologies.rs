@@ -219,6 +219,59 @@ async fn tls_keeps_the_reply_size_bound() {
     assert!(status.dropped >= 1, "{status:?}");
 }
 
+/// A retained history of many pages, which the feed reads on its second (bulk)
+/// connection, over TLS, with a 2 MiB unsigned entry in the middle. The bulk read
+/// passes the reply bound there; the feed reconnects and reads through the
+/// screening script. Every revocation before and after the junk is enforced once the
+/// verifier is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_bulk_catch_up_keeps_the_reply_size_bound() {
+    const JUNK: &str = "for i = 1, tonumber(ARGV[1]) do \
+        redis.call('XADD', KEYS[1], '*', 'zone_id', 'zone-1', 'sid', 'junk-' .. i) end";
+    init_tracing();
+    let server = TlsRedis::start(TlsOptions::default()).await;
+    let sts = issuer().await;
+    let mut publisher = server.publisher().await;
+    let junk = |n: &str| {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(JUNK).arg(1).arg(SESSIONS_REVOKE_STREAM).arg(n);
+        cmd
+    };
+    publisher.query(&junk("1500")).await;
+    publisher.revoke("sid", "sid-early").await;
+    publisher.query(&junk("1500")).await;
+    let huge = "x".repeat(2 * 1024 * 1024);
+    publisher
+        .raw(
+            SESSIONS_REVOKE_STREAM,
+            "*",
+            &[("zone_id", "zone-1"), ("sid", &huge)],
+        )
+        .await;
+    publisher.query(&junk("1500")).await;
+    publisher.revoke("sid", "sid-late").await;
+
+    let before = connections_received(server.plain_port()).await;
+    let endpoint = RedisEndpoint::new(server.tls_url()).tls_ca_file(server.ca_pem());
+    // 256 KiB replies: catch-up pages of 256 entries.
+    let v = verifier(&sts, feed_on(endpoint).max_reply_bytes(256 * 1024)).await;
+    eventually("the feed is ready over TLS", async || v.is_ready()).await;
+    for sid in ["sid-early", "sid-late"] {
+        let answer = check(&v, &sts.mandate().sid(sid).sign()).await;
+        assert!(revoked(&answer), "{sid}: {answer:?}");
+    }
+    check(&v, &sts.mandate().sid("sid-other").sign())
+        .await
+        .expect("not revoked");
+    let status = v.revocation_feed().unwrap().status().feed.unwrap();
+    assert_eq!(status.dropped, 4_501, "{status:?}");
+    assert_eq!(status.applied, 2, "{status:?}");
+    // The first connection, the bulk one that met the oversized entry, the one
+    // that read through the script, and this query's own.
+    let after = connections_received(server.plain_port()).await;
+    assert!(after >= before + 4, "{before} -> {after} connections");
+}
+
 // ---------------------------------------------------------------------------
 // Sentinel
 // ---------------------------------------------------------------------------
