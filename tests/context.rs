@@ -723,6 +723,38 @@ async fn every_inject_has_a_new_span_id() {
     }
 }
 
+/// The context reads its headers on first use: whichever accessor, clone or thread
+/// reads first, every reader sees the same ids from then on, and the headers it was
+/// built from can change or go without changing it.
+#[tokio::test]
+async fn ids_read_on_first_use_are_fixed_for_every_reader() {
+    let e = env().await;
+    let m = e.plain().await;
+    for incoming in [headers(&[("traceparent", TP)]), HeaderMap::new()] {
+        let mut source = incoming.clone();
+        let ctx = RequestContext::from_request(&source, &m);
+        source.clear();
+        let clones: Vec<RequestContext> = (0..4).map(|_| ctx.clone()).collect();
+        let seen: Vec<(String, String)> = std::thread::scope(|s| {
+            let handles: Vec<_> = clones
+                .iter()
+                .map(|c| s.spawn(move || (c.span_id().to_owned(), c.trace_id().to_owned())))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (span, trace) in &seen {
+            assert_eq!(span, ctx.span_id());
+            assert_eq!(trace, ctx.trace_id());
+        }
+        assert_eq!(ctx.is_continued(), !incoming.is_empty());
+        if ctx.is_continued() {
+            assert_eq!(ctx.trace_id(), TRACE);
+            assert_eq!(ctx.parent_span_id(), Some("00f067aa0ba902b7"));
+        }
+        assert_eq!(traceparent_parts(&outbound(&ctx)).1, ctx.trace_id());
+    }
+}
+
 #[tokio::test]
 async fn inject_replaces_what_was_there() {
     let e = env().await;

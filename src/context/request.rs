@@ -93,21 +93,141 @@ pub const BAGGAGE_HOP: &str = "caracal.hop";
 pub struct RequestContext(Arc<Inner>);
 
 struct Inner {
+    /// The verified mandate: the Caracal entries are read from it, not copied.
+    mandate: Mandate,
+    /// The trace headers as the request carried them.
+    incoming: Incoming,
+    /// What they say, read on first use: most requests never look at their trace
+    /// context, and parsing it (and drawing the random ids) was most of the
+    /// context's cost.
+    trace: std::sync::OnceLock<Trace>,
+    /// The outbound `baggage`, encoded on first use: most requests never call
+    /// out, and encoding cost a third of the layer's own work.
+    outbound_baggage: std::sync::OnceLock<Option<HeaderValue>>,
+}
+
+/// The trace headers of a request, kept unparsed.
+struct Incoming {
+    /// The `traceparent` field when there is exactly one.
+    traceparent: Option<HeaderValue>,
+    /// Whether there was any `traceparent` field.
+    traceparent_present: bool,
+    /// `tracestate`'s fields joined with `,`; `None` when that passed the cap.
+    tracestate: Option<Vec<u8>>,
+    tracestate_present: bool,
+    /// `baggage`'s fields joined with `,`; `None` when that passed the cap.
+    baggage: Option<Vec<u8>>,
+}
+
+/// The trace context read from [`Incoming`].
+struct Trace {
     trace_id: [u8; 16],
     trace_id_hex: HexId<32>,
     span_id_hex: HexId<16>,
     parent_span_id_hex: Option<HexId<16>>,
     flags: u8,
     trace_state: Option<HeaderValue>,
-    /// The verified mandate: the Caracal entries are read from it, not copied.
-    mandate: Mandate,
     baggage: Vec<(String, String)>,
-    /// The outbound `baggage`, encoded on first use: most requests never call
-    /// out, and encoding cost a third of the layer's own work.
-    outbound_baggage: std::sync::OnceLock<Option<HeaderValue>>,
+}
+
+impl Incoming {
+    fn capture(headers: &HeaderMap) -> Self {
+        // Most requests carry none of the three: one pass over the names is
+        // cheaper than three hashed lookups of names the map does not hold.
+        let carried = headers
+            .keys()
+            .any(|k| matches!(k.as_str(), "traceparent" | "tracestate" | "baggage"));
+        if !carried {
+            return Incoming {
+                traceparent: None,
+                traceparent_present: false,
+                tracestate: Some(Vec::new()),
+                tracestate_present: false,
+                baggage: Some(Vec::new()),
+            };
+        }
+        let (field, traceparent_present) = single(headers, &TRACEPARENT);
+        let tracestate = combined(headers, &TRACESTATE, tracestate::MAX_BYTES);
+        Incoming {
+            traceparent: field.cloned(),
+            traceparent_present,
+            // Over the cap, or fields with something in them.
+            tracestate_present: tracestate.as_ref().is_none_or(|v| !v.is_empty()),
+            tracestate,
+            baggage: combined(headers, &BAGGAGE, MAX_BAGGAGE_BYTES),
+        }
+    }
+
+    /// Parse, as [`RequestContext::from_request`] documents.
+    fn read(&self) -> Trace {
+        let parent = self
+            .traceparent
+            .as_ref()
+            .and_then(|v| traceparent::parse(v.as_bytes()));
+        let (trace_id, parent_span_id, flags, trace_state) = match parent {
+            Some(tp) => {
+                let state = self
+                    .tracestate
+                    .as_deref()
+                    .and_then(tracestate::parse)
+                    .and_then(|s| HeaderValue::try_from(s).ok());
+                (
+                    tp.trace_id,
+                    Some(HexId::of(&tp.parent_id)),
+                    tp.flags & traceparent::KNOWN_FLAGS,
+                    state,
+                )
+            }
+            None => (
+                traceparent::new_trace_id(),
+                None,
+                traceparent::NEW_TRACE_FLAGS,
+                None,
+            ),
+        };
+        if parent.is_none() && self.traceparent_present {
+            tracing::debug!(
+                target: "caracal_verifier::context",
+                "invalid traceparent ignored; a new trace is started"
+            );
+        }
+        if parent.is_some() && self.tracestate_present && trace_state.is_none() {
+            tracing::debug!(target: "caracal_verifier::context", "invalid tracestate dropped");
+        }
+
+        let incoming = match &self.baggage {
+            Some(v) => baggage::parse(v),
+            None => baggage::Parsed {
+                oversized: true,
+                ..Default::default()
+            },
+        };
+        if incoming.oversized || incoming.forged > 0 || incoming.malformed > 0 {
+            tracing::debug!(
+                target: "caracal_verifier::context",
+                oversized = incoming.oversized,
+                forged = incoming.forged,
+                malformed = incoming.malformed,
+                "incoming baggage members dropped"
+            );
+        }
+        Trace {
+            trace_id_hex: HexId::of(&trace_id),
+            trace_id,
+            span_id_hex: HexId::of(&traceparent::new_span_id()),
+            parent_span_id_hex: parent_span_id,
+            flags,
+            trace_state,
+            baggage: incoming.entries,
+        }
+    }
 }
 
 impl Inner {
+    fn trace(&self) -> &Trace {
+        self.trace.get_or_init(|| self.incoming.read())
+    }
+
     fn hop(&self) -> u64 {
         self.mandate.hops().min(MAX_HOP)
     }
@@ -124,7 +244,7 @@ impl Inner {
                     (BAGGAGE_PARENT_EDGE, parent_edge(m).unwrap_or("")),
                     (BAGGAGE_HOP, hop_text.as_str()),
                 ];
-                let encoded = baggage::encode(&caracal, &self.baggage);
+                let encoded = baggage::encode(&caracal, &self.trace().baggage);
                 if encoded.header.is_none() {
                     tracing::warn!(
                         target: "caracal_verifier::context",
@@ -163,64 +283,16 @@ impl RequestContext {
     ///
     /// Each drop is reported by a `DEBUG` event with target
     /// `caracal_verifier::context` (counts only, never values).
+    ///
+    /// The headers are kept as they came and read on the first call of any
+    /// accessor (or of `inject`, or `Debug`); the ids, including this service's new
+    /// span id, are fixed from then on. So a context nobody reads costs one
+    /// allocation, and its drops are reported when it is first read.
     pub fn from_request(headers: &HeaderMap, mandate: &Mandate) -> RequestContext {
-        let (field, present) = single(headers, &TRACEPARENT);
-        let parent = field.and_then(|v| traceparent::parse(v.as_bytes()));
-        let (trace_id, parent_span_id, flags, trace_state) = match parent {
-            Some(tp) => {
-                let state = combined(headers, &TRACESTATE, tracestate::MAX_BYTES)
-                    .and_then(|v| tracestate::parse(&v))
-                    .and_then(|s| HeaderValue::try_from(s).ok());
-                (
-                    tp.trace_id,
-                    Some(HexId::of(&tp.parent_id)),
-                    tp.flags & traceparent::KNOWN_FLAGS,
-                    state,
-                )
-            }
-            None => (
-                traceparent::new_trace_id(),
-                None,
-                traceparent::NEW_TRACE_FLAGS,
-                None,
-            ),
-        };
-        if parent.is_none() && present {
-            tracing::debug!(
-                target: "caracal_verifier::context",
-                "invalid traceparent ignored; a new trace is started"
-            );
-        }
-        if parent.is_some() && headers.contains_key(&TRACESTATE) && trace_state.is_none() {
-            tracing::debug!(target: "caracal_verifier::context", "invalid tracestate dropped");
-        }
-
-        let incoming = match combined(headers, &BAGGAGE, MAX_BAGGAGE_BYTES) {
-            Some(v) => baggage::parse(&v),
-            None => baggage::Parsed {
-                oversized: true,
-                ..Default::default()
-            },
-        };
-        if incoming.oversized || incoming.forged > 0 || incoming.malformed > 0 {
-            tracing::debug!(
-                target: "caracal_verifier::context",
-                oversized = incoming.oversized,
-                forged = incoming.forged,
-                malformed = incoming.malformed,
-                "incoming baggage members dropped"
-            );
-        }
-
         RequestContext(Arc::new(Inner {
-            trace_id_hex: HexId::of(&trace_id),
-            trace_id,
-            span_id_hex: HexId::of(&traceparent::new_span_id()),
-            parent_span_id_hex: parent_span_id,
-            flags,
-            trace_state,
             mandate: mandate.clone(),
-            baggage: incoming.entries,
+            incoming: Incoming::capture(headers),
+            trace: std::sync::OnceLock::new(),
             outbound_baggage: std::sync::OnceLock::new(),
         }))
     }
@@ -239,11 +311,12 @@ impl RequestContext {
     /// (`request.headers_mut()`).
     pub fn inject(&self, headers: &mut HeaderMap) {
         let i = &self.0;
-        let tp = traceparent::format(&i.trace_id, &traceparent::new_span_id(), i.flags);
+        let t = i.trace();
+        let tp = traceparent::format(&t.trace_id, &traceparent::new_span_id(), t.flags);
         if let Ok(v) = HeaderValue::try_from(tp) {
             headers.insert(TRACEPARENT, v);
         }
-        match &i.trace_state {
+        match &t.trace_state {
             Some(v) => {
                 headers.insert(TRACESTATE, v.clone());
             }
@@ -263,40 +336,48 @@ impl RequestContext {
 
     /// The trace id: 32 lowercase hex digits.
     pub fn trace_id(&self) -> &str {
-        self.0.trace_id_hex.as_str()
+        self.0.trace().trace_id_hex.as_str()
     }
 
     /// This service's span id: 16 lowercase hex digits, new for each request.
     pub fn span_id(&self) -> &str {
-        self.0.span_id_hex.as_str()
+        self.0.trace().span_id_hex.as_str()
     }
 
     /// The caller's span id (the incoming `traceparent`'s parent id), when the trace
     /// was continued.
     pub fn parent_span_id(&self) -> Option<&str> {
-        self.0.parent_span_id_hex.as_ref().map(HexId::as_str)
+        self.0
+            .trace()
+            .parent_span_id_hex
+            .as_ref()
+            .map(HexId::as_str)
     }
 
     /// Whether the trace id came from a valid incoming `traceparent` (otherwise this
     /// service started the trace).
     pub fn is_continued(&self) -> bool {
-        self.0.parent_span_id_hex.is_some()
+        self.0.trace().parent_span_id_hex.is_some()
     }
 
     /// The trace flags propagated: the incoming `sampled` and `random` bits (other
     /// bits are reserved and sent as zero), or `01` for a new trace.
     pub fn trace_flags(&self) -> u8 {
-        self.0.flags
+        self.0.trace().flags
     }
 
     /// Whether the `sampled` flag is set.
     pub fn is_sampled(&self) -> bool {
-        self.0.flags & 0x01 != 0
+        self.0.trace().flags & 0x01 != 0
     }
 
     /// The incoming `tracestate`, normalized (members joined with `,`).
     pub fn trace_state(&self) -> Option<&str> {
-        self.0.trace_state.as_ref().and_then(|v| v.to_str().ok())
+        self.0
+            .trace()
+            .trace_state
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
     }
 
     /// `caracal.session`: the mandate's `sid`.
@@ -327,31 +408,36 @@ impl RequestContext {
 
     /// The pass-through (third-party) baggage members, decoded, sorted by key.
     pub fn baggage(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
-        self.0.baggage.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.0
+            .trace()
+            .baggage
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     /// The value of the pass-through baggage member `key`.
     pub fn baggage_value(&self, key: &str) -> Option<&str> {
-        self.0
-            .baggage
+        let baggage = &self.0.trace().baggage;
+        baggage
             .binary_search_by(|(k, _)| k.as_str().cmp(key))
             .ok()
-            .map(|i| self.0.baggage[i].1.as_str())
+            .map(|i| baggage[i].1.as_str())
     }
 }
 
 impl fmt::Debug for RequestContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let i = &self.0;
+        let t = i.trace();
         f.debug_struct("RequestContext")
-            .field("trace_id", &i.trace_id_hex.as_str())
-            .field("span_id", &i.span_id_hex.as_str())
+            .field("trace_id", &t.trace_id_hex.as_str())
+            .field("span_id", &t.span_id_hex.as_str())
             .field(
                 "parent_span_id",
-                &i.parent_span_id_hex.as_ref().map(HexId::as_str),
+                &t.parent_span_id_hex.as_ref().map(HexId::as_str),
             )
-            .field("trace_flags", &format_args!("{:02x}", i.flags))
-            .field("trace_state", &i.trace_state.as_ref().map(|_| "<redacted>"))
+            .field("trace_flags", &format_args!("{:02x}", t.flags))
+            .field("trace_state", &t.trace_state.as_ref().map(|_| "<redacted>"))
             .field("session", &i.mandate.sid())
             .field("agent_session", &i.mandate.agent_session_id())
             .field("delegation_edge", &i.mandate.delegation_edge_id())
@@ -359,7 +445,7 @@ impl fmt::Debug for RequestContext {
             .field("hop", &i.hop())
             .field(
                 "baggage_keys",
-                &i.baggage
+                &t.baggage
                     .iter()
                     .map(|(k, _)| k.as_str())
                     .collect::<Vec<_>>(),

@@ -873,15 +873,16 @@ impl Consumer {
             let page = self.read_page(conn, &mut bulk, i, from).await?;
             if page.len == page.asked && !bulk_tried && !conn.asking && !self.screened() {
                 bulk_tried = true;
-                bulk = self
-                    .connector
-                    .wire_at(&conn.addr)
-                    .await
-                    .ok()
-                    .map(|conn| Bulk {
+                bulk = match self.connector.wire_at(&conn.addr).await {
+                    Ok(conn) => Some(Bulk {
                         conn,
                         asked_after: None,
-                    });
+                    }),
+                    Err(e) => {
+                        tracing::debug!(error = ?e, "revocation feed could not open its bulk connection; catching up on its main one");
+                        None
+                    }
+                };
             }
             ahead_read += page.ahead;
             if let Some(last) = page.last {
