@@ -21,7 +21,7 @@ use redis::Value;
 use redis_common::modes::{
     RedisCluster, SentinelSet, TlsOptions, TlsRedis, node_connection, query_node,
 };
-use redis_common::{eventually, init_tracing, stream_key, verifier};
+use redis_common::{Publisher, eventually, init_tracing, stream_key, verifier};
 
 async fn check(v: &Verifier, token: &str) -> Result<(), AuthError> {
     v.verify(token, &Requirements::new()).await.map(drop)
@@ -89,6 +89,20 @@ async fn attempts(plain_port: u16, before: u64, n: u64) {
     })
     .await;
 }
+
+/// `n` unsigned entries in the sessions stream, written by Redis itself: history a
+/// feed reads in bulk and drops.
+async fn junk(publisher: &mut Publisher, n: usize) {
+    const JUNK: &str = "for i = 1, tonumber(ARGV[1]) do \
+        redis.call('XADD', KEYS[1], '*', 'zone_id', 'zone-1', 'sid', 'junk-' .. i) end";
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(JUNK).arg(1).arg(SESSIONS_REVOKE_STREAM).arg(n);
+    publisher.query(&cmd).await;
+}
+
+/// Catch-up pages of 128 entries (the smallest): a few hundred retained entries
+/// make the feed read in bulk.
+const SMALL_PAGES: usize = 128 * 1024;
 
 // ---------------------------------------------------------------------------
 // TLS
@@ -226,20 +240,13 @@ async fn tls_keeps_the_reply_size_bound() {
 /// verifier is ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_bulk_catch_up_keeps_the_reply_size_bound() {
-    const JUNK: &str = "for i = 1, tonumber(ARGV[1]) do \
-        redis.call('XADD', KEYS[1], '*', 'zone_id', 'zone-1', 'sid', 'junk-' .. i) end";
     init_tracing();
     let server = TlsRedis::start(TlsOptions::default()).await;
     let sts = issuer().await;
     let mut publisher = server.publisher().await;
-    let junk = |n: &str| {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(JUNK).arg(1).arg(SESSIONS_REVOKE_STREAM).arg(n);
-        cmd
-    };
-    publisher.query(&junk("1500")).await;
+    junk(&mut publisher, 1500).await;
     publisher.revoke("sid", "sid-early").await;
-    publisher.query(&junk("1500")).await;
+    junk(&mut publisher, 1500).await;
     let huge = "x".repeat(2 * 1024 * 1024);
     publisher
         .raw(
@@ -248,7 +255,7 @@ async fn tls_bulk_catch_up_keeps_the_reply_size_bound() {
             &[("zone_id", "zone-1"), ("sid", &huge)],
         )
         .await;
-    publisher.query(&junk("1500")).await;
+    junk(&mut publisher, 1500).await;
     publisher.revoke("sid", "sid-late").await;
 
     let before = connections_received(server.plain_port()).await;
@@ -291,15 +298,19 @@ async fn sentinel_failover_keeps_every_revocation() {
     let set = SentinelSet::start().await;
     let sts = issuer().await;
     let mut publisher = set.publisher().await;
+    // History of many pages: read in bulk at start and again after the failover.
+    junk(&mut publisher, 1000).await;
     publisher.revoke("sid", "sid-before-start").await;
     set.wait_replicated().await;
 
     let endpoint = RedisEndpoint::new(sentinel_url(&set));
-    let v = verifier(&sts, feed_on(endpoint.clone())).await;
+    let v = verifier(&sts, feed_on(endpoint.clone()).max_reply_bytes(SMALL_PAGES)).await;
     eventually("the feed is ready through Sentinel", async || v.is_ready()).await;
     assert!(revoked(
         &check(&v, &sts.mandate().sid("sid-before-start").sign()).await
     ));
+    let status = v.revocation_feed().unwrap().status().feed.unwrap();
+    assert_eq!(status.dropped, 1000, "{status:?}");
     publisher.revoke("sid", "sid-before-failover").await;
     until_revoked(&v, &sts, "sid-before-failover").await;
     set.wait_replicated().await;
@@ -424,17 +435,20 @@ async fn cluster_reads_each_stream_from_its_own_node_and_follows_moves() {
     let revoke_node = cluster.node_for_key(SESSIONS_REVOKE_STREAM).await;
     let epoch_node = cluster.node_for_key(DELEGATIONS_INVALIDATE_STREAM).await;
     assert_ne!(revoke_node, epoch_node, "the streams share a node");
-    cluster
-        .publisher_for(SESSIONS_REVOKE_STREAM)
-        .await
-        .revoke("sid", "sid-before-start")
-        .await;
+    let mut publisher = cluster.publisher_for(SESSIONS_REVOKE_STREAM).await;
+    // History of many pages: read in bulk from the owner, and again from each
+    // node the slot moves to.
+    junk(&mut publisher, 1000).await;
+    publisher.revoke("sid", "sid-before-start").await;
 
-    let v = verifier(&sts, feed_on(RedisEndpoint::new(cluster_url(&cluster)))).await;
+    let feed = feed_on(RedisEndpoint::new(cluster_url(&cluster))).max_reply_bytes(SMALL_PAGES);
+    let v = verifier(&sts, feed).await;
     eventually("the feed is ready on the Cluster", async || v.is_ready()).await;
     assert!(revoked(
         &check(&v, &sts.mandate().sid("sid-before-start").sign()).await
     ));
+    let status = v.revocation_feed().unwrap().status().feed.unwrap();
+    assert_eq!(status.dropped, 1000, "{status:?}");
     cluster
         .publisher_for(SESSIONS_REVOKE_STREAM)
         .await
