@@ -24,6 +24,7 @@ use caracal_verifier::revocation::{
 };
 use caracal_verifier::testing::TestIssuer;
 use caracal_verifier::{AuthError, ManualClock, Requirements, Verifier};
+use redis_common::modes::connections_received;
 use redis_common::{
     Publisher, RedisServer, eventually, feed, now_ms, ready_verifier, resident_bytes, stream_key,
     verifier,
@@ -715,23 +716,8 @@ end";
         .await;
         p.revoke("sid", &format!("victim-bulk-{round}")).await;
     }
-    let connections = || async {
-        let info = server
-            .publisher()
-            .await
-            .query(redis::cmd("INFO").arg("stats"))
-            .await;
-        let redis::Value::BulkString(text) = info else {
-            panic!("INFO: {info:?}")
-        };
-        String::from_utf8_lossy(&text)
-            .lines()
-            .find_map(|l| l.strip_prefix("total_connections_received:"))
-            .and_then(|n| n.trim().parse::<u64>().ok())
-            .expect("INFO stats names total_connections_received")
-    };
     let bulk_feed = feed_as(&server, "bulk", README_ACL).await;
-    let before = connections().await;
+    let before = connections_received(server.port()).await;
 
     let v = ready_verifier(&sts, bulk_feed).await;
     // Ready means caught up: every revocation is in force at once.
@@ -751,7 +737,7 @@ end";
     assert_eq!(feed.applied, ROUNDS as u64, "{feed:?}");
     // The history took more than one page: the feed opened its bulk connection
     // beside its main one (and the INFO query's own connections count too).
-    let after = connections().await;
+    let after = connections_received(server.port()).await;
     assert!(
         after >= before + 3,
         "the feed read its history on one connection ({before} -> {after} connections)"

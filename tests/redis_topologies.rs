@@ -19,7 +19,8 @@ use caracal_verifier::testing::TestIssuer;
 use caracal_verifier::{AnchorKind, AuthError, InvalidReason, Requirements, Verifier};
 use redis::Value;
 use redis_common::modes::{
-    RedisCluster, SentinelSet, TlsOptions, TlsRedis, node_connection, query_node,
+    RedisCluster, SentinelSet, TlsOptions, TlsRedis, connections_received, node_connection,
+    query_node,
 };
 use redis_common::{Publisher, eventually, init_tracing, stream_key, verifier};
 
@@ -69,18 +70,6 @@ async fn until_revoked(v: &Verifier, sts: &TestIssuer, sid: &str) {
     .await;
 }
 
-/// `total_connections_received` of the server on `port`: every connection it
-/// accepted, whether or not its TLS handshake then succeeded.
-async fn connections_received(port: u16) -> u64 {
-    let info: String = query_node(port, redis::cmd("INFO").arg("stats"))
-        .await
-        .expect("INFO stats");
-    info.lines()
-        .find_map(|l| l.strip_prefix("total_connections_received:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("total_connections_received")
-}
-
 /// Wait until the server on `plain_port` has accepted `n` more connections than
 /// `before`: the feed has tried (and, for a refused handshake, failed) that often.
 async fn attempts(plain_port: u16, before: u64, n: u64) {
@@ -98,6 +87,19 @@ async fn junk(publisher: &mut Publisher, n: usize) {
     let mut cmd = redis::cmd("EVAL");
     cmd.arg(JUNK).arg(1).arg(SESSIONS_REVOKE_STREAM).arg(n);
     publisher.query(&cmd).await;
+}
+
+/// One unsigned entry of 2 MiB in the sessions stream, as a writer without the key
+/// could add.
+async fn huge_entry(publisher: &mut Publisher) {
+    let huge = "x".repeat(2 * 1024 * 1024);
+    publisher
+        .raw(
+            SESSIONS_REVOKE_STREAM,
+            "*",
+            &[("zone_id", "zone-1"), ("sid", &huge)],
+        )
+        .await;
 }
 
 /// Catch-up pages of 128 entries (the smallest): a few hundred retained entries
@@ -219,14 +221,7 @@ async fn tls_keeps_the_reply_size_bound() {
     eventually("the feed is ready over TLS", async || v.is_ready()).await;
     let mut publisher = server.publisher().await;
     // A writer without the key adds a 2 MiB entry, then a real event follows.
-    let huge = "x".repeat(2 * 1024 * 1024);
-    publisher
-        .raw(
-            SESSIONS_REVOKE_STREAM,
-            "*",
-            &[("zone_id", "zone-1"), ("sid", &huge)],
-        )
-        .await;
+    huge_entry(&mut publisher).await;
     publisher.revoke("sid", "sid-after-huge").await;
     until_revoked(&v, &sts, "sid-after-huge").await;
     let status = v.revocation_feed().unwrap().status().feed.unwrap();
@@ -247,14 +242,7 @@ async fn tls_bulk_catch_up_keeps_the_reply_size_bound() {
     junk(&mut publisher, 1500).await;
     publisher.revoke("sid", "sid-early").await;
     junk(&mut publisher, 1500).await;
-    let huge = "x".repeat(2 * 1024 * 1024);
-    publisher
-        .raw(
-            SESSIONS_REVOKE_STREAM,
-            "*",
-            &[("zone_id", "zone-1"), ("sid", &huge)],
-        )
-        .await;
+    huge_entry(&mut publisher).await;
     junk(&mut publisher, 1500).await;
     publisher.revoke("sid", "sid-late").await;
 

@@ -74,6 +74,18 @@ pub async fn query_node<T: FromRedisValue>(port: u16, cmd: &redis::Cmd) -> Redis
     }
 }
 
+/// `total_connections_received` of the server on `port`: every connection it
+/// accepted, whether or not its TLS handshake then succeeded.
+pub async fn connections_received(port: u16) -> u64 {
+    info(port, "stats")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .lines()
+        .find_map(|l| l.strip_prefix("total_connections_received:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("total_connections_received")
+}
+
 /// One section of `INFO` from the node on `port`.
 async fn info(port: u16, section: &str) -> Result<String, String> {
     query_node(port, redis::cmd("INFO").arg(section))
