@@ -114,7 +114,6 @@ struct Incoming {
     traceparent_present: bool,
     /// `tracestate`'s fields joined with `,`; `None` when that passed the cap.
     tracestate: Option<Vec<u8>>,
-    tracestate_present: bool,
     /// `baggage`'s fields joined with `,`; `None` when that passed the cap.
     baggage: Option<Vec<u8>>,
 }
@@ -142,7 +141,6 @@ impl Incoming {
                 traceparent: None,
                 traceparent_present: false,
                 tracestate: Some(Vec::new()),
-                tracestate_present: false,
                 baggage: Some(Vec::new()),
             };
         }
@@ -151,8 +149,6 @@ impl Incoming {
         Incoming {
             traceparent: field.cloned(),
             traceparent_present,
-            // Over the cap, or fields with something in them.
-            tracestate_present: tracestate.as_ref().is_none_or(|v| !v.is_empty()),
             tracestate,
             baggage: combined(headers, &BAGGAGE, MAX_BAGGAGE_BYTES),
         }
@@ -191,7 +187,9 @@ impl Incoming {
                 "invalid traceparent ignored; a new trace is started"
             );
         }
-        if parent.is_some() && self.tracestate_present && trace_state.is_none() {
+        // Present: over the cap, or fields with something in them.
+        let tracestate_present = self.tracestate.as_ref().is_none_or(|v| !v.is_empty());
+        if parent.is_some() && tracestate_present && trace_state.is_none() {
             tracing::debug!(target: "caracal_verifier::context", "invalid tracestate dropped");
         }
 

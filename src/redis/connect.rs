@@ -485,7 +485,6 @@ impl Connector {
         let transport = self.transport(addr).await.map_err(|_| WireError::Io)?;
         let mut conn = WireConn::new(transport);
         let info = &self.resolved.node;
-        let db = info.db().to_string();
         let mut steps: Vec<Vec<u8>> = Vec::new();
         match (info.username(), info.password()) {
             (Some(user), Some(pass)) => {
@@ -495,7 +494,7 @@ impl Connector {
             _ => {}
         }
         if info.db() != 0 {
-            steps.push(command(&[b"SELECT", db.as_bytes()]));
+            steps.push(command(&[b"SELECT", info.db().to_string().as_bytes()]));
         }
         for step in &steps {
             tokio::time::timeout(self.timeout, conn.query(step, DISCOVERY_REPLY))

@@ -917,7 +917,7 @@ impl Consumer {
     ) -> Result<Page, FeedError> {
         let name = self.streams[i].name.clone();
         if !self.screened()
-            && let Some(page) = self.read_bulk(conn, bulk, i, from).await
+            && let Some(page) = self.read_bulk(conn, bulk, i, &name, from).await
         {
             return page;
         }
@@ -969,19 +969,19 @@ impl Consumer {
         conn: &mut Conn,
         slot: &mut Option<Bulk>,
         i: usize,
+        name: &str,
         from: StreamId,
     ) -> Option<Result<Page, FeedError>> {
         let b = slot.as_mut()?;
         let page = self.limits.catch_up_page();
         let budget = self.limits.max_reply_bytes;
-        let name = self.streams[i].name.clone();
         let received = async {
             if b.asked_after != Some(from) {
                 if b.asked_after.is_some() {
                     // A reply asked for ahead that is not wanted after all.
                     b.conn.receive(budget).await?;
                 }
-                b.conn.send(&bulk_read(&name, page, from)).await?;
+                b.conn.send(&bulk_read(name, page, from)).await?;
             }
             b.asked_after = None;
             b.conn.receive(budget).await
@@ -998,14 +998,14 @@ impl Consumer {
         };
         let handled = {
             let mut store = Vec::new();
-            let entries = match wire::xread_one(&reply, &name, &mut store) {
+            let entries = match wire::xread_one(&reply, name, &mut store) {
                 Ok(entries) => entries,
                 Err(e) => return Some(Err(FeedError::Reply(e))),
             };
             if entries.len() == page
                 && let Some(last) = entries.last().map(|e| e.id)
             {
-                let next = bulk_read(&name, page, last);
+                let next = bulk_read(name, page, last);
                 match tokio::time::timeout(conn.timeout, b.conn.send(&next)).await {
                     Ok(Ok(())) => b.asked_after = Some(last),
                     _ => *slot = None,

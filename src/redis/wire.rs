@@ -235,15 +235,6 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The error message, when the reply is an error (`-ERR …`, `-MOVED …`).
-#[cfg(test)]
-fn error(reply: &[u8]) -> Option<&[u8]> {
-    match (Reader { buf: reply, at: 0 }).next() {
-        Ok(Item::Error(msg)) => Some(msg),
-        _ => None,
-    }
-}
-
 /// The entries of one stream, from a complete RESP2 reply to
 /// `XREAD COUNT n STREAMS <stream> <id>`. Every field of every entry is a slice of
 /// `reply`; `fields` holds them all, and each entry names its run of it.
@@ -401,6 +392,14 @@ mod tests {
 
     fn frame(buf: &[u8]) -> Result<Option<usize>, Malformed> {
         Frame::default().advance(buf)
+    }
+
+    /// The error message, when the reply is an error (`-ERR …`, `-MOVED …`).
+    fn error(reply: &[u8]) -> Option<&[u8]> {
+        match (Reader { buf: reply, at: 0 }).next() {
+            Ok(Item::Error(msg)) => Some(msg),
+            _ => None,
+        }
     }
 
     #[test]
