@@ -188,28 +188,13 @@ pub(crate) fn fields<'a>(
     match list {
         FieldList::Value(v) => value_fields(v, max_fields, max_bytes),
         FieldList::Wire(None) => Err(FieldsError::Malformed),
-        FieldList::Wire(Some(raw)) => {
-            // The same checks in the same order as for a parsed reply: an even
-            // list, the field count, the byte total, then UTF-8. (The screening
-            // script's marker never comes this way: only plain reads do.)
-            if raw.len() % 2 != 0 {
-                return Err(FieldsError::Malformed);
-            }
-            if raw.len() / 2 > max_fields {
-                return Err(FieldsError::TooManyFields);
-            }
-            let mut bytes = 0usize;
-            for f in raw {
-                bytes = bytes.saturating_add(f.len());
-                if bytes > max_bytes {
-                    return Err(FieldsError::TooLarge);
-                }
-            }
-            let text = |b: &'a [u8]| std::str::from_utf8(b).map_err(|_| FieldsError::NotUtf8);
-            raw.chunks_exact(2)
-                .map(|p| Ok((text(p[0])?, text(p[1])?)))
-                .collect()
-        }
+        // The screening script's marker never comes this way: only plain reads do.
+        FieldList::Wire(Some(raw)) => checked_fields(
+            raw.iter().map(|f| Some(*f)),
+            raw.len(),
+            max_fields,
+            max_bytes,
+        ),
     }
 }
 
@@ -218,46 +203,66 @@ fn value_fields(
     max_fields: usize,
     max_bytes: usize,
 ) -> Result<Vec<(&str, &str)>, FieldsError> {
-    fn field(x: &Value) -> Result<&str, FieldsError> {
+    /// A string's bytes; `None` for anything that is not a string.
+    fn bytes(x: &Value) -> Option<&[u8]> {
         match x {
-            Value::BulkString(_)
-            | Value::SimpleString(_)
-            | Value::VerbatimString { .. }
-            | Value::Okay => text(x).ok_or(FieldsError::NotUtf8),
-            _ => Err(FieldsError::Malformed),
-        }
-    }
-    fn len(x: &Value) -> usize {
-        match x {
-            Value::BulkString(b) => b.len(),
-            Value::SimpleString(s) => s.len(),
-            Value::VerbatimString { text, .. } => text.len(),
-            _ => 0,
+            Value::BulkString(b) => Some(b),
+            Value::SimpleString(s) | Value::VerbatimString { text: s, .. } => Some(s.as_bytes()),
+            Value::Okay => Some(b"OK"),
+            _ => None,
         }
     }
     if text(v) == Some(OVERSIZE_MARKER) {
         return Err(FieldsError::TooLarge);
     }
-    let n = match v {
-        Value::Map(m) => m.len(),
-        Value::Attribute { .. } => return value_fields(strip(v), max_fields, max_bytes),
-        _ => array(v).ok_or(FieldsError::Malformed)?.len() / 2,
-    };
-    if n > max_fields {
+    match v {
+        Value::Attribute { .. } => value_fields(strip(v), max_fields, max_bytes),
+        Value::Map(m) => checked_fields(
+            m.iter().flat_map(|(k, x)| [k, x]).map(bytes),
+            m.len() * 2,
+            max_fields,
+            max_bytes,
+        ),
+        _ => {
+            let items = array(v).ok_or(FieldsError::Malformed)?;
+            checked_fields(items.iter().map(bytes), items.len(), max_fields, max_bytes)
+        }
+    }
+}
+
+/// The checks every field list gets, whichever reader read it, in this order: at
+/// most `max_fields` pairs, an even list, at most `max_bytes` of names and values,
+/// then each name and value a UTF-8 string. `items` yields the list's `len`
+/// elements: a string's bytes, or `None` for anything else. The bounds are checked
+/// before anything is built, and each step is linear.
+fn checked_fields<'a>(
+    items: impl Iterator<Item = Option<&'a [u8]>> + Clone,
+    len: usize,
+    max_fields: usize,
+    max_bytes: usize,
+) -> Result<Vec<(&'a str, &'a str)>, FieldsError> {
+    if len / 2 > max_fields {
         return Err(FieldsError::TooManyFields);
     }
-    let pairs = pairs(v).ok_or(FieldsError::Malformed)?;
+    if !len.is_multiple_of(2) {
+        return Err(FieldsError::Malformed);
+    }
     let mut bytes = 0usize;
-    for (k, v) in &pairs {
-        bytes = bytes.saturating_add(len(k)).saturating_add(len(v));
+    for f in items.clone() {
+        bytes = bytes.saturating_add(f.map_or(0, <[u8]>::len));
         if bytes > max_bytes {
             return Err(FieldsError::TooLarge);
         }
     }
-    pairs
-        .into_iter()
-        .map(|(k, v)| Ok((field(k)?, field(v)?)))
-        .collect()
+    let text = |f: Option<&'a [u8]>| {
+        std::str::from_utf8(f.ok_or(FieldsError::Malformed)?).map_err(|_| FieldsError::NotUtf8)
+    };
+    let mut out = Vec::with_capacity(len / 2);
+    let mut items = items;
+    while let (Some(name), Some(value)) = (items.next(), items.next()) {
+        out.push((text(name)?, text(value)?));
+    }
+    Ok(out)
 }
 
 fn strip(v: &Value) -> &Value {
