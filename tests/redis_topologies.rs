@@ -472,24 +472,12 @@ async fn cluster_reads_each_stream_from_its_own_node_and_follows_moves() {
     cluster
         .start_migration_of(SESSIONS_REVOKE_STREAM, revoke_node)
         .await;
-    let mut target = node_connection(revoke_node).await;
-    let fields = [("zone_id", "zone-1"), ("sid", "sid-during-migration")];
-    let sig = sign_fields(&stream_key(), SESSIONS_REVOKE_STREAM, &fields);
-    let mut pipe = redis::pipe();
-    pipe.cmd("ASKING").ignore();
-    pipe.cmd("XADD")
-        .arg(SESSIONS_REVOKE_STREAM)
-        .arg("*")
-        .arg(fields[0].0)
-        .arg(fields[0].1)
-        .arg(fields[1].0)
-        .arg(fields[1].1)
-        .arg("_sig")
-        .arg(&sig);
-    let _: Vec<Value> = pipe
-        .query_async(&mut target)
-        .await
-        .expect("XADD after ASKING");
+    xadd_after_asking(
+        revoke_node,
+        SESSIONS_REVOKE_STREAM,
+        &[("zone_id", "zone-1"), ("sid", "sid-during-migration")],
+    )
+    .await;
     until_revoked(&v, &sts, "sid-during-migration").await;
     cluster.finish_migration().await;
     cluster
@@ -502,6 +490,84 @@ async fn cluster_reads_each_stream_from_its_own_node_and_follows_moves() {
     for sid in ["sid-before-start", "sid-live", "sid-after-move"] {
         assert!(revoked(&check(&v, &sts.mandate().sid(sid).sign()).await));
     }
+}
+
+/// A signed `XADD` to the node on `port` after `ASKING`: how a client writes a key
+/// of a slot that node is importing.
+async fn xadd_after_asking(port: u16, stream: &str, fields: &[(&str, &str)]) {
+    let sig = sign_fields(&stream_key(), stream, fields);
+    let mut pipe = redis::pipe();
+    pipe.cmd("ASKING").ignore();
+    let xadd = pipe.cmd("XADD").arg(stream).arg("*");
+    for (name, value) in fields {
+        xadd.arg(*name).arg(*value);
+    }
+    xadd.arg("_sig").arg(&sig);
+    let _: Vec<Value> = pipe
+        .query_async(&mut node_connection(port).await)
+        .await
+        .expect("XADD after ASKING");
+}
+
+/// A slot half-way through a migration while its stream does not exist yet (no
+/// epoch was ever invalidated): the old owner answers `-ASK` and the new owner,
+/// after `ASKING`, that there is no such key. That is an empty stream, not a
+/// refusal, so the feed is ready, and reads the stream once it appears on the new
+/// owner and after the migration ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_reads_a_stream_not_yet_written_through_a_migration() {
+    init_tracing();
+    let mut cluster = RedisCluster::start().await;
+    let sts = issuer().await;
+    let owner = cluster.node_for_key(DELEGATIONS_INVALIDATE_STREAM).await;
+    let target = *cluster
+        .ports()
+        .iter()
+        .find(|p| **p != owner)
+        .expect("another primary");
+    cluster
+        .start_migration_of(DELEGATIONS_INVALIDATE_STREAM, target)
+        .await;
+
+    let v = verifier(&sts, feed_on(RedisEndpoint::new(cluster_url(&cluster)))).await;
+    eventually("the feed is ready while the slot migrates", async || {
+        v.is_ready()
+    })
+    .await;
+    cluster
+        .publisher_for(SESSIONS_REVOKE_STREAM)
+        .await
+        .revoke("sid", "sid-during-migration")
+        .await;
+    until_revoked(&v, &sts, "sid-during-migration").await;
+    let epoch_5 = [
+        ("zone_id", "zone-1"),
+        ("epoch", "5"),
+        ("event", "edge_revoked"),
+    ];
+    xadd_after_asking(target, DELEGATIONS_INVALIDATE_STREAM, &epoch_5).await;
+    eventually(
+        "the epoch written on the new owner is enforced",
+        async || stale_epoch(&check(&v, &sts.mandate().epoch(4).sign()).await),
+    )
+    .await;
+    assert!(v.is_ready(), "{:?}", v.revocation_feed().unwrap().status());
+
+    cluster.finish_migration().await;
+    cluster
+        .publisher_for(DELEGATIONS_INVALIDATE_STREAM)
+        .await
+        .epoch(7)
+        .await;
+    eventually(
+        "the epoch written after the migration is enforced",
+        async || stale_epoch(&check(&v, &sts.mandate().epoch(6).sign()).await),
+    )
+    .await;
+    eventually("the feed is ready after the migration", async || {
+        v.is_ready()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -380,7 +380,10 @@ impl Conn {
             if self.asking {
                 let mut pipe = ::redis::pipe();
                 pipe.cmd("ASKING").ignore().add_command(cmd.clone());
-                let mut replies = pipe.query_async::<Vec<Value>>(&mut self.inner).await?;
+                let mut replies = pipe
+                    .query_async::<Vec<Value>>(&mut self.inner)
+                    .await
+                    .map_err(first_server_error)?;
                 replies
                     .pop()
                     .ok_or_else(|| RedisError::from((ErrorKind::Parse, "no reply after ASKING")))
@@ -410,6 +413,18 @@ impl Conn {
                 None => Err(FeedError::Redis(e)),
             },
         }
+    }
+}
+
+/// A pipeline's error as the error of the first command that failed. The `redis`
+/// crate reports a failed pipeline as a list of errors without a detail, so a
+/// redirection or a missing key after `ASKING` would not read as one.
+fn first_server_error(e: RedisError) -> RedisError {
+    match e.clone().into_server_errors() {
+        Some(failed) => failed
+            .first()
+            .map_or(e, |(_, first)| RedisError::from(first.clone())),
+        None => e,
     }
 }
 
