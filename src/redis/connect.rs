@@ -559,6 +559,18 @@ pub(crate) struct Redirect {
     pub(crate) port: u16,
 }
 
+/// A pipeline's error as the error of the first command that failed. The `redis`
+/// crate reports a failed pipeline as a list of errors without a detail, so a
+/// redirection or a missing key after `ASKING` would not read as one.
+pub(crate) fn first_server_error(e: RedisError) -> RedisError {
+    match e.clone().into_server_errors() {
+        Some(failed) => failed
+            .first()
+            .map_or(e, |(_, first)| RedisError::from(first.clone())),
+        None => e,
+    }
+}
+
 impl Redirect {
     /// The redirection `e` carries, if any.
     pub(crate) fn of(e: &RedisError) -> Option<Redirect> {

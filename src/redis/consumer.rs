@@ -33,7 +33,7 @@ use ::redis::{AsyncConnectionConfig, Cmd, ErrorKind, RedisError, Value};
 use tokio::sync::watch;
 
 use super::capped::ReplyBudget;
-use super::connect::{ConnectError, Connector, Redirect};
+use super::connect::{ConnectError, Connector, Redirect, first_server_error};
 use super::endpoint::Addr;
 use super::lanes::LaneReporter;
 use super::reply::{self, RawEntry, StreamId, StreamMeta, Unexpected};
@@ -413,18 +413,6 @@ impl Conn {
                 None => Err(FeedError::Redis(e)),
             },
         }
-    }
-}
-
-/// A pipeline's error as the error of the first command that failed. The `redis`
-/// crate reports a failed pipeline as a list of errors without a detail, so a
-/// redirection or a missing key after `ASKING` would not read as one.
-fn first_server_error(e: RedisError) -> RedisError {
-    match e.clone().into_server_errors() {
-        Some(failed) => failed
-            .first()
-            .map_or(e, |(_, first)| RedisError::from(first.clone())),
-        None => e,
     }
 }
 

@@ -9,7 +9,7 @@ use ::redis::aio::MultiplexedConnection;
 use ::redis::{AsyncConnectionConfig, Value};
 use aws_lc_rs::digest;
 
-use super::connect::{ConnectError, Connector, Redirect};
+use super::connect::{ConnectError, Connector, Redirect, first_server_error};
 use super::endpoint::{Addr, RedisEndpoint};
 use crate::clock::{Clock, SystemClock};
 use crate::error::ConfigError;
@@ -278,6 +278,7 @@ impl RedisReplayGuard {
                 pipe.query_async::<Vec<Value>>(&mut conn)
                     .await
                     .map(|mut v| v.pop().unwrap_or(Value::Nil))
+                    .map_err(first_server_error)
             } else {
                 cmd.query_async::<Value>(&mut conn).await
             };
