@@ -1,7 +1,8 @@
 //! The revocation feed and the replay guard on Redis as users run it: over TLS,
 //! behind Sentinel (with a forced and a hard failover) and on a three-primary
 //! Cluster (with the two streams on different nodes, a moved slot and a migration
-//! half done). Every server is a real `redis-server` process on loopback (see
+//! half done, and the same Cluster over TLS). Sentinel over TLS is not tested
+//! here. Every server is a real `redis-server` process on loopback (see
 //! `redis_common::modes`); nothing here waits a fixed time.
 //!
 //! Run with `cargo test --all-features --test redis_topologies`.
@@ -568,6 +569,100 @@ async fn cluster_reads_a_stream_not_yet_written_through_a_migration() {
         v.is_ready()
     })
     .await;
+}
+
+/// The Cluster over TLS (`rediss+cluster://`, seeds on the TLS ports, a private
+/// CA). The nodes name their TLS ports to a client on TLS, in `CLUSTER SLOTS` and in
+/// `-MOVED`, and the feed and the replay guard verify each node's certificate
+/// there. A feed that trusts another CA never connects and answers 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_over_tls_discovers_and_follows_moves_on_tls_ports() {
+    init_tracing();
+    let mut cluster = RedisCluster::start_tls().await;
+    let sts = issuer().await;
+    let tls_url = |ports: &[u16]| {
+        let seeds: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        format!("rediss+cluster://{}", seeds.join(","))
+    };
+
+    // Hostile first: a node whose certificate another CA signed.
+    let first = cluster.ports()[0];
+    let before = connections_received(first).await;
+    let untrusted = RedisEndpoint::new(tls_url(&[cluster.tls_port_of(first)]))
+        .tls_ca_file(cluster.other_ca_pem());
+    let v = verifier(&sts, feed_on(untrusted.clone())).await;
+    attempts(first, before, 3).await;
+    assert!(!v.is_ready());
+    assert!(unavailable(
+        &check(&v, &sts.mandate().sid("sid-1").sign()).await
+    ));
+    assert!(RedisReplayGuard::connect_to(&untrusted).await.is_err());
+    v.shutdown().await;
+
+    let revoke_node = cluster.node_for_key(SESSIONS_REVOKE_STREAM).await;
+    let epoch_node = cluster.node_for_key(DELEGATIONS_INVALIDATE_STREAM).await;
+    assert_ne!(revoke_node, epoch_node, "the streams share a node");
+    cluster
+        .publisher_for(SESSIONS_REVOKE_STREAM)
+        .await
+        .revoke("sid", "sid-before-start")
+        .await;
+    let endpoint = RedisEndpoint::new(tls_url(&cluster.tls_ports())).tls_ca_file(cluster.ca_pem());
+    let v = verifier(&sts, feed_on(endpoint.clone())).await;
+    eventually("the feed is ready on the TLS Cluster", async || {
+        v.is_ready()
+    })
+    .await;
+    assert!(revoked(
+        &check(&v, &sts.mandate().sid("sid-before-start").sign()).await
+    ));
+    cluster
+        .publisher_for(SESSIONS_REVOKE_STREAM)
+        .await
+        .revoke("sid", "sid-live")
+        .await;
+    until_revoked(&v, &sts, "sid-live").await;
+
+    // The epoch stream's slot (no epoch written yet, so no key to migrate) moves
+    // to the third node while the feed reads it: -MOVED names a TLS port.
+    let third = *cluster
+        .ports()
+        .iter()
+        .find(|p| **p != revoke_node && **p != epoch_node)
+        .expect("a third primary");
+    cluster
+        .move_slot_of(DELEGATIONS_INVALIDATE_STREAM, third)
+        .await;
+    cluster
+        .publisher_for(DELEGATIONS_INVALIDATE_STREAM)
+        .await
+        .epoch(5)
+        .await;
+    eventually("the epoch on the slot's new node is enforced", async || {
+        stale_epoch(&check(&v, &sts.mandate().epoch(4).sign()).await)
+    })
+    .await;
+    eventually("the feed is ready after the move", async || v.is_ready()).await;
+    assert!(revoked(
+        &check(&v, &sts.mandate().sid("sid-live").sign()).await
+    ));
+
+    // The replay guard, on the same endpoint, reaches every node over TLS.
+    let guard = RedisReplayGuard::connect_to(&endpoint)
+        .await
+        .expect("replay guard on the TLS Cluster");
+    let mut nodes = std::collections::BTreeSet::new();
+    for i in 0..24 {
+        let jti = format!("jti-tls-{i}");
+        nodes.insert(
+            cluster
+                .node_for_key(&guard.key_for("https://sts.example.com", &jti))
+                .await,
+        );
+        assert!(first_use(&guard, &jti).await, "{jti}");
+        assert!(!first_use(&guard, &jti).await, "{jti} replayed");
+    }
+    assert_eq!(nodes.len(), 3, "the keys span every primary");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,8 @@
 //! - [`TlsRedis`]: one server with a plain port and a TLS port, certificates made
 //!   at test time (a CA, a server and a client certificate, and an unrelated CA);
 //! - [`SentinelSet`]: a primary, a replica and three sentinels;
-//! - [`RedisCluster`]: three primaries sharing the 16384 slots, with slot migration.
+//! - [`RedisCluster`]: three primaries sharing the 16384 slots, with slot migration,
+//!   plain or with TLS on the client ports, the cluster bus and replication.
 //!
 //! Every process writes its output to a log file in the set's temp dir. A wait that
 //! times out prints those logs before failing, and so does a set dropped while the
@@ -457,23 +458,28 @@ fn write_certs(dir: &Path) -> TlsFiles {
     };
     let (ca_pem, ca) = new_ca("caracal-verifier test CA");
     let (other_ca_pem, other_ca) = new_ca("unrelated test CA");
+    // A Cluster node also presents it as a client on the cluster bus, which
+    // always asks for a certificate.
     let (server_cert, server_key) = new_leaf(
         &ca,
         "redis test server",
         &["127.0.0.1", "localhost"],
-        ExtendedKeyUsagePurpose::ServerAuth,
+        &[
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
     );
     let (client_cert, client_key) = new_leaf(
         &ca,
         "caracal-verifier test client",
         &[],
-        ExtendedKeyUsagePurpose::ClientAuth,
+        &[ExtendedKeyUsagePurpose::ClientAuth],
     );
     let (other_client_cert, other_client_key) = new_leaf(
         &other_ca,
         "client of the unrelated CA",
         &[],
-        ExtendedKeyUsagePurpose::ClientAuth,
+        &[ExtendedKeyUsagePurpose::ClientAuth],
     );
     TlsFiles {
         ca: write("ca.pem", &ca_pem),
@@ -507,7 +513,7 @@ fn new_leaf(
     ca: &Issuer<'static, KeyPair>,
     common_name: &str,
     names: &[&str],
-    usage: ExtendedKeyUsagePurpose,
+    usage: &[ExtendedKeyUsagePurpose],
 ) -> (String, String) {
     let key = KeyPair::generate().expect("generate a key");
     let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
@@ -516,7 +522,7 @@ fn new_leaf(
         .distinguished_name
         .push(DnType::CommonName, common_name);
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![usage];
+    params.extended_key_usages = usage.to_vec();
     params.use_authority_key_identifier_extension = true;
     let cert = params.signed_by(&key, ca).expect("sign the certificate");
     (cert.pem(), key.serialize_pem())
@@ -954,6 +960,8 @@ struct Migration {
 pub struct RedisCluster {
     nodes: Vec<Node>,
     migration: Option<Migration>,
+    /// The certificates of a cluster started with [`start_tls`](RedisCluster::start_tls).
+    tls: Option<TlsFiles>,
     dir: TempDir,
 }
 
@@ -963,10 +971,26 @@ impl RedisCluster {
     /// [`ports`](Self::ports) then lists the primaries in slot order: 0-5460,
     /// 5461-10922, 10923-16383.
     pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// The same cluster over TLS as well: each node also has a TLS port, the cluster
+    /// bus and replication run over TLS (`tls-cluster yes`), and clients are not
+    /// asked for a certificate. A node names the TLS ports of its peers to a client
+    /// on TLS (in `CLUSTER SLOTS` and in `-MOVED`), and the plain ports to a client
+    /// on the plain port, so the harness keeps working on the plain ports. `MIGRATE`
+    /// goes over TLS too, so only slots without keys can be moved.
+    pub async fn start_tls() -> Self {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> Self {
         let dir = new_dir();
+        let files = tls.then(|| write_certs(dir.path()));
         let mut nodes = Vec::new();
         for i in 0..3 {
-            let node = Node::start(dir.path(), &format!("cluster-{i}"), 2, |dir, ports| {
+            let ports = if tls { 3 } else { 2 };
+            let node = Node::start(dir.path(), &format!("cluster-{i}"), ports, |dir, ports| {
                 let mut args = base_args(dir, ports[0]);
                 args.extend(os_args(&[
                     "--cluster-enabled",
@@ -978,6 +1002,23 @@ impl RedisCluster {
                     "--cluster-config-file",
                 ]));
                 args.push(dir.join(format!("nodes-{}.conf", ports[0])).into());
+                if let Some(files) = &files {
+                    args.extend(os_args(&["--tls-port", &ports[2].to_string()]));
+                    args.push("--tls-cert-file".into());
+                    args.push(files.server_cert.clone().into());
+                    args.push("--tls-key-file".into());
+                    args.push(files.server_key.clone().into());
+                    args.push("--tls-ca-cert-file".into());
+                    args.push(files.ca.clone().into());
+                    args.extend(os_args(&[
+                        "--tls-cluster",
+                        "yes",
+                        "--tls-replication",
+                        "yes",
+                        "--tls-auth-clients",
+                        "no",
+                    ]));
+                }
                 args
             })
             .await;
@@ -986,18 +1027,33 @@ impl RedisCluster {
         let mut cluster = RedisCluster {
             nodes,
             migration: None,
+            tls: files,
             dir,
         };
 
-        let out = tokio::process::Command::new("redis-cli")
+        // Over TLS when the bus is: the nodes meet on the ports they announce.
+        let mut create = tokio::process::Command::new("redis-cli");
+        let seeds = match &cluster.tls {
+            Some(files) => {
+                create.arg("--tls").arg("--cacert").arg(&files.ca);
+                cluster.tls_ports()
+            }
+            None => cluster.ports(),
+        };
+        let out = create
             .arg("--cluster")
             .arg("create")
-            .args(cluster.seed_addrs().iter().map(|(h, p)| format!("{h}:{p}")))
+            .args(seeds.iter().map(|p| format!("127.0.0.1:{p}")))
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .stdin(Stdio::null())
-            .output()
-            .await
-            .expect("run redis-cli --cluster create");
+            .kill_on_drop(true)
+            .output();
+        // redis-cli waits for the nodes to join without a limit of its own.
+        let Ok(out) = tokio::time::timeout(MODE_DEADLINE, out).await else {
+            cluster.print_logs();
+            panic!("redis-cli --cluster create did not finish within {MODE_DEADLINE:?}");
+        };
+        let out = out.expect("run redis-cli --cluster create");
         if !out.status.success() {
             cluster.print_logs();
             panic!(
@@ -1023,6 +1079,33 @@ impl RedisCluster {
     /// The primaries' ports, in slot order.
     pub fn ports(&self) -> Vec<u16> {
         self.nodes.iter().map(Node::port).collect()
+    }
+
+    /// The primaries' TLS ports, in the order of [`ports`](Self::ports). Only for a
+    /// cluster from [`start_tls`](Self::start_tls).
+    pub fn tls_ports(&self) -> Vec<u16> {
+        assert!(self.tls.is_some(), "a cluster without TLS has no TLS ports");
+        self.nodes.iter().map(|n| n.ports[2]).collect()
+    }
+
+    /// The TLS port of the node whose plain port is `port`.
+    pub fn tls_port_of(&self, port: u16) -> u16 {
+        let i = self
+            .ports()
+            .iter()
+            .position(|p| *p == port)
+            .unwrap_or_else(|| panic!("no primary on port {port}"));
+        self.tls_ports()[i]
+    }
+
+    /// The CA that signed the nodes' certificates (a TLS cluster only).
+    pub fn ca_pem(&self) -> &Path {
+        &self.tls.as_ref().expect("a TLS cluster").ca
+    }
+
+    /// An unrelated CA: a client trusting only this one must refuse every node.
+    pub fn other_ca_pem(&self) -> &Path {
+        &self.tls.as_ref().expect("a TLS cluster").other_ca
     }
 
     /// Where a cluster client may start: every primary.
