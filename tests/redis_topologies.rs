@@ -1,8 +1,7 @@
 //! The revocation feed and the replay guard on Redis as users run it: over TLS,
 //! behind Sentinel (with a forced and a hard failover) and on a three-primary
 //! Cluster (with the two streams on different nodes, a moved slot and a migration
-//! half done, and the same Cluster over TLS). Sentinel over TLS is not tested
-//! here. Every server is a real `redis-server` process on loopback (see
+//! half done), Sentinel and Cluster over TLS as well. Every server is a real `redis-server` process on loopback (see
 //! `redis_common::modes`); nothing here waits a fixed time.
 //!
 //! Run with `cargo test --all-features --test redis_topologies`.
@@ -330,6 +329,88 @@ async fn sentinel_failover_keeps_every_revocation() {
         .expect("replay guard through Sentinel");
     assert!(first_use(&guard, "jti-s").await);
     assert!(!first_use(&guard, "jti-s").await);
+}
+
+/// Sentinel over TLS (`rediss+sentinel://`): the feed asks the sentinels on their
+/// TLS ports, which name the primary by its TLS port, and follows a failover there.
+/// Hostile first: a feed that trusts another CA refuses the sentinels and never
+/// becomes ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_over_tls_finds_the_primary_and_follows_a_failover() {
+    init_tracing();
+    let set = SentinelSet::start_tls().await;
+    let sts = issuer().await;
+    let tls_url = |ports: &[u16]| {
+        let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        format!(
+            "rediss+sentinel://{}/{}",
+            nodes.join(","),
+            set.master_name()
+        )
+    };
+
+    let sentinel = set.sentinel_ports()[0];
+    let before = connections_received(sentinel).await;
+    let untrusted =
+        RedisEndpoint::new(tls_url(&set.sentinel_tls_ports()[..1])).tls_ca_file(set.other_ca_pem());
+    let v = verifier(&sts, feed_on(untrusted.clone())).await;
+    attempts(sentinel, before, 3).await;
+    assert!(!v.is_ready());
+    assert!(unavailable(
+        &check(&v, &sts.mandate().sid("sid-1").sign()).await
+    ));
+    assert!(RedisReplayGuard::connect_to(&untrusted).await.is_err());
+    v.shutdown().await;
+
+    // The sentinels name the primary by a port that speaks only TLS.
+    let named: Vec<String> = query_node(
+        sentinel,
+        redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(set.master_name()),
+    )
+    .await
+    .expect("SENTINEL get-master-addr-by-name");
+    let named: u16 = named[1].parse().expect("a port");
+    assert!(
+        !set.node_ports().contains(&named),
+        "{named} is a plain port"
+    );
+
+    let mut publisher = set.publisher().await;
+    publisher.revoke("sid", "sid-before-start").await;
+    set.wait_replicated().await;
+    let endpoint = RedisEndpoint::new(tls_url(&set.sentinel_tls_ports())).tls_ca_file(set.ca_pem());
+    let v = verifier(&sts, feed_on(endpoint.clone())).await;
+    eventually("the feed is ready through Sentinel over TLS", async || {
+        v.is_ready()
+    })
+    .await;
+    assert!(revoked(
+        &check(&v, &sts.mandate().sid("sid-before-start").sign()).await
+    ));
+    publisher.revoke("sid", "sid-before-failover").await;
+    until_revoked(&v, &sts, "sid-before-failover").await;
+    set.wait_replicated().await;
+
+    let old = set.primary_port().await;
+    let new = set.failover().await;
+    assert_ne!(old, new);
+    set.publisher()
+        .await
+        .revoke("sid", "sid-after-failover")
+        .await;
+    until_revoked(&v, &sts, "sid-after-failover").await;
+    eventually("the feed is ready again", async || v.is_ready()).await;
+    for sid in ["sid-before-start", "sid-before-failover"] {
+        assert!(revoked(&check(&v, &sts.mandate().sid(sid).sign()).await));
+    }
+
+    let guard = RedisReplayGuard::connect_to(&endpoint)
+        .await
+        .expect("replay guard through Sentinel over TLS");
+    assert!(first_use(&guard, "jti-tls").await);
+    assert!(!first_use(&guard, "jti-tls").await);
 }
 
 /// Record `jti` through `guard` and say whether it was the first use.

@@ -545,7 +545,44 @@ pub const MASTER_NAME: &str = "caracal";
 pub struct SentinelSet {
     nodes: Vec<Node>,
     sentinels: Vec<Node>,
+    /// The certificates of a set started with [`start_tls`](SentinelSet::start_tls).
+    tls: Option<TlsFiles>,
+    /// The port each data node is known by to Sentinel and its replicas.
+    known: PortMap,
     dir: TempDir,
+}
+
+/// Each data node's plain port and the port Sentinel and replication know it by:
+/// the TLS port in a TLS set, the plain port otherwise. The harness talks to the
+/// plain ports.
+#[derive(Clone)]
+struct PortMap(Vec<(u16, u16)>);
+
+impl PortMap {
+    fn of(nodes: &[Node]) -> Self {
+        PortMap(
+            nodes
+                .iter()
+                .map(|n| (n.port(), n.ports.get(1).copied().unwrap_or(n.port())))
+                .collect(),
+        )
+    }
+
+    /// The plain port of the node Sentinel or a replica names by `known`.
+    fn plain(&self, known: u16) -> u16 {
+        self.0
+            .iter()
+            .find(|(_, k)| *k == known)
+            .map_or(known, |(p, _)| *p)
+    }
+
+    /// The port Sentinel and replicas know the node on `plain` by.
+    fn known(&self, plain: u16) -> u16 {
+        self.0
+            .iter()
+            .find(|(p, _)| *p == plain)
+            .map_or(plain, |(_, k)| *k)
+    }
 }
 
 impl SentinelSet {
@@ -558,36 +595,66 @@ impl SentinelSet {
     /// instead of every 10 s and hellos go out every 500 ms, so a failed-over
     /// primary is turned into a replica within seconds rather than tens of them.
     pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// The same set with TLS everywhere a client or a peer connects: each data node
+    /// and sentinel also listens on a TLS port, replication and the sentinels'
+    /// links to the data nodes run over TLS (`tls-replication yes`), and the
+    /// sentinels monitor the TLS ports, so they name the primary by its TLS port.
+    /// Clients are not asked for a certificate. The harness keeps working on the
+    /// plain ports.
+    pub async fn start_tls() -> Self {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> Self {
         let dir = new_dir();
-        let primary = start_data_node(dir.path(), "redis-0", None).await;
-        let replica = start_data_node(dir.path(), "redis-1", Some(primary.port())).await;
+        let files = tls.then(|| write_certs(dir.path()));
+        let primary = start_data_node(dir.path(), "redis-0", None, files.as_ref()).await;
+        let known_primary = PortMap::of(std::slice::from_ref(&primary)).known(primary.port());
+        let replica =
+            start_data_node(dir.path(), "redis-1", Some(known_primary), files.as_ref()).await;
+        let nodes = vec![primary, replica];
         let mut set = SentinelSet {
-            nodes: vec![primary, replica],
+            known: PortMap::of(&nodes),
+            nodes,
             sentinels: Vec::new(),
+            tls: files,
             dir,
         };
         let (primary, replica) = (set.nodes[0].port(), set.nodes[1].port());
+        let (known_primary, known_replica) = (set.known.known(primary), set.known.known(replica));
         wait_for("the replica is in sync", &set.logs(), async || {
-            replica_in_sync(replica, primary).await
+            replica_in_sync(replica, known_primary).await
         })
         .await;
 
         for i in 0..3 {
-            let sentinel =
-                Node::start(set.dir.path(), &format!("sentinel-{i}"), 1, |dir, ports| {
+            let ports = if set.tls.is_some() { 2 } else { 1 };
+            let tls_conf = set.tls.as_ref().map(tls_conf);
+            let sentinel = Node::start(
+                set.dir.path(),
+                &format!("sentinel-{i}"),
+                ports,
+                |dir, ports| {
                     let conf = dir.join("sentinel.conf");
-                    let text = format!(
+                    let mut text = format!(
                         "port {port}\nbind 127.0.0.1\ndir {dir:?}\n\
-                     sentinel monitor {MASTER_NAME} 127.0.0.1 {primary} 2\n\
+                     sentinel monitor {MASTER_NAME} 127.0.0.1 {known_primary} 2\n\
                      sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
                      sentinel failover-timeout {MASTER_NAME} 5000\n\
                      sentinel parallel-syncs {MASTER_NAME} 1\n",
                         port = ports[0],
                     );
+                    if let Some(tls) = &tls_conf {
+                        text.push_str(&format!("tls-port {}\n{tls}", ports[1]));
+                    }
                     fs::write(&conf, text).expect("write sentinel.conf");
                     vec![conf.into(), "--sentinel".into()]
-                })
-                .await;
+                },
+            )
+            .await;
             // Best effort: without SENTINEL DEBUG the waits are only longer.
             let _: RedisResult<Value> = query_node(
                 sentinel.port(),
@@ -607,7 +674,7 @@ impl SentinelSet {
             wait_for(
                 "each sentinel knows the replica and the other sentinels",
                 &logs,
-                async || sentinel_sees_all(port, replica).await,
+                async || sentinel_sees_all(port, known_replica).await,
             )
             .await;
         }
@@ -624,6 +691,22 @@ impl SentinelSet {
 
     pub fn sentinel_ports(&self) -> Vec<u16> {
         self.sentinels.iter().map(Node::port).collect()
+    }
+
+    /// The sentinels' TLS ports (a set from [`start_tls`](Self::start_tls) only).
+    pub fn sentinel_tls_ports(&self) -> Vec<u16> {
+        assert!(self.tls.is_some(), "a set without TLS has no TLS ports");
+        self.sentinels.iter().map(|n| n.ports[1]).collect()
+    }
+
+    /// The CA that signed every certificate of a TLS set.
+    pub fn ca_pem(&self) -> &Path {
+        &self.tls.as_ref().expect("a TLS set").ca
+    }
+
+    /// An unrelated CA: a client trusting only this one must refuse every server.
+    pub fn other_ca_pem(&self) -> &Path {
+        &self.tls.as_ref().expect("a TLS set").other_ca
     }
 
     pub fn master_name(&self) -> &str {
@@ -721,7 +804,7 @@ impl SentinelSet {
         wait_for(
             "the old primary replicates from the new one",
             &logs,
-            async || replica_in_sync(old, new).await,
+            async || replica_in_sync(old, self.known.known(new)).await,
         )
         .await;
         new
@@ -749,8 +832,8 @@ impl SentinelSet {
             "the restarted node replicates from the primary",
             &self.logs(),
             async || {
-                let primary = agreed_primary(&sentinels, None).await?;
-                replica_in_sync(port, primary).await
+                let primary = agreed_primary(&sentinels, None, &self.known).await?;
+                replica_in_sync(port, self.known.known(primary)).await
             },
         )
         .await;
@@ -808,7 +891,7 @@ impl SentinelSet {
         wait_for(
             "the sentinels agree on a primary",
             &self.logs(),
-            async || agreed_primary(&sentinels, not).await,
+            async || agreed_primary(&sentinels, not, &self.known).await,
         )
         .await
     }
@@ -816,10 +899,14 @@ impl SentinelSet {
 
 /// The primary every sentinel on `sentinels` reports, if they agree, it is not
 /// `not`, and it reports `role:master`.
-async fn agreed_primary(sentinels: &[u16], not: Option<u16>) -> Result<u16, String> {
+async fn agreed_primary(
+    sentinels: &[u16],
+    not: Option<u16>,
+    known: &PortMap,
+) -> Result<u16, String> {
     let mut seen = Vec::new();
     for &sentinel in sentinels {
-        seen.push(sentinel_primary(sentinel).await?);
+        seen.push(known.plain(sentinel_primary(sentinel).await?));
     }
     let primary = seen[0];
     if seen.iter().any(|&p| p != primary) || Some(primary) == not {
@@ -843,8 +930,15 @@ impl Drop for SentinelSet {
 /// A data node of a [`SentinelSet`], run from its own config file (which Sentinel
 /// rewrites), a replica of `primary` when given. A full sync starts at once rather
 /// than after the default 5 s wait for more replicas (`repl-diskless-sync-delay`).
-async fn start_data_node(parent: &Path, name: &str, primary: Option<u16>) -> Node {
-    Node::start(parent, name, 1, |dir, ports| {
+async fn start_data_node(
+    parent: &Path,
+    name: &str,
+    primary: Option<u16>,
+    tls: Option<&TlsFiles>,
+) -> Node {
+    let tls_conf = tls.map(tls_conf);
+    let ports = if tls.is_some() { 2 } else { 1 };
+    Node::start(parent, name, ports, |dir, ports| {
         let conf = dir.join("redis.conf");
         let mut text = format!(
             "port {}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndir {dir:?}\n\
@@ -854,13 +948,28 @@ async fn start_data_node(parent: &Path, name: &str, primary: Option<u16>) -> Nod
         if let Some(primary) = primary {
             text.push_str(&format!("replicaof 127.0.0.1 {primary}\n"));
         }
+        if let Some(tls) = &tls_conf {
+            text.push_str(&format!("tls-port {}\n{tls}", ports[1]));
+        }
         fs::write(&conf, text).expect("write redis.conf");
         vec![conf.into()]
     })
     .await
 }
 
-/// `Ok` when the node on `port` is a replica of `primary` with its link up.
+/// The config lines of a TLS data node or sentinel, but its `tls-port`: the
+/// certificates, replication and Sentinel's links over TLS, no client certificate
+/// asked for.
+fn tls_conf(files: &TlsFiles) -> String {
+    format!(
+        "tls-cert-file {:?}\ntls-key-file {:?}\ntls-ca-cert-file {:?}\n\
+         tls-replication yes\ntls-auth-clients no\n",
+        files.server_cert, files.server_key, files.ca
+    )
+}
+
+/// `Ok` when the node on `port` is a replica of the primary known by `primary`
+/// (see [`PortMap`]) with its link up.
 async fn replica_in_sync(port: u16, primary: u16) -> Result<(), String> {
     let replication = info(port, "replication").await?;
     let role = info_field(&replication, "role");
@@ -891,8 +1000,8 @@ async fn sentinel_primary(port: u16) -> Result<u16, String> {
         .ok_or_else(|| format!("sentinel {port} answered {addr:?}"))
 }
 
-/// `Ok` when the sentinel on `port` knows the replica on `replica` (not down, link
-/// ok) and two other sentinels.
+/// `Ok` when the sentinel on `port` knows the replica known by `replica` (not down,
+/// link ok) and two other sentinels.
 async fn sentinel_sees_all(port: u16, replica: u16) -> Result<(), String> {
     let replicas: Vec<Vec<String>> = query_node(
         port,
