@@ -1,8 +1,9 @@
 //! The revocation feed and the replay guard on Redis as users run it: over TLS,
 //! behind Sentinel (with a forced and a hard failover) and on a three-primary
 //! Cluster (with the two streams on different nodes, a moved slot and a migration
-//! half done), Sentinel and Cluster over TLS as well. Every server is a real `redis-server` process on loopback (see
-//! `redis_common::modes`); nothing here waits a fixed time.
+//! half done), and Sentinel and Cluster over TLS as well. Every server is a real
+//! `redis-server` process on loopback (see `redis_common::modes`); nothing here
+//! waits a fixed time.
 //!
 //! Run with `cargo test --all-features --test redis_topologies`.
 #![cfg(feature = "redis")]
@@ -377,11 +378,13 @@ async fn sentinel_over_tls_finds_the_primary_and_follows_a_failover() {
         "{named} is a plain port"
     );
 
+    // History of many pages: read in bulk over TLS, at start and after the failover.
     let mut publisher = set.publisher().await;
+    junk(&mut publisher, 1000).await;
     publisher.revoke("sid", "sid-before-start").await;
     set.wait_replicated().await;
     let endpoint = RedisEndpoint::new(tls_url(&set.sentinel_tls_ports())).tls_ca_file(set.ca_pem());
-    let v = verifier(&sts, feed_on(endpoint.clone())).await;
+    let v = verifier(&sts, feed_on(endpoint.clone()).max_reply_bytes(SMALL_PAGES)).await;
     eventually("the feed is ready through Sentinel over TLS", async || {
         v.is_ready()
     })
@@ -389,6 +392,8 @@ async fn sentinel_over_tls_finds_the_primary_and_follows_a_failover() {
     assert!(revoked(
         &check(&v, &sts.mandate().sid("sid-before-start").sign()).await
     ));
+    let status = v.revocation_feed().unwrap().status().feed.unwrap();
+    assert_eq!(status.dropped, 1000, "{status:?}");
     publisher.revoke("sid", "sid-before-failover").await;
     until_revoked(&v, &sts, "sid-before-failover").await;
     set.wait_replicated().await;
@@ -683,13 +688,12 @@ async fn cluster_over_tls_discovers_and_follows_moves_on_tls_ports() {
     let revoke_node = cluster.node_for_key(SESSIONS_REVOKE_STREAM).await;
     let epoch_node = cluster.node_for_key(DELEGATIONS_INVALIDATE_STREAM).await;
     assert_ne!(revoke_node, epoch_node, "the streams share a node");
-    cluster
-        .publisher_for(SESSIONS_REVOKE_STREAM)
-        .await
-        .revoke("sid", "sid-before-start")
-        .await;
+    // History of many pages: read in bulk over TLS from the stream's node.
+    let mut publisher = cluster.publisher_for(SESSIONS_REVOKE_STREAM).await;
+    junk(&mut publisher, 1000).await;
+    publisher.revoke("sid", "sid-before-start").await;
     let endpoint = RedisEndpoint::new(tls_url(&cluster.tls_ports())).tls_ca_file(cluster.ca_pem());
-    let v = verifier(&sts, feed_on(endpoint.clone())).await;
+    let v = verifier(&sts, feed_on(endpoint.clone()).max_reply_bytes(SMALL_PAGES)).await;
     eventually("the feed is ready on the TLS Cluster", async || {
         v.is_ready()
     })
@@ -697,6 +701,8 @@ async fn cluster_over_tls_discovers_and_follows_moves_on_tls_ports() {
     assert!(revoked(
         &check(&v, &sts.mandate().sid("sid-before-start").sign()).await
     ));
+    let status = v.revocation_feed().unwrap().status().feed.unwrap();
+    assert_eq!(status.dropped, 1000, "{status:?}");
     cluster
         .publisher_for(SESSIONS_REVOKE_STREAM)
         .await
