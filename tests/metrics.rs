@@ -199,9 +199,41 @@ async fn decisions_categories_latency_and_keyset_reach_the_recorder_without_secr
             .as_millis() as u64;
         r.record_applied(Some(now_ms - 250));
     }
+    // The publisher writes these one by one on its own task, and may run before the
+    // reports above: wait until one render holds the end state of every series.
+    let settled = [
+        (
+            r#"caracal_verifier_revocation_feed_fresh{zone="zone-f"}"#,
+            1.0,
+        ),
+        (
+            r#"caracal_verifier_revocation_invalid_signatures_total{zone="zone-f"}"#,
+            1.0,
+        ),
+        (
+            r#"caracal_verifier_revocation_events_dropped_total{zone="zone-f",reason="unsigned"}"#,
+            1.0,
+        ),
+        (
+            r#"caracal_verifier_revocation_events_applied_total{zone="zone-f"}"#,
+            1.0,
+        ),
+        (
+            r#"caracal_verifier_revocation_propagation_seconds_count{zone="zone-f"}"#,
+            1.0,
+        ),
+        (r#"caracal_verifier_test_widgets_total{zone="zone-f"}"#, 7.0),
+        (r#"caracal_verifier_test_queue_depth{zone="zone-f"}"#, 3.0),
+        (
+            r#"caracal_verifier_replay_guard_capacity{zone="zone-f"}"#,
+            1_000_000.0,
+        ),
+    ];
     for _ in 0..500 {
         text = prometheus.render();
-        if text.contains(r#"caracal_verifier_revocation_propagation_seconds_count{zone="zone-f"}"#)
+        if settled
+            .iter()
+            .all(|(series, v)| value(&text, series) == Some(*v))
         {
             break;
         }
