@@ -112,10 +112,24 @@ async fn decisions_categories_latency_and_keyset_reach_the_recorder_without_secr
     let mut text = String::new();
     for _ in 0..500 {
         text = prometheus.render();
+        // Every series asserted below, in one render: the render is not atomic
+        // against the publisher's task, which writes them one by one.
         if value(&text, "caracal_verifier_denials_signature_total") >= Some(1.0)
             && value(&text, "caracal_verifier_denials_route_total") >= Some(1.0)
             && value(&text, "caracal_verifier_denials_missing_auth_total") >= Some(1.0)
-            && text.contains("caracal_verifier_verification_duration_seconds")
+            && value(&text, "caracal_verifier_requests_total") >= Some(103.0)
+            && value(&text, "caracal_verifier_requests_denied_total") >= Some(3.0)
+            && value(&text, "caracal_verifier_mandate_cache_hits_total") >= Some(98.0)
+            && value(&text, "caracal_verifier_mandate_cache_misses_total") >= Some(3.0)
+            && value(&text, r#"caracal_verifier_jwks_ready{zone="zone-m"}"#) == Some(1.0)
+            && value(
+                &text,
+                r#"caracal_verifier_jwks_fetches_total{zone="zone-m"}"#,
+            ) >= Some(1.0)
+            && value(
+                &text,
+                r#"caracal_verifier_verification_duration_seconds_count{path="cold"}"#,
+            ) >= Some(3.0)
         {
             break;
         }
