@@ -80,6 +80,43 @@ async fn attempts(plain_port: u16, before: u64, n: u64) {
     .await;
 }
 
+/// A feed on `endpoint`, whose server (plain port `plain_port`) presents a
+/// certificate the endpoint must not trust, or asks for one it does not have: three
+/// handshakes fail (the feed retries with backoff), the verifier is never ready and
+/// answers 503, and the replay guard on the same endpoint refuses at once. Returns
+/// the verifier for more checks; shut it down when done.
+async fn refused(sts: &TestIssuer, endpoint: &RedisEndpoint, plain_port: u16) -> Verifier {
+    let before = connections_received(plain_port).await;
+    let v = verifier(sts, feed_on(endpoint.clone())).await;
+    attempts(plain_port, before, 3).await;
+    assert!(!v.is_ready());
+    let answer = check(&v, &sts.mandate().sid("sid-1").sign()).await;
+    assert!(unavailable(&answer), "{answer:?}");
+    assert!(RedisReplayGuard::connect_to(endpoint).await.is_err());
+    v
+}
+
+/// A verifier whose feed on `endpoint` reads the history [`junk`] and one
+/// revocation of `sid-before-start` wrote, in pages of 128 entries (so in bulk),
+/// once it is ready: the revocation is enforced and the 1,000 junk entries were
+/// dropped.
+async fn ready_after_history(sts: &TestIssuer, endpoint: RedisEndpoint, what: &str) -> Verifier {
+    let v = verifier(sts, feed_on(endpoint).max_reply_bytes(SMALL_PAGES)).await;
+    eventually(what, async || v.is_ready()).await;
+    assert!(revoked(
+        &check(&v, &sts.mandate().sid("sid-before-start").sign()).await
+    ));
+    let status = v.revocation_feed().unwrap().status().feed.unwrap();
+    assert_eq!(status.dropped, 1000, "{status:?}");
+    v
+}
+
+/// `127.0.0.1:p1,127.0.0.1:p2,…`: the hosts of a Sentinel or Cluster URL.
+fn seeds(ports: &[u16]) -> String {
+    let seeds: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    seeds.join(",")
+}
+
 /// `n` unsigned entries in the sessions stream, written by Redis itself: history a
 /// feed reads in bulk and drops.
 async fn junk(publisher: &mut Publisher, n: usize) {
@@ -116,15 +153,9 @@ async fn tls_refuses_a_server_whose_certificate_another_ca_signed() {
     init_tracing();
     let server = TlsRedis::start(TlsOptions::default()).await;
     let sts = issuer().await;
-    let before = connections_received(server.plain_port()).await;
     let endpoint = RedisEndpoint::new(server.tls_url()).tls_ca_file(server.other_ca_pem());
-    let v = verifier(&sts, feed_on(endpoint.clone())).await;
-    // Three handshakes refused (the feed retries with backoff); the verifier never
-    // trusted the set meanwhile.
-    attempts(server.plain_port(), before, 3).await;
-    assert!(!v.is_ready());
-    let answer = check(&v, &sts.mandate().sid("sid-1").sign()).await;
-    assert!(unavailable(&answer), "{answer:?}");
+    // The verifier never trusted the set meanwhile.
+    let v = refused(&sts, &endpoint, server.plain_port()).await;
     assert!(
         !v.revocation_feed()
             .unwrap()
@@ -133,8 +164,6 @@ async fn tls_refuses_a_server_whose_certificate_another_ca_signed() {
             .unwrap()
             .connected
     );
-    // The replay guard refuses the same server at once.
-    assert!(RedisReplayGuard::connect_to(&endpoint).await.is_err());
     // The system roots do not vouch for a test CA either.
     let system = RedisEndpoint::new(server.tls_url());
     assert!(RedisReplayGuard::connect_to(&system).await.is_err());
@@ -158,15 +187,10 @@ async fn tls_presents_the_client_certificate_a_server_requires() {
             server.other_client_key_pem(),
         ),
     ] {
-        let before = connections_received(server.plain_port()).await;
-        let v = verifier(&sts, feed_on(endpoint.clone())).await;
-        attempts(server.plain_port(), before, 3).await;
-        assert!(!v.is_ready());
-        assert!(unavailable(
-            &check(&v, &sts.mandate().sid("sid-1").sign()).await
-        ));
-        assert!(RedisReplayGuard::connect_to(&endpoint).await.is_err());
-        v.shutdown().await;
+        refused(&sts, &endpoint, server.plain_port())
+            .await
+            .shutdown()
+            .await;
     }
 
     let endpoint =
@@ -272,13 +296,9 @@ async fn tls_bulk_catch_up_keeps_the_reply_size_bound() {
 // Sentinel
 // ---------------------------------------------------------------------------
 
-fn sentinel_url(set: &SentinelSet) -> String {
-    let nodes: Vec<String> = set
-        .sentinel_addrs()
-        .iter()
-        .map(|(h, p)| format!("{h}:{p}"))
-        .collect();
-    format!("redis+sentinel://{}/{}", nodes.join(","), set.master_name())
+/// `scheme://` the sentinels on `ports` `/` the primary's service name.
+fn sentinel_url(scheme: &str, ports: &[u16], set: &SentinelSet) -> String {
+    format!("{scheme}://{}/{}", seeds(ports), set.master_name())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,14 +312,8 @@ async fn sentinel_failover_keeps_every_revocation() {
     publisher.revoke("sid", "sid-before-start").await;
     set.wait_replicated().await;
 
-    let endpoint = RedisEndpoint::new(sentinel_url(&set));
-    let v = verifier(&sts, feed_on(endpoint.clone()).max_reply_bytes(SMALL_PAGES)).await;
-    eventually("the feed is ready through Sentinel", async || v.is_ready()).await;
-    assert!(revoked(
-        &check(&v, &sts.mandate().sid("sid-before-start").sign()).await
-    ));
-    let status = v.revocation_feed().unwrap().status().feed.unwrap();
-    assert_eq!(status.dropped, 1000, "{status:?}");
+    let endpoint = RedisEndpoint::new(sentinel_url("redis+sentinel", &set.sentinel_ports(), &set));
+    let v = ready_after_history(&sts, endpoint.clone(), "the feed is ready through Sentinel").await;
     publisher.revoke("sid", "sid-before-failover").await;
     until_revoked(&v, &sts, "sid-before-failover").await;
     set.wait_replicated().await;
@@ -341,27 +355,12 @@ async fn sentinel_over_tls_finds_the_primary_and_follows_a_failover() {
     init_tracing();
     let set = SentinelSet::start_tls().await;
     let sts = issuer().await;
-    let tls_url = |ports: &[u16]| {
-        let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        format!(
-            "rediss+sentinel://{}/{}",
-            nodes.join(","),
-            set.master_name()
-        )
-    };
+    let tls_url = |ports: &[u16]| sentinel_url("rediss+sentinel", ports, &set);
 
     let sentinel = set.sentinel_ports()[0];
-    let before = connections_received(sentinel).await;
     let untrusted =
         RedisEndpoint::new(tls_url(&set.sentinel_tls_ports()[..1])).tls_ca_file(set.other_ca_pem());
-    let v = verifier(&sts, feed_on(untrusted.clone())).await;
-    attempts(sentinel, before, 3).await;
-    assert!(!v.is_ready());
-    assert!(unavailable(
-        &check(&v, &sts.mandate().sid("sid-1").sign()).await
-    ));
-    assert!(RedisReplayGuard::connect_to(&untrusted).await.is_err());
-    v.shutdown().await;
+    refused(&sts, &untrusted, sentinel).await.shutdown().await;
 
     // The sentinels name the primary by a port that speaks only TLS.
     let named: Vec<String> = query_node(
@@ -384,16 +383,8 @@ async fn sentinel_over_tls_finds_the_primary_and_follows_a_failover() {
     publisher.revoke("sid", "sid-before-start").await;
     set.wait_replicated().await;
     let endpoint = RedisEndpoint::new(tls_url(&set.sentinel_tls_ports())).tls_ca_file(set.ca_pem());
-    let v = verifier(&sts, feed_on(endpoint.clone()).max_reply_bytes(SMALL_PAGES)).await;
-    eventually("the feed is ready through Sentinel over TLS", async || {
-        v.is_ready()
-    })
-    .await;
-    assert!(revoked(
-        &check(&v, &sts.mandate().sid("sid-before-start").sign()).await
-    ));
-    let status = v.revocation_feed().unwrap().status().feed.unwrap();
-    assert_eq!(status.dropped, 1000, "{status:?}");
+    let what = "the feed is ready through Sentinel over TLS";
+    let v = ready_after_history(&sts, endpoint.clone(), what).await;
     publisher.revoke("sid", "sid-before-failover").await;
     until_revoked(&v, &sts, "sid-before-failover").await;
     set.wait_replicated().await;
@@ -440,7 +431,15 @@ async fn sentinel_hard_failover_to_a_replica_that_missed_entries() {
     let mut publisher = set.publisher().await;
     let first = publisher.revoke("sid", "sid-replicated").await;
     set.wait_replicated().await;
-    let v = verifier(&sts, feed_on(RedisEndpoint::new(sentinel_url(&set)))).await;
+    let v = verifier(
+        &sts,
+        feed_on(RedisEndpoint::new(sentinel_url(
+            "redis+sentinel",
+            &set.sentinel_ports(),
+            &set,
+        ))),
+    )
+    .await;
     eventually("the feed is ready through Sentinel", async || v.is_ready()).await;
 
     // The replica stops; the primary takes one more event, which the feed reads.
@@ -494,12 +493,7 @@ async fn sentinel_hard_failover_to_a_replica_that_missed_entries() {
 // ---------------------------------------------------------------------------
 
 fn cluster_url(cluster: &RedisCluster) -> String {
-    let seeds: Vec<String> = cluster
-        .seed_addrs()
-        .iter()
-        .map(|(h, p)| format!("{h}:{p}"))
-        .collect();
-    format!("redis+cluster://{}", seeds.join(","))
+    format!("redis+cluster://{}", seeds(&cluster.ports()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -516,14 +510,8 @@ async fn cluster_reads_each_stream_from_its_own_node_and_follows_moves() {
     junk(&mut publisher, 1000).await;
     publisher.revoke("sid", "sid-before-start").await;
 
-    let feed = feed_on(RedisEndpoint::new(cluster_url(&cluster))).max_reply_bytes(SMALL_PAGES);
-    let v = verifier(&sts, feed).await;
-    eventually("the feed is ready on the Cluster", async || v.is_ready()).await;
-    assert!(revoked(
-        &check(&v, &sts.mandate().sid("sid-before-start").sign()).await
-    ));
-    let status = v.revocation_feed().unwrap().status().feed.unwrap();
-    assert_eq!(status.dropped, 1000, "{status:?}");
+    let endpoint = RedisEndpoint::new(cluster_url(&cluster));
+    let v = ready_after_history(&sts, endpoint, "the feed is ready on the Cluster").await;
     cluster
         .publisher_for(SESSIONS_REVOKE_STREAM)
         .await
@@ -666,24 +654,13 @@ async fn cluster_over_tls_discovers_and_follows_moves_on_tls_ports() {
     init_tracing();
     let mut cluster = RedisCluster::start_tls().await;
     let sts = issuer().await;
-    let tls_url = |ports: &[u16]| {
-        let seeds: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        format!("rediss+cluster://{}", seeds.join(","))
-    };
+    let tls_url = |ports: &[u16]| format!("rediss+cluster://{}", seeds(ports));
 
     // Hostile first: a node whose certificate another CA signed.
     let first = cluster.ports()[0];
-    let before = connections_received(first).await;
     let untrusted = RedisEndpoint::new(tls_url(&[cluster.tls_port_of(first)]))
         .tls_ca_file(cluster.other_ca_pem());
-    let v = verifier(&sts, feed_on(untrusted.clone())).await;
-    attempts(first, before, 3).await;
-    assert!(!v.is_ready());
-    assert!(unavailable(
-        &check(&v, &sts.mandate().sid("sid-1").sign()).await
-    ));
-    assert!(RedisReplayGuard::connect_to(&untrusted).await.is_err());
-    v.shutdown().await;
+    refused(&sts, &untrusted, first).await.shutdown().await;
 
     let revoke_node = cluster.node_for_key(SESSIONS_REVOKE_STREAM).await;
     let epoch_node = cluster.node_for_key(DELEGATIONS_INVALIDATE_STREAM).await;
@@ -693,16 +670,12 @@ async fn cluster_over_tls_discovers_and_follows_moves_on_tls_ports() {
     junk(&mut publisher, 1000).await;
     publisher.revoke("sid", "sid-before-start").await;
     let endpoint = RedisEndpoint::new(tls_url(&cluster.tls_ports())).tls_ca_file(cluster.ca_pem());
-    let v = verifier(&sts, feed_on(endpoint.clone()).max_reply_bytes(SMALL_PAGES)).await;
-    eventually("the feed is ready on the TLS Cluster", async || {
-        v.is_ready()
-    })
+    let v = ready_after_history(
+        &sts,
+        endpoint.clone(),
+        "the feed is ready on the TLS Cluster",
+    )
     .await;
-    assert!(revoked(
-        &check(&v, &sts.mandate().sid("sid-before-start").sign()).await
-    ));
-    let status = v.revocation_feed().unwrap().status().feed.unwrap();
-    assert_eq!(status.dropped, 1000, "{status:?}");
     cluster
         .publisher_for(SESSIONS_REVOKE_STREAM)
         .await

@@ -342,14 +342,7 @@ impl TlsRedis {
         };
         let node = Node::start(dir.path(), "redis-tls", 2, |node_dir, ports| {
             let mut args = base_args(node_dir, ports[0]);
-            args.extend(os_args(&["--tls-port", &ports[1].to_string()]));
-            args.push("--tls-cert-file".into());
-            args.push(files.server_cert.clone().into());
-            args.push("--tls-key-file".into());
-            args.push(files.server_key.clone().into());
-            args.push("--tls-ca-cert-file".into());
-            args.push(files.ca.clone().into());
-            args.extend(os_args(&["--tls-auth-clients", auth]));
+            args.extend(tls_args(&files, ports[1], &[("tls-auth-clients", auth)]));
             args
         })
         .await;
@@ -445,6 +438,35 @@ impl Drop for TlsRedis {
             self.print_logs();
         }
     }
+}
+
+/// The certificate settings of every TLS server of the harness: its certificate
+/// and key, and the CA it trusts for the clients and peers that present one.
+fn tls_files(files: &TlsFiles) -> [(&'static str, &Path); 3] {
+    [
+        ("tls-cert-file", &files.server_cert),
+        ("tls-key-file", &files.server_key),
+        ("tls-ca-cert-file", &files.ca),
+    ]
+}
+
+/// Clients (and, where the server has any, replicas and Sentinels) are not asked
+/// for a certificate.
+const PEERS_UNAUTHENTICATED: &[(&str, &str)] = &[("tls-auth-clients", "no")];
+
+/// The command-line arguments of a server with TLS on `port`: [`tls_files`], then
+/// `settings`.
+fn tls_args(files: &TlsFiles, port: u16, settings: &[(&str, &str)]) -> Vec<OsString> {
+    let mut args = os_args(&["--tls-port", &port.to_string()]).collect::<Vec<_>>();
+    for (name, path) in tls_files(files) {
+        args.push(format!("--{name}").into());
+        args.push(path.into());
+    }
+    for (name, value) in settings {
+        args.push(format!("--{name}").into());
+        args.push((*value).into());
+    }
+    args
 }
 
 /// Write a CA, a server certificate for `127.0.0.1` and `localhost` and a client
@@ -558,14 +580,15 @@ pub struct SentinelSet {
 #[derive(Clone)]
 struct PortMap(Vec<(u16, u16)>);
 
+/// The port Sentinel and replicas know a data node of a [`SentinelSet`] by: its TLS
+/// port (`ports[1]`) when it has one.
+fn known_port(node: &Node) -> u16 {
+    node.ports.get(1).copied().unwrap_or(node.port())
+}
+
 impl PortMap {
     fn of(nodes: &[Node]) -> Self {
-        PortMap(
-            nodes
-                .iter()
-                .map(|n| (n.port(), n.ports.get(1).copied().unwrap_or(n.port())))
-                .collect(),
-        )
+        PortMap(nodes.iter().map(|n| (n.port(), known_port(n))).collect())
     }
 
     /// The plain port of the node Sentinel or a replica names by `known`.
@@ -612,7 +635,7 @@ impl SentinelSet {
         let dir = new_dir();
         let files = tls.then(|| write_certs(dir.path()));
         let primary = start_data_node(dir.path(), "redis-0", None, files.as_ref()).await;
-        let known_primary = PortMap::of(std::slice::from_ref(&primary)).known(primary.port());
+        let known_primary = known_port(&primary);
         let replica =
             start_data_node(dir.path(), "redis-1", Some(known_primary), files.as_ref()).await;
         let nodes = vec![primary, replica];
@@ -957,15 +980,19 @@ async fn start_data_node(
     .await
 }
 
-/// The config lines of a TLS data node or sentinel, but its `tls-port`: the
-/// certificates, replication and Sentinel's links over TLS, no client certificate
-/// asked for.
+/// The config lines of a TLS data node or sentinel of a [`SentinelSet`], but its
+/// `tls-port`: the certificates, replication and Sentinel's links over TLS, no
+/// client certificate asked for.
 fn tls_conf(files: &TlsFiles) -> String {
-    format!(
-        "tls-cert-file {:?}\ntls-key-file {:?}\ntls-ca-cert-file {:?}\n\
-         tls-replication yes\ntls-auth-clients no\n",
-        files.server_cert, files.server_key, files.ca
-    )
+    let settings = [&[("tls-replication", "yes")][..], PEERS_UNAUTHENTICATED].concat();
+    let mut conf = String::new();
+    for (name, path) in tls_files(files) {
+        conf.push_str(&format!("{name} {path:?}\n"));
+    }
+    for (name, value) in settings {
+        conf.push_str(&format!("{name} {value}\n"));
+    }
+    conf
 }
 
 /// `Ok` when the node on `port` is a replica of the primary known by `primary`
@@ -1112,21 +1139,12 @@ impl RedisCluster {
                 ]));
                 args.push(dir.join(format!("nodes-{}.conf", ports[0])).into());
                 if let Some(files) = &files {
-                    args.extend(os_args(&["--tls-port", &ports[2].to_string()]));
-                    args.push("--tls-cert-file".into());
-                    args.push(files.server_cert.clone().into());
-                    args.push("--tls-key-file".into());
-                    args.push(files.server_key.clone().into());
-                    args.push("--tls-ca-cert-file".into());
-                    args.push(files.ca.clone().into());
-                    args.extend(os_args(&[
-                        "--tls-cluster",
-                        "yes",
-                        "--tls-replication",
-                        "yes",
-                        "--tls-auth-clients",
-                        "no",
-                    ]));
+                    let bus = [("tls-cluster", "yes"), ("tls-replication", "yes")];
+                    args.extend(tls_args(
+                        files,
+                        ports[2],
+                        &[&bus[..], PEERS_UNAUTHENTICATED].concat(),
+                    ));
                 }
                 args
             })
@@ -1215,22 +1233,6 @@ impl RedisCluster {
     /// An unrelated CA: a client trusting only this one must refuse every node.
     pub fn other_ca_pem(&self) -> &Path {
         &self.tls.as_ref().expect("a TLS cluster").other_ca
-    }
-
-    /// Where a cluster client may start: every primary.
-    pub fn seed_addrs(&self) -> Vec<(String, u16)> {
-        self.ports()
-            .into_iter()
-            .map(|p| ("127.0.0.1".to_owned(), p))
-            .collect()
-    }
-
-    /// [`seed_addrs`](Self::seed_addrs) as `redis://` URLs.
-    pub fn seed_urls(&self) -> Vec<String> {
-        self.ports()
-            .into_iter()
-            .map(|p| format!("redis://127.0.0.1:{p}"))
-            .collect()
     }
 
     /// `CLUSTER KEYSLOT key`.
