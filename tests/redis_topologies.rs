@@ -755,6 +755,60 @@ async fn cluster_replay_guard_routes_each_key_to_its_slot() {
     );
 }
 
+/// A dead primary holds back only the single-use mandates whose keys its slots
+/// hold. The guard fails closed for those, again after its reconnect fails, and
+/// keeps answering for every other key meanwhile, replays included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_replay_guard_fails_closed_only_for_a_dead_nodes_keys() {
+    use caracal_verifier::replay::ReplayGuard;
+    init_tracing();
+    let mut cluster = RedisCluster::start().await;
+    let endpoint = RedisEndpoint::new(cluster_url(&cluster));
+    let guard = RedisReplayGuard::connect_to(&endpoint)
+        .await
+        .expect("replay guard on the Cluster");
+    let mut by_node = std::collections::BTreeMap::<u16, Vec<String>>::new();
+    for i in 0..64 {
+        let jti = format!("jti-{i}");
+        let node = cluster
+            .node_for_key(&guard.key_for("https://sts.example.com", &jti))
+            .await;
+        by_node.entry(node).or_default().push(jti);
+    }
+    assert_eq!(by_node.len(), 3, "the keys span every primary");
+    assert!(by_node.values().all(|jtis| jtis.len() >= 4), "{by_node:?}");
+    // A first use on every node, so each has a connection.
+    for jtis in by_node.values() {
+        assert!(first_use(&guard, &jtis[0]).await, "{}", jtis[0]);
+    }
+
+    let dead = cluster.ports()[0];
+    cluster.kill_node(dead);
+    let unanswered = async |jti: &str| {
+        guard
+            .first_use("https://sts.example.com", jti, u64::MAX / 4000)
+            .await
+            .is_err()
+    };
+    // The broken connection, then a failed reconnect: both fail closed.
+    assert!(unanswered(&by_node[&dead][1]).await, "use on a dead node");
+    assert!(unanswered(&by_node[&dead][2]).await, "use on a dead node");
+    for (node, jtis) in by_node.iter().filter(|(n, _)| **n != dead) {
+        assert!(
+            !first_use(&guard, &jtis[0]).await,
+            "{node}: replay accepted"
+        );
+        for jti in &jtis[1..4] {
+            assert!(first_use(&guard, jti).await, "{node}: {jti}");
+            assert!(!first_use(&guard, jti).await, "{node}: {jti} replayed");
+        }
+    }
+    assert!(
+        unanswered(&by_node[&dead][0]).await,
+        "replay on a dead node"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // The audit emitter on the same endpoints
 // ---------------------------------------------------------------------------

@@ -33,8 +33,10 @@ const RECONNECT_COOLDOWN: Duration = Duration::from_millis(200);
 ///
 /// Failures fail closed: the check returns an error and the verifier answers 503
 /// `revocation_unavailable`. A broken connection is replaced on a later call; while
-/// Redis is unreachable, calls fail fast instead of queueing behind reconnects.
-/// Clones share one multiplexed connection.
+/// Redis is unreachable, calls fail fast instead of queueing behind reconnects. In a
+/// Cluster this holds per node: a primary that is down fails closed for the keys of
+/// its slots only, and the other primaries keep answering for theirs.
+/// Clones share one multiplexed connection (one per node in a Cluster).
 ///
 /// ```no_run
 /// use caracal_verifier::Verifier;
@@ -71,7 +73,12 @@ struct Slot {
     conn: Option<MultiplexedConnection>,
     /// Cluster: one connection per node.
     nodes: HashMap<Addr, MultiplexedConnection>,
+    /// Until when calls fail fast after a failed connection to the server, the
+    /// primary or the Cluster's seeds.
     retry_at: Option<Instant>,
+    /// The same for each Cluster node: a node that cannot be reached holds back only
+    /// the keys of its own slots.
+    node_retry: HashMap<Addr, Instant>,
 }
 
 impl fmt::Debug for RedisReplayGuard {
@@ -181,10 +188,20 @@ impl RedisReplayGuard {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn forget_connection(&self) {
+    /// Drop the connection a command failed on (`None`: the one server or primary,
+    /// or, when it is not known which, every connection), and re-read the Cluster's
+    /// slot map before the next command: a node that failed may have lost its slots.
+    fn forget_connection(&self, on: Option<&Addr>) {
         let mut slot = self.slot();
-        slot.conn = None;
-        slot.nodes.clear();
+        match on {
+            Some(addr) => {
+                slot.nodes.remove(addr);
+            }
+            None => {
+                slot.conn = None;
+                slot.nodes.clear();
+            }
+        }
         self.connector.forget_slots();
     }
 
@@ -196,29 +213,30 @@ impl RedisReplayGuard {
 
     /// The connection for `key`: the one server (or primary), or in a Cluster the
     /// node that owns the key's slot (or `to`, the node a redirection named).
+    /// Returns the node's address too (`None` outside a Cluster).
     async fn connection(
         &self,
         key: &str,
         to: Option<&Addr>,
-    ) -> Result<MultiplexedConnection, ReplayError> {
+    ) -> Result<(Option<Addr>, MultiplexedConnection), ReplayError> {
         let owner = match to {
             Some(addr) => Some(addr.clone()),
             None => {
-                self.cooling()?;
+                self.cooling(None)?;
                 self.connector
                     .cluster_owner(key.as_bytes())
                     .await
-                    .map_err(|e| self.failed(&e))?
+                    .map_err(|e| self.failed(None, &e))?
             }
         };
         if let Some(conn) = self.cached(owner.as_ref()) {
-            return Ok(conn);
+            return Ok((owner, conn));
         }
         let _connecting = self.state.connecting.lock().await;
         if let Some(conn) = self.cached(owner.as_ref()) {
-            return Ok(conn);
+            return Ok((owner, conn));
         }
-        self.cooling()?;
+        self.cooling(owner.as_ref())?;
         let made = match &owner {
             Some(addr) => self.connector.node_at(addr, self.config()).await,
             None => {
@@ -230,16 +248,19 @@ impl RedisReplayGuard {
         match made {
             Ok(node) => {
                 let mut slot = self.slot();
-                match owner {
+                match &owner {
                     Some(addr) => {
-                        slot.nodes.insert(addr, node.conn.clone());
+                        slot.node_retry.remove(addr);
+                        slot.nodes.insert(addr.clone(), node.conn.clone());
                     }
-                    None => slot.conn = Some(node.conn.clone()),
+                    None => {
+                        slot.retry_at = None;
+                        slot.conn = Some(node.conn.clone());
+                    }
                 }
-                slot.retry_at = None;
-                Ok(node.conn)
+                Ok((owner, node.conn))
             }
-            Err(e) => Err(self.failed(&e)),
+            Err(e) => Err(self.failed(owner.as_ref(), &e)),
         }
     }
 
@@ -251,27 +272,52 @@ impl RedisReplayGuard {
         }
     }
 
-    /// Fail fast while a recent connection attempt failed.
-    fn cooling(&self) -> Result<(), ReplayError> {
-        if self.slot().retry_at.is_some_and(|t| Instant::now() < t) {
+    /// Fail fast while a recent connection attempt to `node` (`None`: the server,
+    /// the primary or the Cluster's seeds) failed.
+    fn cooling(&self, node: Option<&Addr>) -> Result<(), ReplayError> {
+        let slot = self.slot();
+        let until = match node {
+            Some(addr) => slot.node_retry.get(addr).copied(),
+            None => slot.retry_at,
+        };
+        if until.is_some_and(|t| Instant::now() < t) {
             return Err(ReplayError::new("redis unreachable"));
         }
         Ok(())
     }
 
-    fn failed(&self, e: &ConnectError) -> ReplayError {
-        self.slot().retry_at = Some(Instant::now() + RECONNECT_COOLDOWN);
+    fn failed(&self, node: Option<&Addr>, e: &ConnectError) -> ReplayError {
+        let now = Instant::now();
+        let until = now + RECONNECT_COOLDOWN;
+        let mut slot = self.slot();
+        match node {
+            Some(addr) => {
+                // Only nodes that failed within the cooldown are kept.
+                slot.node_retry.retain(|_, t| *t > now);
+                slot.node_retry.insert(addr.clone(), until);
+            }
+            None => slot.retry_at = Some(until),
+        }
         ReplayError::new(format!("redis connection failed: {e}"))
     }
 
-    async fn set_nx(&self, key: String, ttl_ms: u64) -> Result<bool, ReplayError> {
+    /// `SET NX` of `key`, following at most one redirection. `sent_to` records the
+    /// connection the latest command went out on (`Some(None)` outside a Cluster), for
+    /// the caller to drop if the deadline passes.
+    async fn set_nx(
+        &self,
+        key: String,
+        ttl_ms: u64,
+        sent_to: &mut Option<Option<Addr>>,
+    ) -> Result<bool, ReplayError> {
         let mut cmd = ::redis::cmd("SET");
         cmd.arg(&key).arg(1).arg("NX").arg("PX").arg(ttl_ms);
         let mut to: Option<Addr> = None;
         let mut asking = false;
         // At most one redirection is followed per check; the deadline bounds it too.
         for _ in 0..2 {
-            let mut conn = self.connection(&key, to.as_ref()).await?;
+            let (node, mut conn) = self.connection(&key, to.as_ref()).await?;
+            *sent_to = Some(node.clone());
             let reply = if asking {
                 let mut pipe = ::redis::pipe();
                 pipe.cmd("ASKING").ignore().add_command(cmd.clone());
@@ -308,7 +354,7 @@ impl RedisReplayGuard {
                     }
                     // READONLY after a failover, a dropped socket, a timeout: start
                     // over with a fresh connection (and discovery) next time.
-                    self.forget_connection();
+                    self.forget_connection(node.as_ref());
                     return Err(ReplayError::new(format!("redis error: {e}")));
                 }
             }
@@ -329,10 +375,15 @@ impl ReplayGuard for RedisReplayGuard {
             // At least a second, so a mandate on the edge of expiry is still recorded.
             let ttl_ms = until.saturating_mul(1000).saturating_sub(now_ms).max(1000);
             let key = self.key_for(issuer, jti);
-            match tokio::time::timeout(self.timeout, self.set_nx(key, ttl_ms)).await {
+            let mut sent_to = None;
+            match tokio::time::timeout(self.timeout, self.set_nx(key, ttl_ms, &mut sent_to)).await {
                 Ok(r) => r,
                 Err(_) => {
-                    self.forget_connection();
+                    // A connection that swallowed a command is not reused; a deadline
+                    // spent connecting leaves the others alone.
+                    if let Some(node) = sent_to {
+                        self.forget_connection(node.as_ref());
+                    }
                     Err(ReplayError::new("redis timed out"))
                 }
             }

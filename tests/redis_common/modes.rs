@@ -1135,6 +1135,9 @@ impl RedisCluster {
                     &ports[1].to_string(),
                     "--cluster-node-timeout",
                     "5000",
+                    // A dead primary leaves the others serving their own slots.
+                    "--cluster-require-full-coverage",
+                    "no",
                     "--cluster-config-file",
                 ]));
                 args.push(dir.join(format!("nodes-{}.conf", ports[0])).into());
@@ -1233,6 +1236,16 @@ impl RedisCluster {
     /// An unrelated CA: a client trusting only this one must refuse every node.
     pub fn other_ca_pem(&self) -> &Path {
         &self.tls.as_ref().expect("a TLS cluster").other_ca
+    }
+
+    /// SIGKILL the primary on `port`. It has no replica, so its slots go unserved;
+    /// the other primaries keep serving theirs.
+    pub fn kill_node(&mut self, port: u16) {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port() == port)
+            .unwrap_or_else(|| panic!("no primary on port {port}"))
+            .kill();
     }
 
     /// `CLUSTER KEYSLOT key`.
