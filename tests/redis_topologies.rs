@@ -646,8 +646,8 @@ async fn cluster_reads_a_stream_not_yet_written_through_a_migration() {
 }
 
 /// The Cluster over TLS (`rediss+cluster://`, seeds on the TLS ports, a private
-/// CA). The nodes name their TLS ports to a client on TLS, in `CLUSTER SLOTS` and in
-/// `-MOVED`, and the feed and the replay guard verify each node's certificate
+/// CA). The nodes name their TLS ports to a client on TLS, in `CLUSTER SLOTS`, `-ASK`
+/// and `-MOVED`, and the feed and the replay guard verify each node's certificate
 /// there. A feed that trusts another CA never connects and answers 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_over_tls_discovers_and_follows_moves_on_tls_ports() {
@@ -683,23 +683,41 @@ async fn cluster_over_tls_discovers_and_follows_moves_on_tls_ports() {
         .await;
     until_revoked(&v, &sts, "sid-live").await;
 
-    // The epoch stream's slot (no epoch written yet, so no key to migrate) moves
-    // to the third node while the feed reads it: -MOVED names a TLS port.
+    // The epoch stream's slot (no epoch written yet, so no key to migrate) starts
+    // moving to the third node while the feed reads it. The old owner answers
+    // -ASK naming the target's TLS port; the feed follows it with ASKING there.
     let third = *cluster
         .ports()
         .iter()
         .find(|p| **p != revoke_node && **p != epoch_node)
         .expect("a third primary");
     cluster
-        .move_slot_of(DELEGATIONS_INVALIDATE_STREAM, third)
+        .start_migration_of(DELEGATIONS_INVALIDATE_STREAM, third)
         .await;
+    let epoch_5 = [
+        ("zone_id", "zone-1"),
+        ("epoch", "5"),
+        ("event", "edge_revoked"),
+    ];
+    xadd_after_asking(third, DELEGATIONS_INVALIDATE_STREAM, &epoch_5).await;
+    eventually("the epoch on the importing node is enforced", async || {
+        stale_epoch(&check(&v, &sts.mandate().epoch(4).sign()).await)
+    })
+    .await;
+    eventually("the feed is ready during the migration", async || {
+        v.is_ready()
+    })
+    .await;
+
+    // The migration ends: -MOVED names the new owner's TLS port.
+    cluster.finish_migration().await;
     cluster
         .publisher_for(DELEGATIONS_INVALIDATE_STREAM)
         .await
-        .epoch(5)
+        .epoch(7)
         .await;
     eventually("the epoch on the slot's new node is enforced", async || {
-        stale_epoch(&check(&v, &sts.mandate().epoch(4).sign()).await)
+        stale_epoch(&check(&v, &sts.mandate().epoch(6).sign()).await)
     })
     .await;
     eventually("the feed is ready after the move", async || v.is_ready()).await;
