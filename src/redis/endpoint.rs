@@ -520,23 +520,28 @@ fn host_port(s: &str, default_port: u16) -> Option<(String, u16)> {
 }
 
 fn redacted(url: &str) -> String {
-    // Multi-host URLs are not URLs `url` parses; redact the user info by hand.
+    // Multi-host URLs are not URLs `url` parses; redact the user info by hand. A
+    // password may hold `/`, `?` or `@` unencoded (a URL that then fails to parse is
+    // still shown in `Debug`), so everything up to the last `@` is user info.
     let Some((scheme, rest)) = url.split_once("://") else {
         return "<unparsable>".into();
     };
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    match rest[..end].rsplit_once('@') {
-        Some((userinfo, hosts)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            let shown = if userinfo.contains(':') {
-                format!("{user}:redacted")
-            } else {
-                "redacted".to_owned()
+    let (shown, tail) = match rest.rsplit_once('@') {
+        Some((userinfo, tail)) => {
+            let shown = match userinfo.split_once(':') {
+                Some((user, _)) if !user.contains(['/', '?']) => format!("{user}:redacted@"),
+                _ => "redacted@".to_owned(),
             };
-            format!("{scheme}://{shown}@{hosts}{}", &rest[end..])
+            (shown, tail)
         }
-        None => url.to_owned(),
-    }
+        None => (String::new(), rest),
+    };
+    // The query may carry a password too (`?pass=`).
+    let tail = match tail.split_once('?') {
+        Some((before, _)) => format!("{before}?redacted"),
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{shown}{tail}")
 }
 
 struct Mode {
@@ -680,6 +685,32 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("user:redacted@s1,s2/m"), "{shown}");
+
+        // Unencoded `/`, `?` and `@` in a password, and a password in the query.
+        for (url, secret, kept) in [
+            (
+                "redis://user:p/ss@h:1/0",
+                "p/ss",
+                "redis://user:redacted@h:1/0",
+            ),
+            ("redis://user:p?ss@h", "p?ss", "redis://user:redacted@h"),
+            ("redis://:a@b@h", "a@b", "redis://:redacted@h"),
+            ("redis://u/x:pw@h", "pw", "redis://redacted@h"),
+            (
+                "redis+unix:///r.sock?db=1&pass=pw",
+                "pw",
+                "redis+unix:///r.sock?redacted",
+            ),
+            (
+                "redis+cluster://u:p/w@n1,n2",
+                "p/w",
+                "redis+cluster://u:redacted@n1,n2",
+            ),
+        ] {
+            let shown = format!("{:?}", RedisEndpoint::new(url));
+            assert!(!shown.contains(secret), "{shown}");
+            assert!(shown.contains(kept), "{shown}");
+        }
     }
 
     #[test]
