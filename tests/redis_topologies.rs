@@ -773,18 +773,12 @@ async fn cluster_replay_guard_routes_each_key_to_its_slot() {
     );
 }
 
-/// A dead primary holds back only the single-use mandates whose keys its slots
-/// hold. The guard fails closed for those, again after its reconnect fails, and
-/// keeps answering for every other key meanwhile, replays included.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_replay_guard_fails_closed_only_for_a_dead_nodes_keys() {
-    use caracal_verifier::replay::ReplayGuard;
-    init_tracing();
-    let mut cluster = RedisCluster::start().await;
-    let endpoint = RedisEndpoint::new(cluster_url(&cluster));
-    let guard = RedisReplayGuard::connect_to(&endpoint)
-        .await
-        .expect("replay guard on the Cluster");
+/// 64 token ids, by the primary their replay keys live on; each primary holds at
+/// least four.
+async fn jtis_by_node(
+    cluster: &RedisCluster,
+    guard: &RedisReplayGuard,
+) -> std::collections::BTreeMap<u16, Vec<String>> {
     let mut by_node = std::collections::BTreeMap::<u16, Vec<String>>::new();
     for i in 0..64 {
         let jti = format!("jti-{i}");
@@ -795,6 +789,82 @@ async fn cluster_replay_guard_fails_closed_only_for_a_dead_nodes_keys() {
     }
     assert_eq!(by_node.len(), 3, "the keys span every primary");
     assert!(by_node.values().all(|jtis| jtis.len() >= 4), "{by_node:?}");
+    by_node
+}
+
+/// Whether the guard failed closed for `jti` (an error, which the verifier turns
+/// into 503).
+async fn unanswered(guard: &RedisReplayGuard, jti: &str) -> bool {
+    use caracal_verifier::replay::ReplayGuard;
+    guard
+        .first_use("https://sts.example.com", jti, u64::MAX / 4000)
+        .await
+        .is_err()
+}
+
+/// A primary that stops answering (SIGSTOP: its sockets stay open, so commands
+/// and connections hang instead of being refused) holds back only its own keys.
+/// Each check on it fails closed at the deadline; the other primaries keep
+/// answering first uses and refusing replays throughout, though the hung node is
+/// still in the slot map and among the seeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_replay_guard_fails_closed_only_for_a_hung_nodes_keys() {
+    init_tracing();
+    let cluster = RedisCluster::start().await;
+    let ports = cluster.ports();
+    let hung = ports[0];
+    // The hung node is a seed, and not the first: a discovery that starts at the
+    // seed after the one asked last meets it.
+    let order = [ports[1], hung, ports[2]];
+    let endpoint = RedisEndpoint::new(format!("redis+cluster://{}", seeds(&order)));
+    let guard = RedisReplayGuard::connect_to(&endpoint)
+        .await
+        .expect("replay guard on the Cluster")
+        .timeout(Duration::from_millis(300));
+    let by_node = jtis_by_node(&cluster, &guard).await;
+    for jtis in by_node.values() {
+        assert!(first_use(&guard, &jtis[0]).await, "{}", jtis[0]);
+    }
+
+    cluster.pause_node(hung);
+    // The hung command, a connection or discovery that hangs, then a fast refusal.
+    for round in 1..4 {
+        assert!(
+            unanswered(&guard, &by_node[&hung][round]).await,
+            "round {round}: use on a hung node"
+        );
+        for (node, jtis) in by_node.iter().filter(|(n, _)| **n != hung) {
+            let jti = &jtis[round];
+            assert!(first_use(&guard, jti).await, "round {round}, {node}: {jti}");
+            assert!(
+                !first_use(&guard, jti).await,
+                "round {round}, {node}: {jti} replayed"
+            );
+        }
+    }
+    cluster.resume_node(hung);
+    eventually("the resumed node answers again", async || {
+        !unanswered(&guard, &by_node[&hung][0]).await
+    })
+    .await;
+    assert!(
+        !first_use(&guard, &by_node[&hung][0]).await,
+        "a use recorded before the pause is replayed"
+    );
+}
+
+/// A dead primary holds back only the single-use mandates whose keys its slots
+/// hold. The guard fails closed for those, again after its reconnect fails, and
+/// keeps answering for every other key meanwhile, replays included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_replay_guard_fails_closed_only_for_a_dead_nodes_keys() {
+    init_tracing();
+    let mut cluster = RedisCluster::start().await;
+    let endpoint = RedisEndpoint::new(cluster_url(&cluster));
+    let guard = RedisReplayGuard::connect_to(&endpoint)
+        .await
+        .expect("replay guard on the Cluster");
+    let by_node = jtis_by_node(&cluster, &guard).await;
     // A first use on every node, so each has a connection.
     for jtis in by_node.values() {
         assert!(first_use(&guard, &jtis[0]).await, "{}", jtis[0]);
@@ -802,15 +872,15 @@ async fn cluster_replay_guard_fails_closed_only_for_a_dead_nodes_keys() {
 
     let dead = cluster.ports()[0];
     cluster.kill_node(dead);
-    let unanswered = async |jti: &str| {
-        guard
-            .first_use("https://sts.example.com", jti, u64::MAX / 4000)
-            .await
-            .is_err()
-    };
     // The broken connection, then a failed reconnect: both fail closed.
-    assert!(unanswered(&by_node[&dead][1]).await, "use on a dead node");
-    assert!(unanswered(&by_node[&dead][2]).await, "use on a dead node");
+    assert!(
+        unanswered(&guard, &by_node[&dead][1]).await,
+        "use on a dead node"
+    );
+    assert!(
+        unanswered(&guard, &by_node[&dead][2]).await,
+        "use on a dead node"
+    );
     for (node, jtis) in by_node.iter().filter(|(n, _)| **n != dead) {
         assert!(
             !first_use(&guard, &jtis[0]).await,
@@ -822,7 +892,7 @@ async fn cluster_replay_guard_fails_closed_only_for_a_dead_nodes_keys() {
         }
     }
     assert!(
-        unanswered(&by_node[&dead][0]).await,
+        unanswered(&guard, &by_node[&dead][0]).await,
         "replay on a dead node"
     );
 }

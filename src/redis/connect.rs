@@ -123,7 +123,11 @@ impl AsyncWrite for Transport {
 pub(crate) struct Connector {
     resolved: Arc<Resolved>,
     /// Cluster: the owner of each slot, as last learned (`CLUSTER SLOTS` or `MOVED`).
-    slots: Arc<Mutex<HashMap<u16, (String, u16)>>>,
+    /// The slots of one node share its address.
+    slots: Arc<Mutex<HashMap<u16, Owner>>>,
+    /// Cluster: held while the slot map is read from the seeds, so that callers
+    /// missing a slot at the same time wait for one answer instead of each asking.
+    refreshing: Arc<tokio::sync::Mutex<()>>,
     /// Where the next discovery starts, so a dead first Sentinel or seed is not
     /// always asked first.
     rotate: Arc<AtomicUsize>,
@@ -142,6 +146,8 @@ impl fmt::Debug for Connector {
     }
 }
 
+/// A slot's primary: host and port, shared by the slots of one node.
+type Owner = Arc<(String, u16)>;
 /// A kept Sentinel connection and the budget of its replies.
 type Kept = (MultiplexedConnection, Arc<ReplyBudget>);
 /// A `CLUSTER SLOTS` range: first slot, last slot, primary's host and port.
@@ -175,6 +181,7 @@ impl Connector {
         Self {
             resolved: Arc::new(resolved),
             slots: Arc::default(),
+            refreshing: Arc::default(),
             rotate: Arc::default(),
             sentinel: Arc::default(),
             timeout,
@@ -228,6 +235,10 @@ impl Connector {
         if let Some((h, p)) = self.slot_owner(slot) {
             return Ok(Some(Addr::Tcp(h, p)));
         }
+        let _refreshing = self.refreshing.lock().await;
+        if let Some((h, p)) = self.slot_owner(slot) {
+            return Ok(Some(Addr::Tcp(h, p)));
+        }
         self.refresh_slots(seeds).await?;
         let (h, p) = self
             .slot_owner(slot)
@@ -256,10 +267,27 @@ impl Connector {
         self.open(addr, &self.resolved.node, config, None).await
     }
 
+    /// The Cluster node the slot map names for `key`, without asking anyone; `None`
+    /// outside Cluster mode or when the slot map does not say.
+    pub(crate) fn known_owner(&self, key: &[u8]) -> Option<Addr> {
+        if !self.is_cluster() {
+            return None;
+        }
+        self.slot_owner(key_slot(key)).map(|(h, p)| Addr::Tcp(h, p))
+    }
+
     /// Record a `MOVED`: the slot of `key` now lives at `host:port`.
     pub(crate) fn moved(&self, key: &[u8], host: &str, port: u16) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots.insert(key_slot(key), (host.to_owned(), port));
+        slots.insert(key_slot(key), Arc::new((host.to_owned(), port)));
+    }
+
+    /// Forget the slots the map gives to `node` (after it stopped answering), so
+    /// that only its keys ask the seeds again.
+    pub(crate) fn forget_slots_of(&self, node: &Addr) {
+        let Addr::Tcp(host, port) = node else { return };
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.retain(|_, owner| owner.0 != *host || owner.1 != *port);
     }
 
     /// Forget the slot map (after a node stopped answering), so the next connection
@@ -270,7 +298,7 @@ impl Connector {
 
     fn slot_owner(&self, slot: u16) -> Option<(String, u16)> {
         let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots.get(&slot).cloned()
+        slots.get(&slot).map(|owner| (**owner).clone())
     }
 
     fn start_index(&self, n: usize) -> usize {
@@ -355,9 +383,11 @@ impl Connector {
         };
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots.clear();
+        // `parse_slots` refused overlapping ranges: at most 16384 inserts.
         for (start, end, owner) in map {
+            let owner = Arc::new(owner);
             for slot in start..=end {
-                slots.insert(slot, owner.clone());
+                slots.insert(slot, Arc::clone(&owner));
             }
         }
         Ok(())
@@ -583,6 +613,9 @@ impl Redirect {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let port = port.parse().ok().filter(|p: &u16| *p != 0)?;
         let host = if host == "?" { "" } else { host };
+        if host.len() > MAX_HOST_LEN {
+            return None;
+        }
         Some(Redirect {
             ask,
             host: host.to_owned(),
@@ -627,10 +660,19 @@ fn host_and_port(v: &Value) -> Option<(String, u16)> {
     Some((host, port))
 }
 
+/// The longest host name a slot map or a redirection may name (DNS's limit).
+const MAX_HOST_LEN: usize = 255;
+
 /// The primaries of a `CLUSTER SLOTS` reply: `(first slot, last slot, (host, port))`.
-/// An empty host means the node we asked (`seed_host`).
+/// An empty host means the node we asked (`seed_host`). A reply whose ranges
+/// overlap, or that names a host longer than a DNS name, is refused: building the
+/// map costs at most one insert per slot.
 fn parse_slots(v: &Value, seed_host: &str) -> Option<Vec<SlotRange>> {
     let Value::Array(ranges) = v else { return None };
+    if ranges.len() > usize::from(SLOTS) {
+        return None;
+    }
+    let mut covered = vec![false; usize::from(SLOTS)];
     let mut out = Vec::with_capacity(ranges.len());
     for range in ranges {
         let Value::Array(parts) = range else {
@@ -641,10 +683,15 @@ fn parse_slots(v: &Value, seed_host: &str) -> Option<Vec<SlotRange>> {
         if start > end || end >= SLOTS {
             return None;
         }
+        let span = &mut covered[usize::from(start)..=usize::from(end)];
+        if span.iter().any(|c| *c) {
+            return None;
+        }
+        span.fill(true);
         let Value::Array(primary) = parts.get(2)? else {
             return None;
         };
-        let host = text(primary.first()?)?;
+        let host = text(primary.first()?).filter(|h| h.len() <= MAX_HOST_LEN)?;
         let host = if host.is_empty() || host == "?" {
             seed_host.to_owned()
         } else {
@@ -768,5 +815,28 @@ mod tests {
         assert!(parse_slots(&Value::Array(vec![range(0, 16384, "a", 1)]), "s").is_none());
         assert!(parse_slots(&Value::Array(vec![range(9, 3, "a", 1)]), "s").is_none());
         assert!(parse_slots(&Value::Array(vec![]), "s").is_none());
+
+        // Hostile maps: each would cost a copy of the host per slot, or one insert
+        // per slot for every overlapping range.
+        let long = "h".repeat(MAX_HOST_LEN + 1);
+        assert!(parse_slots(&Value::Array(vec![range(0, 16383, &long, 1)]), "s").is_none());
+        let fits = "h".repeat(MAX_HOST_LEN);
+        assert!(parse_slots(&Value::Array(vec![range(0, 16383, &fits, 1)]), "s").is_some());
+        let overlapping = vec![range(0, 16383, "a", 1); 7000];
+        assert!(parse_slots(&Value::Array(overlapping), "s").is_none());
+        let touching = vec![range(0, 100, "a", 1), range(100, 200, "b", 2)];
+        assert!(parse_slots(&Value::Array(touching), "s").is_none());
+    }
+
+    #[test]
+    fn the_slot_map_forgets_one_nodes_slots() {
+        let endpoint = super::super::endpoint::RedisEndpoint::new("redis+cluster://a:1,b:2");
+        let connector = Connector::new(endpoint.resolve().unwrap(), Duration::from_secs(1));
+        connector.moved(b"x", "a", 1);
+        connector.moved(b"y", "b", 2);
+        assert_eq!(connector.known_owner(b"x"), Some(Addr::Tcp("a".into(), 1)));
+        connector.forget_slots_of(&Addr::Tcp("a".into(), 1));
+        assert_eq!(connector.known_owner(b"x"), None);
+        assert_eq!(connector.known_owner(b"y"), Some(Addr::Tcp("b".into(), 2)));
     }
 }

@@ -63,8 +63,24 @@ pub struct RedisReplayGuard {
 #[derive(Default)]
 struct State {
     slot: Mutex<Slot>,
-    /// Serialises connection attempts.
-    connecting: tokio::sync::Mutex<()>,
+    /// Serialises connection attempts to each node (the key `None`: the server,
+    /// the primary or discovery), so a burst of requests makes one connection,
+    /// and a node that hangs holds back only its own.
+    connecting: Mutex<HashMap<Option<Addr>, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// The most Cluster nodes the guard keeps a connection to; past it, the idle
+/// ones are dropped and reconnected when needed.
+const MAX_NODES: usize = 1024;
+
+/// How far one check got, for the caller to act on if its deadline passes.
+#[derive(Default)]
+struct Progress {
+    /// The node being connected to (`Some(None)`: the server, the primary or
+    /// the Cluster's seeds).
+    connecting: Option<Option<Addr>>,
+    /// The connection the command in flight went out on.
+    sent_to: Option<Option<Addr>>,
 }
 
 #[derive(Default)]
@@ -123,7 +139,11 @@ impl RedisReplayGuard {
     pub async fn connect(url: &str) -> Result<Self, ConfigError> {
         let guard = Self::new(url)?;
         guard
-            .connection(&guard.key_for("", "connect"), None)
+            .connection(
+                &guard.key_for("", "connect"),
+                None,
+                &mut Progress::default(),
+            )
             .await
             .map_err(|e| ConfigError::invalid("redis_url", e.to_string()))?;
         Ok(guard)
@@ -134,7 +154,11 @@ impl RedisReplayGuard {
     pub async fn connect_to(endpoint: &RedisEndpoint) -> Result<Self, ConfigError> {
         let guard = Self::on(endpoint)?;
         guard
-            .connection(&guard.key_for("", "connect"), None)
+            .connection(
+                &guard.key_for("", "connect"),
+                None,
+                &mut Progress::default(),
+            )
             .await
             .map_err(|e| ConfigError::invalid("redis_url", e.to_string()))?;
         Ok(guard)
@@ -188,21 +212,35 @@ impl RedisReplayGuard {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Drop the connection a command failed on (`None`: the one server or primary,
-    /// or, when it is not known which, every connection), and re-read the Cluster's
-    /// slot map before the next command: a node that failed may have lost its slots.
+    /// Drop the connection a command failed on (`None`: the one server or
+    /// primary), and forget the slots the Cluster's map gives that node: it may
+    /// have lost them, so its keys ask the seeds again; other nodes' keys do not.
     fn forget_connection(&self, on: Option<&Addr>) {
         let mut slot = self.slot();
         match on {
             Some(addr) => {
                 slot.nodes.remove(addr);
+                self.connector.forget_slots_of(addr);
             }
-            None => {
-                slot.conn = None;
-                slot.nodes.clear();
-            }
+            None => slot.conn = None,
         }
-        self.connector.forget_slots();
+    }
+
+    /// The lock serialising connection attempts to `node`.
+    fn connect_lock(&self, node: Option<&Addr>) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .state
+            .connecting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(lock) = locks.get(&node.cloned()) {
+            return Arc::clone(lock);
+        }
+        if locks.len() >= MAX_NODES {
+            // Only locks no caller holds or waits on.
+            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        }
+        Arc::clone(locks.entry(node.cloned()).or_default())
     }
 
     fn config(&self) -> AsyncConnectionConfig {
@@ -218,22 +256,34 @@ impl RedisReplayGuard {
         &self,
         key: &str,
         to: Option<&Addr>,
+        progress: &mut Progress,
     ) -> Result<(Option<Addr>, MultiplexedConnection), ReplayError> {
-        let owner = match to {
-            Some(addr) => Some(addr.clone()),
+        let owner = match to
+            .cloned()
+            .or_else(|| self.connector.known_owner(key.as_bytes()))
+        {
+            Some(addr) => Some(addr),
+            // The one server, or a slot the map does not place yet.
             None => {
                 self.cooling(None)?;
-                self.connector
+                progress.connecting = Some(None);
+                let owner = self
+                    .connector
                     .cluster_owner(key.as_bytes())
                     .await
-                    .map_err(|e| self.failed(None, &e))?
+                    .map_err(|e| self.failed(None, &e))?;
+                progress.connecting = None;
+                owner
             }
         };
         if let Some(conn) = self.cached(owner.as_ref()) {
             return Ok((owner, conn));
         }
-        let _connecting = self.state.connecting.lock().await;
+        progress.connecting = Some(owner.clone());
+        let lock = self.connect_lock(owner.as_ref());
+        let _connecting = lock.lock().await;
         if let Some(conn) = self.cached(owner.as_ref()) {
+            progress.connecting = None;
             return Ok((owner, conn));
         }
         self.cooling(owner.as_ref())?;
@@ -245,12 +295,16 @@ impl RedisReplayGuard {
                     .await
             }
         };
+        progress.connecting = None;
         match made {
             Ok(node) => {
                 let mut slot = self.slot();
                 match &owner {
                     Some(addr) => {
                         slot.node_retry.remove(addr);
+                        if slot.nodes.len() >= MAX_NODES {
+                            slot.nodes.clear();
+                        }
                         slot.nodes.insert(addr.clone(), node.conn.clone());
                     }
                     None => {
@@ -287,6 +341,12 @@ impl RedisReplayGuard {
     }
 
     fn failed(&self, node: Option<&Addr>, e: &ConnectError) -> ReplayError {
+        self.cool(node);
+        ReplayError::new(format!("redis connection failed: {e}"))
+    }
+
+    /// Make calls that need a new connection to `node` fail fast for a while.
+    fn cool(&self, node: Option<&Addr>) {
         let now = Instant::now();
         let until = now + RECONNECT_COOLDOWN;
         let mut slot = self.slot();
@@ -294,21 +354,21 @@ impl RedisReplayGuard {
             Some(addr) => {
                 // Only nodes that failed within the cooldown are kept.
                 slot.node_retry.retain(|_, t| *t > now);
-                slot.node_retry.insert(addr.clone(), until);
+                if slot.node_retry.len() < MAX_NODES {
+                    slot.node_retry.insert(addr.clone(), until);
+                }
             }
             None => slot.retry_at = Some(until),
         }
-        ReplayError::new(format!("redis connection failed: {e}"))
     }
 
-    /// `SET NX` of `key`, following at most one redirection. `sent_to` records the
-    /// connection the latest command went out on (`Some(None)` outside a Cluster), for
-    /// the caller to drop if the deadline passes.
+    /// `SET NX` of `key`, following at most one redirection. `progress` says how
+    /// far it got, for the caller to act on if the deadline passes.
     async fn set_nx(
         &self,
         key: String,
         ttl_ms: u64,
-        sent_to: &mut Option<Option<Addr>>,
+        progress: &mut Progress,
     ) -> Result<bool, ReplayError> {
         let mut cmd = ::redis::cmd("SET");
         cmd.arg(&key).arg(1).arg("NX").arg("PX").arg(ttl_ms);
@@ -316,8 +376,8 @@ impl RedisReplayGuard {
         let mut asking = false;
         // At most one redirection is followed per check; the deadline bounds it too.
         for _ in 0..2 {
-            let (node, mut conn) = self.connection(&key, to.as_ref()).await?;
-            *sent_to = Some(node.clone());
+            let (node, mut conn) = self.connection(&key, to.as_ref(), progress).await?;
+            progress.sent_to = Some(node.clone());
             let reply = if asking {
                 let mut pipe = ::redis::pipe();
                 pipe.cmd("ASKING").ignore().add_command(cmd.clone());
@@ -334,17 +394,11 @@ impl RedisReplayGuard {
                 Ok(Value::Nil) => return Ok(false),
                 Ok(_) => return Err(ReplayError::new("unexpected reply to SET NX")),
                 Err(e) => {
-                    if let Some(r) = Redirect::of(&e) {
-                        let answered = to
-                            .clone()
-                            .or(self
-                                .connector
-                                .cluster_owner(key.as_bytes())
-                                .await
-                                .ok()
-                                .flatten())
-                            .unwrap_or(Addr::Tcp(String::new(), r.port));
-                        let addr = r.addr(&answered);
+                    // Only a Cluster node redirects; elsewhere it is an error.
+                    if let (Some(r), Some(answered)) = (Redirect::of(&e), node.as_ref()) {
+                        // The node answered: its connection is sound.
+                        progress.sent_to = None;
+                        let addr = r.addr(answered);
                         asking = r.ask;
                         if let (false, Addr::Tcp(host, port)) = (asking, &addr) {
                             self.connector.moved(key.as_bytes(), host, *port);
@@ -375,14 +429,19 @@ impl ReplayGuard for RedisReplayGuard {
             // At least a second, so a mandate on the edge of expiry is still recorded.
             let ttl_ms = until.saturating_mul(1000).saturating_sub(now_ms).max(1000);
             let key = self.key_for(issuer, jti);
-            let mut sent_to = None;
-            match tokio::time::timeout(self.timeout, self.set_nx(key, ttl_ms, &mut sent_to)).await {
+            let mut progress = Progress::default();
+            match tokio::time::timeout(self.timeout, self.set_nx(key, ttl_ms, &mut progress)).await
+            {
                 Ok(r) => r,
                 Err(_) => {
-                    // A connection that swallowed a command is not reused; a deadline
-                    // spent connecting leaves the others alone.
-                    if let Some(node) = sent_to {
+                    // A connection that swallowed a command is not reused. A node
+                    // (or discovery) that did not connect within the deadline is
+                    // not tried again at once. Other nodes are left alone.
+                    if let Some(node) = progress.sent_to {
                         self.forget_connection(node.as_ref());
+                    }
+                    if let Some(node) = progress.connecting {
+                        self.cool(node.as_ref());
                     }
                     Err(ReplayError::new("redis timed out"))
                 }

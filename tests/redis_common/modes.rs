@@ -1248,6 +1248,24 @@ impl RedisCluster {
             .kill();
     }
 
+    /// SIGSTOP the primary on `port`: its sockets stay open, but it answers
+    /// nothing until [`resume_node`](Self::resume_node).
+    pub fn pause_node(&self, port: u16) {
+        self.node(port).signal("-STOP");
+    }
+
+    /// SIGCONT the primary on `port`.
+    pub fn resume_node(&self, port: u16) {
+        self.node(port).signal("-CONT");
+    }
+
+    fn node(&self, port: u16) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.port() == port)
+            .unwrap_or_else(|| panic!("no primary on port {port}"))
+    }
+
     /// `CLUSTER KEYSLOT key`.
     pub async fn slot_of(&self, key: &str) -> u16 {
         let port = self.ports()[0];
