@@ -346,6 +346,61 @@ async fn sentinel_failover_keeps_every_revocation() {
     assert!(!first_use(&guard, "jti-s").await);
 }
 
+/// With `min_replicas(1)` a use counts only once the replica acknowledged it, so a
+/// failover cannot forget it. Hostile first: a guard asking for more replicas than
+/// exist never counts a use, and with the replica stopped a first use fails closed;
+/// either way the use stays recorded, so the same mandate is then a replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_guard_with_min_replicas_counts_a_use_only_once_replicated() {
+    init_tracing();
+    let mut set = SentinelSet::start().await;
+    let endpoint = RedisEndpoint::new(sentinel_url("redis+sentinel", &set.sentinel_ports(), &set));
+    let connect = async |n| {
+        RedisReplayGuard::connect_to(&endpoint)
+            .await
+            .expect("replay guard through Sentinel")
+            .min_replicas(n)
+            .timeout(Duration::from_millis(400))
+    };
+
+    let too_many = connect(2).await;
+    assert!(unanswered(&too_many, "jti-on-one-replica").await);
+    assert!(
+        !first_use(&too_many, "jti-on-one-replica").await,
+        "replayed"
+    );
+
+    let guard = connect(1).await;
+    let primary = set.primary_port().await;
+    let replica = *set
+        .node_ports()
+        .iter()
+        .find(|p| **p != primary)
+        .expect("a replica");
+    set.pause_node(replica);
+    assert!(unanswered(&guard, "jti-while-paused").await);
+    assert!(!first_use(&guard, "jti-while-paused").await, "replayed");
+    set.resume_node(replica);
+    set.wait_replicated().await;
+    assert!(first_use(&guard, "jti-replicated").await);
+    assert!(!first_use(&guard, "jti-replicated").await, "replayed");
+    // The replica holds the use: a failover now keeps it. The guard fails closed
+    // until it finds the new primary; its first answer must be "used".
+    let new = set.failover().await;
+    assert_eq!(new, replica);
+    let mut answer = None;
+    eventually("the guard answers from the new primary", async || {
+        use caracal_verifier::replay::ReplayGuard;
+        answer = guard
+            .first_use("https://sts.example.com", "jti-replicated", u64::MAX / 4000)
+            .await
+            .ok();
+        answer.is_some()
+    })
+    .await;
+    assert_eq!(answer, Some(false), "replayed after the failover");
+}
+
 /// Sentinel over TLS (`rediss+sentinel://`): the feed asks the sentinels on their
 /// TLS ports, which name the primary by its TLS port, and follows a failover there.
 /// Hostile first: a feed that trusts another CA refuses the sentinels and never

@@ -56,6 +56,8 @@ pub struct RedisReplayGuard {
     connector: Connector,
     prefix: Arc<str>,
     timeout: Duration,
+    /// Replicas that must acknowledge a use before it counts (`WAIT`); 0 = none.
+    min_replicas: u32,
     clock: Arc<dyn Clock>,
     state: Arc<State>,
 }
@@ -102,6 +104,7 @@ impl fmt::Debug for RedisReplayGuard {
         f.debug_struct("RedisReplayGuard")
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
+            .field("min_replicas", &self.min_replicas)
             .field("connector", &self.connector)
             .field("connected", &{
                 let slot = self.slot();
@@ -129,6 +132,7 @@ impl RedisReplayGuard {
             connector,
             prefix: DEFAULT_REPLAY_KEY_PREFIX.into(),
             timeout: DEFAULT_REPLAY_TIMEOUT,
+            min_replicas: 0,
             clock: Arc::new(SystemClock),
             state: Arc::default(),
         })
@@ -170,6 +174,24 @@ impl RedisReplayGuard {
     #[must_use]
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into().into();
+        self
+    }
+
+    /// Count a use only once `n` replicas of the primary acknowledged it (`WAIT n`,
+    /// sent with the `SET` in one round trip, waiting at most half the
+    /// [`timeout`](Self::timeout)). Default 0: the primary's answer is enough.
+    ///
+    /// Redis replicates asynchronously, so without this a failover within the
+    /// replication lag can promote a replica that never saw a use, and the mandate
+    /// is accepted once more. With it, a use that fewer than `n` replicas
+    /// acknowledged in time is denied (503) and stays recorded on the primary: the
+    /// same mandate is then refused as a replay, and the client needs a new one.
+    /// Every primary needs at least `n` replicas, or every single-use request fails.
+    /// Set it for a Sentinel-managed primary or a Cluster with replicas.
+    /// `CARACAL_REPLAY_MIN_REPLICAS` in `from_env`.
+    #[must_use]
+    pub fn min_replicas(mut self, n: u32) -> Self {
+        self.min_replicas = n;
         self
     }
 
@@ -378,20 +400,36 @@ impl RedisReplayGuard {
         for _ in 0..2 {
             let (node, mut conn) = self.connection(&key, to.as_ref(), progress).await?;
             progress.sent_to = Some(node.clone());
-            let reply = if asking {
+            let reply = if asking || self.min_replicas > 0 {
                 let mut pipe = ::redis::pipe();
-                pipe.cmd("ASKING").ignore().add_command(cmd.clone());
+                if asking {
+                    pipe.cmd("ASKING").ignore();
+                }
+                pipe.add_command(cmd.clone());
+                if self.min_replicas > 0 {
+                    // Never 0, which would wait forever.
+                    let wait_ms = u64::try_from((self.timeout / 2).as_millis())
+                        .unwrap_or(u64::MAX)
+                        .max(1);
+                    pipe.cmd("WAIT").arg(self.min_replicas).arg(wait_ms);
+                }
                 pipe.query_async::<Vec<Value>>(&mut conn)
                     .await
-                    .map(|mut v| v.pop().unwrap_or(Value::Nil))
+                    .map(|mut v| {
+                        let acked = match self.min_replicas {
+                            0 => None,
+                            _ => Some(v.pop()),
+                        };
+                        (v.pop().unwrap_or(Value::Nil), acked)
+                    })
                     .map_err(first_server_error)
             } else {
-                cmd.query_async::<Value>(&mut conn).await
+                cmd.query_async::<Value>(&mut conn).await.map(|v| (v, None))
             };
-            match reply {
-                Ok(Value::Okay) => return Ok(true),
-                Ok(Value::SimpleString(s)) if s == "OK" => return Ok(true),
-                Ok(Value::Nil) => return Ok(false),
+            let recorded = match reply {
+                Ok((Value::Okay, acked)) => acked,
+                Ok((Value::SimpleString(s), acked)) if s == "OK" => acked,
+                Ok((Value::Nil, _)) => return Ok(false),
                 Ok(_) => return Err(ReplayError::new("unexpected reply to SET NX")),
                 Err(e) => {
                     // Only a Cluster node redirects; elsewhere it is an error.
@@ -411,7 +449,17 @@ impl RedisReplayGuard {
                     self.forget_connection(node.as_ref());
                     return Err(ReplayError::new(format!("redis error: {e}")));
                 }
-            }
+            };
+            return match recorded {
+                None => Ok(true),
+                Some(Some(Value::Int(n))) if n >= i64::from(self.min_replicas) => Ok(true),
+                // Recorded on the primary only: a failover now could forget it.
+                Some(Some(Value::Int(n))) => Err(ReplayError::new(format!(
+                    "the use reached {n} of {} replicas in time",
+                    self.min_replicas
+                ))),
+                Some(_) => Err(ReplayError::new("unexpected reply to WAIT")),
+            };
         }
         Err(ReplayError::new("redis redirected the key twice"))
     }

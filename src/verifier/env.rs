@@ -8,7 +8,7 @@ use crate::error::{CodeSpelling, ConfigError};
 /// Variables that configure the Redis revocation feed: set in a build without the
 /// `redis` feature, they are refused rather than ignored.
 #[cfg(not(feature = "redis"))]
-const REDIS_VARS: [&str; 9] = [
+const REDIS_VARS: [&str; 10] = [
     "CARACAL_REDIS_URL",
     "CARACAL_REDIS_URL_FILE",
     "CARACAL_REDIS_TLS_CA_FILE",
@@ -18,6 +18,7 @@ const REDIS_VARS: [&str; 9] = [
     "CARACAL_REDIS_SENTINEL_PASSWORD",
     "STREAMS_HMAC_KEY",
     "STREAMS_HMAC_KEY_FILE",
+    "CARACAL_REPLAY_MIN_REPLICAS",
 ];
 
 fn env_parse<T: std::str::FromStr>(
@@ -56,7 +57,9 @@ impl VerifierBuilder {
     /// may name a server, a Sentinel-managed primary or a Cluster, with TLS, see
     /// `RedisEndpoint::from_lookup`), and `CARACAL_REPLAY_GUARD=redis` keeps
     /// single-use mandates in that Redis (`RedisReplayGuard`) instead of in the
-    /// process (`memory`, the default). Without the feature, any of the Redis
+    /// process (`memory`, the default), with `CARACAL_REPLAY_MIN_REPLICAS=n` for
+    /// uses that count only once `n` replicas acknowledged them
+    /// (`RedisReplayGuard::min_replicas`). Without the feature, any of the Redis
     /// variables, `STREAMS_HMAC_KEY`, `STREAMS_HMAC_KEY_FILE` or
     /// `CARACAL_REPLAY_GUARD=redis` is an error
     /// ([`ConfigError::Env`] naming it) rather than a verifier that silently runs
@@ -127,7 +130,16 @@ impl VerifierBuilder {
         if let Some(redis) = crate::redis::RedisRevocations::from_lookup(get)? {
             b = b.redis_revocations(redis);
         }
+        let min_replicas = get("CARACAL_REPLAY_MIN_REPLICAS").filter(|v| !v.trim().is_empty());
         match get("CARACAL_REPLAY_GUARD").as_deref().map(str::trim) {
+            None | Some("") | Some("memory") if min_replicas.is_some() => {
+                return Err(ConfigError::Env {
+                    var: "CARACAL_REPLAY_MIN_REPLICAS",
+                    reason: "set, but single-use mandates are kept in memory; it applies \
+                             only with CARACAL_REPLAY_GUARD=redis"
+                        .into(),
+                });
+            }
             None | Some("") | Some("memory") => {}
             #[cfg(feature = "redis")]
             Some("redis") => {
@@ -138,7 +150,14 @@ impl VerifierBuilder {
                                  mandates in Redis"
                             .into(),
                     })?;
-                b = b.replay_guard(crate::redis::RedisReplayGuard::on(&endpoint)?);
+                let mut guard = crate::redis::RedisReplayGuard::on(&endpoint)?;
+                if let Some(n) = min_replicas {
+                    guard = guard.min_replicas(n.trim().parse().map_err(|_| ConfigError::Env {
+                        var: "CARACAL_REPLAY_MIN_REPLICAS",
+                        reason: "expected a whole number of replicas".into(),
+                    })?);
+                }
+                b = b.replay_guard(guard);
             }
             #[cfg(not(feature = "redis"))]
             Some("redis") => {
@@ -243,6 +262,50 @@ mod tests {
             ),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn replay_min_replicas_needs_the_redis_guard_and_a_number() {
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut vars = BASE.to_vec();
+            vars.extend_from_slice(pairs);
+            VerifierBuilder::from_lookup(&lookup(&vars)).map(|_| ())
+        };
+        let refused = |r: Result<(), ConfigError>| {
+            matches!(
+                r,
+                Err(ConfigError::Env {
+                    var: "CARACAL_REPLAY_MIN_REPLICAS",
+                    ..
+                })
+            )
+        };
+        // Never silently ignored: in memory there are no replicas to wait for.
+        assert!(refused(with(&[("CARACAL_REPLAY_MIN_REPLICAS", "1")])));
+        assert!(refused(with(&[
+            ("CARACAL_REPLAY_GUARD", "memory"),
+            ("CARACAL_REPLAY_MIN_REPLICAS", "1"),
+        ])));
+        assert!(with(&[("CARACAL_REPLAY_MIN_REPLICAS", " ")]).is_ok());
+        #[cfg(feature = "redis")]
+        {
+            let redis = |n| {
+                with(&[
+                    ("CARACAL_REDIS_URL", "redis://127.0.0.1:1"),
+                    (
+                        "STREAMS_HMAC_KEY",
+                        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+                    ),
+                    ("CARACAL_REPLAY_GUARD", "redis"),
+                    ("CARACAL_REPLAY_MIN_REPLICAS", n),
+                ])
+            };
+            assert!(redis("1").is_ok());
+            assert!(redis(" 2 ").is_ok());
+            for bad in ["-1", "one", "1.5", "99999999999"] {
+                assert!(refused(redis(bad)), "{bad}");
+            }
+        }
     }
 
     #[cfg(not(feature = "audit"))]
