@@ -400,13 +400,15 @@ impl RedisReplayGuard {
         for _ in 0..2 {
             let (node, mut conn) = self.connection(&key, to.as_ref(), progress).await?;
             progress.sent_to = Some(node.clone());
-            let reply = if asking || self.min_replicas > 0 {
+            let wait = self.min_replicas > 0;
+            // The reply to SET, and to WAIT when it was sent.
+            let reply = if asking || wait {
                 let mut pipe = ::redis::pipe();
                 if asking {
                     pipe.cmd("ASKING").ignore();
                 }
                 pipe.add_command(cmd.clone());
-                if self.min_replicas > 0 {
+                if wait {
                     // Never 0, which would wait forever.
                     let wait_ms = u64::try_from((self.timeout / 2).as_millis())
                         .unwrap_or(u64::MAX)
@@ -416,10 +418,7 @@ impl RedisReplayGuard {
                 pipe.query_async::<Vec<Value>>(&mut conn)
                     .await
                     .map(|mut v| {
-                        let acked = match self.min_replicas {
-                            0 => None,
-                            _ => Some(v.pop()),
-                        };
+                        let acked = wait.then(|| v.pop().unwrap_or(Value::Nil));
                         (v.pop().unwrap_or(Value::Nil), acked)
                     })
                     .map_err(first_server_error)
@@ -452,9 +451,9 @@ impl RedisReplayGuard {
             };
             return match recorded {
                 None => Ok(true),
-                Some(Some(Value::Int(n))) if n >= i64::from(self.min_replicas) => Ok(true),
+                Some(Value::Int(n)) if n >= i64::from(self.min_replicas) => Ok(true),
                 // Recorded on the primary only: a failover now could forget it.
-                Some(Some(Value::Int(n))) => Err(ReplayError::new(format!(
+                Some(Value::Int(n)) => Err(ReplayError::new(format!(
                     "the use reached {n} of {} replicas in time",
                     self.min_replicas
                 ))),
