@@ -829,8 +829,9 @@ async fn cluster_replay_guard_routes_each_key_to_its_slot() {
 }
 
 /// 64 token ids, by the primary their replay keys live on; each primary holds at
-/// least four.
-async fn jtis_by_node(
+/// least four. The first id of each is used once, so the guard holds a connection
+/// to every primary.
+async fn jtis_used_on_every_node(
     cluster: &RedisCluster,
     guard: &RedisReplayGuard,
 ) -> std::collections::BTreeMap<u16, Vec<String>> {
@@ -844,6 +845,9 @@ async fn jtis_by_node(
     }
     assert_eq!(by_node.len(), 3, "the keys span every primary");
     assert!(by_node.values().all(|jtis| jtis.len() >= 4), "{by_node:?}");
+    for jtis in by_node.values() {
+        assert!(first_use(guard, &jtis[0]).await, "{}", jtis[0]);
+    }
     by_node
 }
 
@@ -865,7 +869,7 @@ async fn unanswered(guard: &RedisReplayGuard, jti: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_replay_guard_fails_closed_only_for_a_hung_nodes_keys() {
     init_tracing();
-    let cluster = RedisCluster::start().await;
+    let mut cluster = RedisCluster::start().await;
     let ports = cluster.ports();
     let hung = ports[0];
     // The hung node is a seed, and not the first: a discovery that starts at the
@@ -876,10 +880,7 @@ async fn cluster_replay_guard_fails_closed_only_for_a_hung_nodes_keys() {
         .await
         .expect("replay guard on the Cluster")
         .timeout(Duration::from_millis(300));
-    let by_node = jtis_by_node(&cluster, &guard).await;
-    for jtis in by_node.values() {
-        assert!(first_use(&guard, &jtis[0]).await, "{}", jtis[0]);
-    }
+    let by_node = jtis_used_on_every_node(&cluster, &guard).await;
 
     cluster.pause_node(hung);
     // The hung command, a connection or discovery that hangs, then a fast refusal.
@@ -919,11 +920,7 @@ async fn cluster_replay_guard_fails_closed_only_for_a_dead_nodes_keys() {
     let guard = RedisReplayGuard::connect_to(&endpoint)
         .await
         .expect("replay guard on the Cluster");
-    let by_node = jtis_by_node(&cluster, &guard).await;
-    // A first use on every node, so each has a connection.
-    for jtis in by_node.values() {
-        assert!(first_use(&guard, &jtis[0]).await, "{}", jtis[0]);
-    }
+    let by_node = jtis_used_on_every_node(&cluster, &guard).await;
 
     let dead = cluster.ports()[0];
     cluster.kill_node(dead);

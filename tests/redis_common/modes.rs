@@ -1241,27 +1241,23 @@ impl RedisCluster {
     /// SIGKILL the primary on `port`. It has no replica, so its slots go unserved;
     /// the other primaries keep serving theirs.
     pub fn kill_node(&mut self, port: u16) {
-        self.nodes
-            .iter_mut()
-            .find(|n| n.port() == port)
-            .unwrap_or_else(|| panic!("no primary on port {port}"))
-            .kill();
+        self.node_mut(port).kill();
     }
 
     /// SIGSTOP the primary on `port`: its sockets stay open, but it answers
     /// nothing until [`resume_node`](Self::resume_node).
-    pub fn pause_node(&self, port: u16) {
-        self.node(port).signal("-STOP");
+    pub fn pause_node(&mut self, port: u16) {
+        self.node_mut(port).signal("-STOP");
     }
 
     /// SIGCONT the primary on `port`.
-    pub fn resume_node(&self, port: u16) {
-        self.node(port).signal("-CONT");
+    pub fn resume_node(&mut self, port: u16) {
+        self.node_mut(port).signal("-CONT");
     }
 
-    fn node(&self, port: u16) -> &Node {
+    fn node_mut(&mut self, port: u16) -> &mut Node {
         self.nodes
-            .iter()
+            .iter_mut()
             .find(|n| n.port() == port)
             .unwrap_or_else(|| panic!("no primary on port {port}"))
     }
